@@ -1,0 +1,25 @@
+"""LoRA adapter formats: one canonical model, one reader and writer per format.
+
+This package imports nothing from ``extension`` and keeps every import relative, so a WebUI may
+load it under another top-level name.
+"""
+
+from .api import base_module_shapes, check_against_base, convert, inspect_adapter, load_adapter, save_adapter
+from .errors import AdapterError
+from .formats import FORMATS, WRITABLE, detect_format
+from .model import LoraAdapter, LoraModule
+
+__all__ = [
+    "FORMATS",
+    "WRITABLE",
+    "AdapterError",
+    "LoraAdapter",
+    "LoraModule",
+    "base_module_shapes",
+    "check_against_base",
+    "convert",
+    "detect_format",
+    "inspect_adapter",
+    "load_adapter",
+    "save_adapter",
+]

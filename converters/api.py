@@ -1,0 +1,124 @@
+"""The format layer's public functions: load, save, convert, inspect, validate against a base."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AdapterError
+from .formats import FORMATS, WRITABLE, WriteOptions, detect_format, format_for_destination
+from .model import LoraAdapter, LoraModule
+
+
+def load_adapter(path: str | Path, arch: str | None = None, format: str | None = None) -> LoraAdapter:
+    """Read any supported adapter into the canonical form; ``arch`` overrides detection."""
+    fmt = format or detect_format(path)
+    if fmt not in FORMATS:
+        raise AdapterError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+    adapter = FORMATS[fmt].read(Path(path), arch)
+    if not adapter.modules:
+        raise AdapterError(f"{path}: contains no LoRA modules")
+    adapter.source_format = fmt
+    return adapter
+
+
+def save_adapter(
+    adapter: LoraAdapter,
+    path: str | Path,
+    to: str | None = None,
+    base: str | Path | None = None,
+    **options: object,
+) -> Path:
+    """Write ``adapter`` as format ``to`` (default: from the path), checked against ``base`` if given.
+
+    Nothing is written when validation fails; writes are atomic.
+    """
+    target = to or format_for_destination(path)
+    if target not in WRITABLE:
+        raise AdapterError(f"cannot write format {target!r}; writable: {', '.join(WRITABLE)}")
+    if options.get("arch"):
+        adapter.arch = str(options["arch"])
+    if base is not None:
+        problems = check_against_base(adapter, base)
+        if problems:
+            raise AdapterError(f"{path}: adapter does not fit base {base}: {problems[0]} ({len(problems)} problem(s))")
+    return FORMATS[target].write(adapter, Path(path), WriteOptions(**options))
+
+
+def convert(src: str | Path, dst: str | Path, to: str | None = None, base: str | Path | None = None,
+            arch: str | None = None, **options: object) -> Path:
+    """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``."""
+    adapter = load_adapter(src, arch=arch)
+    return save_adapter(adapter, dst, to=to, base=base, arch=arch, **options)
+
+
+def base_module_shapes(base: str | Path, family: str | None = None) -> tuple[str | None, dict[str, tuple[int, ...]]]:
+    """(architecture, {canonical module name: weight shape}) of a base model file or folder."""
+    from .base_models import read_base_shapes
+
+    return read_base_shapes(Path(base), family)
+
+
+def _expected_shapes(name: str, module: LoraModule) -> tuple[int, ...]:
+    """The base weight shape an adapter module implies."""
+    if module.is_embedding:
+        return (int(module.down.shape[1]), int(module.up.shape[0]))
+    return (int(module.up.shape[0]),) + tuple(int(d) for d in module.down.shape[1:])
+
+
+def check_against_base(adapter: LoraAdapter, base: str | Path) -> list[str]:
+    """Every way ``adapter`` does not fit ``base``: missing modules, shape mismatches, wrong arch."""
+    base_arch, shapes = base_module_shapes(base, adapter.family)
+    problems: list[str] = []
+    if adapter.arch and base_arch and _arch_group(adapter.arch) != _arch_group(base_arch):
+        problems.append(f"adapter is for {adapter.arch}, base is {base_arch}")
+    for name, module in adapter.modules.items():
+        if module.rank != module.up.shape[1]:
+            problems.append(f"{name}: lora_A rank {module.rank} != lora_B rank {module.up.shape[1]}")
+            continue
+        if name not in shapes:
+            problems.append(f"{name}: no such module in the base")
+            continue
+        want = tuple(shapes[name])
+        got = _expected_shapes(name, module)
+        if len(want) == 4 and len(got) == 2:
+            got = got + (1, 1)
+        if got != want:
+            problems.append(f"{name}: adapter implies weight {got}, base has {want}")
+    return problems
+
+
+def _arch_group(arch: str) -> str:
+    """Architectures whose adapters are interchangeable share a group."""
+    return {"sd2-v": "sd2", "mistral": "llama"}.get(arch, arch)
+
+
+def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
+    """A JSON-ready summary: format, arch, ranks, alphas, modules, dtypes, metadata, base fit."""
+    adapter = load_adapter(path)
+    targets = sorted({name.rsplit(".", 1)[-1] for name in adapter.modules})
+    components: dict[str, int] = {}
+    for name in adapter.modules:
+        prefix = name.split(".", 1)[0] if adapter.family == "sd" else "model"
+        components[prefix] = components.get(prefix, 0) + 1
+    dtypes = sorted({str(np.asarray(m.up).dtype) for m in adapter.modules.values()})
+    report = {
+        "path": str(path),
+        "format": adapter.source_format,
+        "arch": adapter.arch,
+        "family": adapter.family,
+        "modules": len(adapter.modules),
+        "components": components,
+        "ranks": sorted(adapter.ranks()),
+        "alphas": sorted(adapter.alphas()),
+        "targets": targets,
+        "dtypes": dtypes,
+        "dora": any(m.magnitude is not None for m in adapter.modules.values()),
+        "full_weights": sorted(adapter.full_weights),
+        "metadata": adapter.metadata,
+    }
+    if base is not None:
+        report["base"] = str(base)
+        report["base_problems"] = check_against_base(adapter, base)
+    return report

@@ -1,0 +1,30 @@
+"""Module shapes of a base model, for checking that an adapter fits before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import AdapterError
+
+
+def read_base_shapes(path: Path, family: str | None = None) -> tuple[str | None, dict[str, tuple[int, ...]]]:
+    """(architecture, {canonical module name: weight shape}) for a GGUF, diffusers folder or checkpoint.
+
+    Weight shapes use torch's convention: linear (out, in), conv (out, in, kh, kw),
+    embedding (vocab, dim).
+    """
+    if not path.exists():
+        raise AdapterError(f"{path}: base model not found")
+    if path.suffix.lower() == ".gguf":
+        from .llm_base import read_gguf_base_shapes
+
+        return read_gguf_base_shapes(path)
+    if path.is_dir() and (path / "config.json").exists() and not (path / "model_index.json").exists():
+        from .llm_base import read_hf_base_shapes
+
+        return read_hf_base_shapes(path)
+    if path.is_dir() or path.suffix.lower() in (".safetensors", ".ckpt"):
+        from .sd_base import read_sd_base_shapes
+
+        return read_sd_base_shapes(path)
+    raise AdapterError(f"{path}: unknown base model type; give a .gguf, a diffusers folder or a .safetensors checkpoint")

@@ -1,0 +1,151 @@
+"""The ``lora-bridge`` command line: a contract users script, so flags and exit codes are stable.
+
+Exit codes: 0 ok, 2 user error (one line on stderr, no traceback), 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from ._converters import converters
+
+EXIT_OK, EXIT_INTERNAL, EXIT_USER = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with one line, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"lora-bridge: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their flags."""
+    parser = _Parser(prog="lora-bridge", description="Train and convert LoRA adapters for SD WebUIs and llama.cpp.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("demo", help="train image and text LoRAs on tiny built-in models, offline")
+
+    train = sub.add_parser("train", help="train a LoRA from a YAML config")
+    train.add_argument("--config", required=True, help="YAML file in the shared config schema")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+
+    convert = sub.add_parser("convert", help="convert an adapter between PEFT, diffusers, kohya and GGUF")
+    convert.add_argument("src")
+    convert.add_argument("dst")
+    convert.add_argument("--to", choices=["peft", "diffusers", "kohya", "gguf"])
+    convert.add_argument("--base", help="base model to validate against (GGUF, diffusers folder, checkpoint)")
+    convert.add_argument("--arch", help="sd1|sd2|sd2-v|sdxl|llama|mistral|qwen2|... when the file does not say")
+    convert.add_argument("--dtype", choices=["f32", "f16", "bf16"])
+    convert.add_argument("--name", help="output name recorded in the file")
+    convert.add_argument("--force", action="store_true", help="overwrite an existing destination")
+
+    inspect = sub.add_parser("inspect", help="describe an adapter")
+    inspect.add_argument("path")
+    inspect.add_argument("--base", help="also list modules that do not fit this base model")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
+
+    lint = sub.add_parser("lint", help="check an image dataset folder")
+    lint.add_argument("dir")
+
+    caption = sub.add_parser("caption", help="auto-caption images with a local BLIP model")
+    caption.add_argument("dir")
+    caption.add_argument("--model", required=True, help="local BLIP model folder")
+    caption.add_argument("--overwrite", action="store_true", help="replace existing captions")
+    caption.add_argument("--to", choices=["txt", "csv"], default="txt", help="sidecar .txt files or metadata.csv")
+
+    upgrade = sub.add_parser("upgrade-ggml", help="convert a legacy GGML .bin (ggml/ggmf/ggjt) model to GGUF")
+    upgrade.add_argument("input")
+    upgrade.add_argument("output")
+    upgrade.add_argument("--n-kv-heads", type=int, help="KV heads (GGML does not store it; LLaMA-2 70B: 8)")
+    upgrade.add_argument("--rms-eps", type=float, help="RMS norm epsilon (LLaMA-2: 1e-5)")
+    upgrade.add_argument("--context-length", type=int, help="training context (LLaMA-2: 4096)")
+    upgrade.add_argument("--rope-base", type=float, help="rope frequency base (default 10000)")
+    upgrade.add_argument("--force", action="store_true")
+
+    ui = sub.add_parser("ui", help="serve the LoRA Training tab as a standalone app")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=7861)
+    ui.add_argument("--models-dir", help="folder of checkpoints/GGUF files to offer")
+    ui.add_argument("--output-dir", help="where trained LoRAs are written")
+    return parser
+
+
+def _print_inspect(report: dict) -> None:
+    """Human-readable inspect output."""
+    for key in ("path", "format", "arch", "modules", "ranks", "alphas", "dtypes", "targets"):
+        value = report[key]
+        if isinstance(value, list):
+            value = ", ".join(str(v) for v in value)
+        print(f"{key:>10}: {value}")
+    print(f"{'components':>10}: " + ", ".join(f"{k} ({v})" for k, v in report["components"].items()))
+    if report["dora"]:
+        print(f"{'dora':>10}: yes")
+    for key, value in sorted(report["metadata"].items()):
+        text = value if len(value) <= 100 else value[:97] + "..."
+        print(f"  meta {key} = {text}")
+    if "base_problems" in report:
+        problems = report["base_problems"]
+        print(f"{'base':>10}: {report['base']}: " + ("fits" if not problems else f"{len(problems)} problem(s)"))
+        for line in problems:
+            print(f"    {line}")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch one parsed command; heavy modules are imported only by the command that needs them."""
+    if args.command == "convert":
+        options = {k: v for k, v in (("dtype", args.dtype), ("name", args.name)) if v}
+        out = converters.convert(args.src, args.dst, to=args.to, base=args.base, arch=args.arch,
+                                 force=args.force, **options)
+        print(f"wrote {out}")
+        return EXIT_OK
+    if args.command == "inspect":
+        report = converters.inspect_adapter(args.path, base=args.base)
+        if args.json:
+            print(json.dumps(report, indent=2, sort_keys=True))
+        else:
+            _print_inspect(report)
+        return EXIT_USER if report.get("base_problems") else EXIT_OK
+    if args.command == "train":
+        from .training.runner import train_from_cli
+
+        return train_from_cli(args.config, args.set)
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo()
+    if args.command == "lint":
+        from .data.lint import lint_cli
+
+        return lint_cli(args.dir)
+    if args.command == "caption":
+        from .data.caption import caption_cli
+
+        return caption_cli(args.dir, args.model, overwrite=args.overwrite, to=args.to)
+    if args.command == "upgrade-ggml":
+        from .text.ggml_upgrade import upgrade_ggml_cli
+
+        return upgrade_ggml_cli(args)
+    if args.command == "ui":
+        from .ui.standalone import launch
+
+        return launch(host=args.host, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``lora-bridge``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except converters.AdapterError as exc:
+        print(f"lora-bridge: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("lora-bridge: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,1 @@
+"""Training engines (image and text) and the pieces they share."""
