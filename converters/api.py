@@ -11,12 +11,19 @@ from .formats import FORMATS, WRITABLE, WriteOptions, detect_format, format_for_
 from .model import LoraAdapter, LoraModule
 
 
-def load_adapter(path: str | Path, arch: str | None = None, format: str | None = None) -> LoraAdapter:
-    """Read any supported adapter into the canonical form; ``arch`` overrides detection."""
+def load_adapter(path: str | Path, arch: str | None = None, format: str | None = None,
+                 base: str | Path | None = None) -> LoraAdapter:
+    """Read any supported adapter into the canonical form; ``arch`` overrides detection.
+
+    ``base`` is passed to readers that need facts from the base model (``READ_USES_BASE``).
+    """
     fmt = format or detect_format(path)
     if fmt not in FORMATS:
         raise AdapterError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
-    adapter = FORMATS[fmt].read(Path(path), arch)
+    if base is not None and getattr(FORMATS[fmt], "READ_USES_BASE", False):
+        adapter = FORMATS[fmt].read(Path(path), arch, base=Path(base))
+    else:
+        adapter = FORMATS[fmt].read(Path(path), arch)
     if not adapter.modules:
         raise AdapterError(f"{path}: contains no LoRA modules")
     adapter.source_format = fmt
@@ -43,13 +50,15 @@ def save_adapter(
         problems = check_against_base(adapter, base)
         if problems:
             raise AdapterError(f"{path}: adapter does not fit base {base}: {problems[0]} ({len(problems)} problem(s))")
+    if base is not None:
+        options.setdefault("base", str(base))
     return FORMATS[target].write(adapter, Path(path), WriteOptions(**options))
 
 
 def convert(src: str | Path, dst: str | Path, to: str | None = None, base: str | Path | None = None,
             arch: str | None = None, **options: object) -> Path:
     """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``."""
-    adapter = load_adapter(src, arch=arch)
+    adapter = load_adapter(src, arch=arch, base=base)
     return save_adapter(adapter, dst, to=to, base=base, arch=arch, **options)
 
 
@@ -96,7 +105,7 @@ def _arch_group(arch: str) -> str:
 
 def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
     """A JSON-ready summary: format, arch, ranks, alphas, modules, dtypes, metadata, base fit."""
-    adapter = load_adapter(path)
+    adapter = load_adapter(path, base=base)
     targets = sorted({name.rsplit(".", 1)[-1] for name in adapter.modules})
     components: dict[str, int] = {}
     for name in adapter.modules:

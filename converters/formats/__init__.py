@@ -29,6 +29,7 @@ class WriteOptions:
     force: bool = False
     arch: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)  # extra metadata from the caller
+    base: str | None = None  # base model path given with --base (GGUF writer: arch and head counts)
 
 
 def detect_format(path: str | Path) -> str:
