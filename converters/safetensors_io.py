@@ -161,8 +161,11 @@ def write_safetensors(
     metadata: Mapping[str, str] | None = None,
     float_dtype: str | None = None,
     force: bool = True,
+    keep_dtype: Iterable[str] = (),
 ) -> Path:
     """Write tensors atomically; floats are stored as ``float_dtype`` (f32/f16/bf16) if given.
+
+    Tensors named in ``keep_dtype`` keep their own dtype (kohya alphas stay float32).
 
     Tensors are converted one at a time while writing, so memory stays near the largest single
     tensor even for memory-mapped inputs.
@@ -178,8 +181,9 @@ def write_safetensors(
         header["__metadata__"] = dict(metadata)
     offset = 0
     stored_names = []
+    keep = set(keep_dtype)
     for name, array in items:
-        stored = _stored_name(np.asarray(array).dtype, float_dtype)
+        stored = _stored_name(np.asarray(array).dtype, None if name in keep else float_dtype)
         stored_names.append(stored)
         nbytes = int(np.prod(np.shape(array), dtype=np.int64)) * _NUMPY_DTYPES[stored].itemsize
         header[name] = {"dtype": stored, "shape": list(np.shape(array)), "data_offsets": [offset, offset + nbytes]}
@@ -189,6 +193,6 @@ def write_safetensors(
     with atomic_file(path, force=force) as tmp, open(tmp, "wb") as out:
         out.write(struct.pack("<Q", len(blob)))
         out.write(blob)
-        for (_, array), stored in zip(items, stored_names):
+        for (_, array), stored in zip(items, stored_names, strict=True):
             out.write(memoryview(_encode(np.asarray(array), stored).reshape(-1)).cast("B"))
     return Path(path)

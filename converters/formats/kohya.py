@@ -1,0 +1,181 @@
+"""kohya ``.safetensors`` LoRA files, the form A1111, Forge, ComfyUI and diffusers all load.
+
+Keys: ``<name>.lora_down.weight``, ``<name>.lora_up.weight`` and ``<name>.alpha`` (float32, 0-dim)
+with names from ``sd_names.kohya_name``. Weights are fp16 unless another dtype is asked for.
+OpenCLIP-style encoders (SD2, SDXL's second) get all four attention projections per layer,
+because A1111 only applies q/k/v deltas when q, k, v and out are all present.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import AdapterError
+from ..kohya_metadata import arch_from_metadata, build_metadata, dtype_name, hashes, safetensors_order
+from ..model import SD_ARCHES, LoraAdapter, LoraModule
+from ..safetensors_io import SafetensorsFile, read_header, write_safetensors
+from ..sd_names import canonical_from_kohya, kohya_name, unet_from_diffusers_style_kohya
+
+NAME = "kohya"
+_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
+_LYCORIS = frozenset({"hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "lokr_w2", "oft_blocks", "oft_diag", "diff",
+                      "diff_b", "b_norm", "w_norm"})
+_OPENCLIP = re.compile(r"^(?P<head>.+\.encoder\.layers\.\d+\.self_attn\.)(?P<proj>[qkv]_proj|out_proj)$")
+
+
+def sniff(path: Path) -> bool:
+    """A ``.safetensors`` whose tensor names start with kohya's ``lora_unet_``/``lora_te*_`` prefixes."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".safetensors":
+        return False
+    try:
+        header, _ = read_header(path)
+    except AdapterError:
+        return False
+    return any(k.startswith(_PREFIXES) for k in header if k != "__metadata__")
+
+
+def detect_arch(names: list[str], shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> str:
+    """The SD architecture of a kohya file: metadata first, then SDXL-only names, then TE width."""
+    declared = arch_from_metadata(metadata)
+    if declared:
+        return declared
+    if any(n.startswith(("lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks", "lora_unet_middle_block",
+                         "lora_unet_label_emb")) for n in names):
+        return "sdxl"
+    for name, shape in shapes.items():
+        if name.startswith(("lora_te_", "lora_te1_")) and name.endswith("q_proj.lora_down.weight"):
+            return "sd2" if shape[1] == 1024 else "sd1"
+    return "sd1"
+
+
+def _split(key: str) -> tuple[str, str] | None:
+    for suffix, part in _PARTS.items():
+        if key.endswith(suffix):
+            return key[: -len(suffix)], part
+    return None
+
+
+def read(path: Path, arch: str | None = None) -> LoraAdapter:
+    """Read a kohya LoRA into canonical names, building the reverse name table for ``arch``."""
+    path = Path(path)
+    st = SafetensorsFile(path)
+    keys = st.keys()
+    if any(".dora_scale" in k for k in keys):
+        raise AdapterError(f"{path}: kohya DoRA (dora_scale) files are not supported; export plain LoRA")
+    if any(k.rsplit(".", 1)[-1] in _LYCORIS for k in keys):
+        raise AdapterError(f"{path}: LyCORIS (LoHa/LoKr/OFT) files are not supported; only plain LoRA converts")
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for key in keys:
+        split = _split(key)
+        if split is None or not key.startswith(_PREFIXES):
+            continue
+        found.setdefault(split[0], {})[split[1]] = st.get(key)
+    if not found:
+        raise AdapterError(f"{path}: no kohya LoRA tensors (lora_down/lora_up) found")
+    shapes = {k: st.shape(k) for k in keys}
+    chosen = arch or detect_arch(list(found), shapes, st.metadata)
+    if chosen not in SD_ARCHES:
+        raise AdapterError(f"{path}: kohya files are Stable Diffusion LoRAs; --arch {chosen} does not apply")
+    modules: dict[str, LoraModule] = {}
+    for name, parts in found.items():
+        if "down" not in parts or "up" not in parts:
+            raise AdapterError(f"{path}: {name} has only one of lora_down/lora_up (truncated or corrupt file)")
+        canonical = _canonical(name, chosen)
+        if canonical is None:
+            raise AdapterError(f"{path}: {name} is not a module of an {chosen} model; pass the right --arch")
+        down, up = parts["down"], parts["up"]
+        rank = int(down.shape[0])
+        if up.shape[1] != rank:
+            raise AdapterError(f"{path}: {name}: lora_down rank {rank} != lora_up rank {up.shape[1]}")
+        # kohya's convention when alpha is missing: alpha = rank (scale 1), as diffusers loads it too.
+        alpha = float(np.asarray(parts["alpha"], dtype=np.float32)) if "alpha" in parts else float(rank)
+        if up.ndim == 4 and down.ndim == 2:  # a linear module stored with conv-shaped up (some tools)
+            up = up.reshape(up.shape[:2])
+        modules[canonical] = LoraModule(down=down, up=up, alpha=alpha)
+    return LoraAdapter(modules=modules, arch=chosen, metadata=dict(st.metadata))
+
+
+def _canonical(name: str, arch: str) -> str | None:
+    if arch != "sdxl" and name.startswith("lora_te1_"):
+        name = "lora_te_" + name[len("lora_te1_"):]  # diffusers' converter writes lora_te1 for SD1/SD2
+    canonical = canonical_from_kohya(name, arch)
+    if canonical is None and arch == "sdxl":
+        canonical = unet_from_diffusers_style_kohya(name)
+    return canonical
+
+
+def _is_openclip(component: str, arch: str) -> bool:
+    if arch == "sdxl":
+        return component == "text_encoder_2"
+    return component == "text_encoder" and arch.startswith("sd2")
+
+
+def complete_openclip(modules: dict[str, LoraModule], arch: str) -> dict[str, LoraModule]:
+    """Add zero modules so each adapted OpenCLIP attention has q, k, v and out (A1111 needs all four)."""
+    out = dict(modules)
+    for name, module in modules.items():
+        m = _OPENCLIP.match(name)
+        if not m or not _is_openclip(name.split(".", 1)[0], arch):
+            continue
+        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            sibling = m["head"] + proj
+            if sibling not in out:
+                hidden = int(module.down.shape[1])
+                out[sibling] = LoraModule(down=np.zeros((module.rank, hidden), np.float32),
+                                          up=np.zeros((hidden, module.rank), np.float32), alpha=float(module.alpha))
+    return out
+
+
+def _refuse(adapter: LoraAdapter, path: Path) -> None:
+    if adapter.family != "sd":
+        raise AdapterError(f"{path}: kohya files are for Stable Diffusion; this is an LLM adapter (use --to gguf/peft)")
+    if any(m.magnitude is not None for m in adapter.modules.values()):
+        raise AdapterError(f"{path}: DoRA adapters have no faithful kohya form; convert to peft or diffusers instead")
+    if adapter.full_weights:
+        raise AdapterError(f"{path}: kohya files cannot carry modules_to_save ({sorted(adapter.full_weights)[0]}); "
+                           "use --to peft")
+    if any(m.bias is not None for m in adapter.modules.values()):
+        raise AdapterError(f"{path}: kohya files cannot carry lora_bias; use --to peft")
+    if any(m.is_embedding for m in adapter.modules.values()):
+        raise AdapterError(f"{path}: kohya files cannot carry embedding LoRA; use --to peft")
+
+
+def write(adapter: LoraAdapter, path: Path, options) -> Path:
+    """Write a kohya LoRA: WebUI names, real per-module alpha (float32), fp16 by default, metadata, hashes."""
+    path = Path(path)
+    _refuse(adapter, path)
+    arch = options.arch or adapter.arch
+    if arch not in ("sd1", "sd2", "sd2-v", "sdxl"):
+        raise AdapterError(f"{path}: unknown SD architecture {arch!r}; pass --arch sd1|sd2|sd2-v|sdxl")
+    modules = complete_openclip(adapter.modules, arch)
+    float_dtype = options.dtype or "f16"
+    items: list[tuple[str, np.ndarray, str]] = []
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
+    conv: set[str] = set()
+    seen: dict[str, str] = {}
+    for canonical, module in modules.items():
+        name = kohya_name(canonical, arch)
+        if name in seen:
+            raise AdapterError(f"{path}: {canonical} and {seen[name]} map to the same kohya name {name}")
+        seen[name] = canonical
+        down, up = np.asarray(module.down), np.asarray(module.up)
+        if down.ndim == 4 and up.ndim == 2:
+            up = up.reshape(up.shape + (1, 1))
+        if down.ndim == 4:
+            conv.add(name)
+        ranks[name], alphas[name] = module.rank, float(module.alpha)
+        items.append((name + ".lora_down.weight", down, dtype_name(down, float_dtype)))
+        items.append((name + ".lora_up.weight", up, dtype_name(up, float_dtype)))
+        items.append((name + ".alpha", np.asarray(module.alpha, dtype=np.float32), "F32"))
+    items = safetensors_order(items)
+    meta = build_metadata(arch, options.name or path.stem, ranks, alphas, conv, adapter.metadata, options.metadata)
+    meta.update(hashes(items, meta))
+    alpha_names = [n for n, _, _ in items if n.endswith(".alpha")]
+    return write_safetensors(path, [(n, a) for n, a, _ in items], metadata=meta, float_dtype=float_dtype,
+                             force=options.force, keep_dtype=alpha_names)
