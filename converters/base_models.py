@@ -27,4 +27,6 @@ def read_base_shapes(path: Path, family: str | None = None) -> tuple[str | None,
         from .sd_base import read_sd_base_shapes
 
         return read_sd_base_shapes(path)
-    raise AdapterError(f"{path}: unknown base model type; give a .gguf, a diffusers folder or a .safetensors checkpoint")
+    raise AdapterError(
+        f"{path}: unknown base model type; give a .gguf, a diffusers folder or a .safetensors checkpoint"
+    )
