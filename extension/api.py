@@ -1,0 +1,165 @@
+"""REST API under ``/lora-bridge/v1``: start, status, stop, convert, inspect.
+
+Plain ``Request``/``JSONResponse`` handlers (no pydantic models), so one module serves fastapi 0.94
+with pydantic 1 (A1111), 0.104 with pydantic 2 (Forge) and current releases. The WebUI's
+``--api-auth`` guards only its own routes; these check it themselves (HTTP basic).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from ._converters import converters
+from .jobs import JobBusyError
+
+log = logging.getLogger("lora_bridge.api")
+
+PREFIX = "/lora-bridge/v1"
+
+
+def parse_credentials(api_auth: str | None) -> dict[str, str]:
+    """``"user:pass,user2:pass2"`` (the WebUI's --api-auth format) -> {user: password}."""
+    out: dict[str, str] = {}
+    for item in (api_auth or "").split(","):
+        item = item.strip()
+        if ":" in item:
+            user, password = item.split(":", 1)
+            out[user] = password
+    return out
+
+
+def authorized(header: str | None, credentials: dict[str, str]) -> bool:
+    """True when no credentials are configured, or the Basic ``Authorization`` header matches one."""
+    if not credentials:
+        return True
+    if not header or not header.lower().startswith("basic "):
+        return False
+    try:
+        user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    expected = credentials.get(user)
+    return expected is not None and secrets.compare_digest(expected.encode(), password.encode())
+
+
+def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: None) -> bool:
+    """Add the routes to a FastAPI ``app`` (once per app); ``api_auth()`` returns the WebUI's --api-auth.
+
+    Returns False when the routes were already there (Reload UI calls ``on_app_started`` again).
+    """
+    if any(getattr(route, "path", "") == PREFIX + "/status" for route in getattr(app, "routes", [])):
+        return False
+
+    def guard(request: Request) -> JSONResponse | None:
+        if authorized(request.headers.get("authorization"), parse_credentials(api_auth())):
+            return None
+        return JSONResponse({"error": "unauthorized"}, status_code=401,
+                            headers={"WWW-Authenticate": 'Basic realm="lora-bridge"'})
+
+    def fail(exc: Exception) -> JSONResponse:
+        if isinstance(exc, JobBusyError):
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        if isinstance(exc, converters.AdapterError):
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        log.exception("LoRA Bridge API error")
+        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw.strip():
+            return {}
+        data = await request.json()
+        if not isinstance(data, dict):
+            raise converters.AdapterError("request body must be a JSON object")
+        return data
+
+    async def start(request: Request) -> JSONResponse:
+        """Body: a training config in the shared schema (JSON). 409 while a job runs."""
+        denied = guard(request)
+        if denied:
+            return denied
+        try:
+            config = await body(request)
+            if "config" in config and isinstance(config["config"], dict):
+                config = config["config"]
+            return JSONResponse(_jsonable(await run_in_threadpool(host.start_job, config)))
+        except Exception as exc:
+            return fail(exc)
+
+    async def status(request: Request) -> JSONResponse:
+        denied = guard(request)
+        return denied or JSONResponse(_jsonable(host.jobs.status()))
+
+    async def stop(request: Request) -> JSONResponse:
+        """Body ``{"save": false}`` cancels without a final file; default: stop and save."""
+        denied = guard(request)
+        if denied:
+            return denied
+        try:
+            data = await body(request)
+            result = host.jobs.stop() if data.get("save", True) else host.jobs.cancel()
+            return JSONResponse(_jsonable(result))
+        except Exception as exc:
+            return fail(exc)
+
+    async def convert(request: Request) -> JSONResponse:
+        """Body: ``{"src", "dst", "to"?, "base"?, "arch"?, "dtype"?, "name"?, "force"?}``."""
+        denied = guard(request)
+        if denied:
+            return denied
+        try:
+            data = await body(request)
+            if not data.get("src") or not data.get("dst"):
+                raise converters.AdapterError('convert needs "src" and "dst" paths')
+            options = {k: data[k] for k in ("dtype", "name") if data.get(k)}
+            out = await run_in_threadpool(
+                lambda: converters.convert(data["src"], data["dst"], to=data.get("to"), base=data.get("base"),
+                                           arch=data.get("arch"), force=bool(data.get("force")), **options))
+            return JSONResponse({"written": str(out)})
+        except Exception as exc:
+            return fail(exc)
+
+    async def inspect(request: Request) -> JSONResponse:
+        """Body ``{"path", "base"?}`` (or the same as query parameters)."""
+        denied = guard(request)
+        if denied:
+            return denied
+        try:
+            data = dict(request.query_params)
+            if request.method == "POST":
+                data.update(await body(request))
+            if not data.get("path"):
+                raise converters.AdapterError('inspect needs "path"')
+            report = await run_in_threadpool(converters.inspect_adapter, data["path"], data.get("base"))
+            return JSONResponse(_jsonable(report))
+        except Exception as exc:
+            return fail(exc)
+
+    app.add_api_route(PREFIX + "/start", start, methods=["POST"])
+    app.add_api_route(PREFIX + "/status", status, methods=["GET"])
+    app.add_api_route(PREFIX + "/stop", stop, methods=["POST"])
+    app.add_api_route(PREFIX + "/convert", convert, methods=["POST"])
+    app.add_api_route(PREFIX + "/inspect", inspect, methods=["GET", "POST"])
+    return True
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists, numpy scalars to Python, everything else as str."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)

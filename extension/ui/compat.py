@@ -1,0 +1,116 @@
+"""The one place that knows gradio 3.41 (A1111 1.10) from 4.x (Forge) and later (standalone).
+
+Everything else in ``extension/ui`` builds with the common subset and goes through these helpers
+when the versions differ: ``_js=`` vs ``js=``, ``every=`` polling vs ``gr.Timer``, keyword
+arguments a component does not know, and ``css=`` on Blocks vs on ``launch``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+def gradio() -> Any:
+    """The gradio module, imported lazily with a clear message when absent."""
+    try:
+        import gradio as gr
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        from ..errors import UserError
+
+        raise UserError("gradio is not installed; run `pip install gradio` (or use the WebUI tab)") from exc
+    return gr
+
+
+def major() -> int:
+    """gradio's major version (3, 4, 5, 6 ...)."""
+    return int(str(gradio().__version__).split(".")[0])
+
+
+def js_kwargs(code: str | None) -> dict[str, Any]:
+    """Keyword for a client-side function on an event listener."""
+    if not code:
+        return {}
+    return {"_js": code} if major() < 4 else {"js": code}
+
+
+def _accepted(factory: Callable[..., Any]) -> set[str] | None:
+    """Names ``factory`` accepts, or None when it takes **kwargs."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return set(params)
+
+
+def make(name: str, *args: Any, **kwargs: Any) -> Any:
+    """``gr.<name>(*args, **kwargs)`` minus the keywords this gradio does not know."""
+    cls = getattr(gradio(), name)
+    names = _accepted(cls.__init__)
+    if names is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return cls(*args, **kwargs)
+
+
+def update(**kwargs: Any) -> Any:
+    """``gr.update`` (exists in 3.41 and later; ``gr.X.update`` does not survive 4.x)."""
+    return gradio().update(**kwargs)
+
+
+def on(event: Any, fn: Callable[..., Any], inputs: Sequence[Any] | None, outputs: Sequence[Any] | None,
+       js: str | None = None, **kwargs: Any) -> Any:
+    """Attach ``fn`` to a bound event listener (``button.click`` ...) with version-correct keywords."""
+    kwargs.update(js_kwargs(js))
+    names = _accepted(event)
+    if names is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return event(fn, inputs or [], outputs or [], **kwargs)
+
+
+def poll(blocks: Any, fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
+         seconds: float) -> Any:
+    """Call ``fn`` every ``seconds`` while the page is open: ``gr.Timer`` when it exists, else ``every=``."""
+    gr = gradio()
+    if hasattr(gr, "Timer"):
+        timer = gr.Timer(seconds)
+        return on(timer.tick, fn, inputs, outputs, show_progress="hidden")
+    return blocks.load(fn, list(inputs), list(outputs), every=seconds, show_progress=False)
+
+
+def _on_launch(name: str) -> bool:
+    """gradio 6 takes ``css``/``head`` in ``launch()``; 3.41 and 4.x in ``Blocks()``."""
+    return name in inspect.signature(gradio().Blocks.launch).parameters
+
+
+def blocks(css: str | None = None, title: str | None = None, head: str | None = None) -> Any:
+    """A ``gr.Blocks`` with analytics off, and ``css``/``head`` where this gradio takes them."""
+    gr = gradio()
+    kwargs: dict[str, Any] = {"analytics_enabled": False}
+    if title:
+        kwargs["title"] = title
+    if css and not _on_launch("css"):
+        kwargs["css"] = css
+    if head and not _on_launch("head") and "head" in inspect.signature(gr.Blocks.__init__).parameters:
+        kwargs["head"] = head
+    return gr.Blocks(**kwargs)
+
+
+def launch_kwargs(css: str | None = None, head: str | None = None) -> dict[str, Any]:
+    """``launch()`` keywords that gradio 6 moved there from ``Blocks``."""
+    out: dict[str, Any] = {}
+    if css and _on_launch("css"):
+        out["css"] = css
+    if head and _on_launch("head"):
+        out["head"] = head
+    return out
+
+
+def file_path(value: Any) -> str | None:
+    """A gr.File value as a path: a tempfile object in 3.x, a str (or dict) in 4.x and later."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return value.get("path") or value.get("name")
+    return getattr(value, "name", None) or getattr(value, "path", None)

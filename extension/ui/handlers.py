@@ -1,0 +1,369 @@
+"""What the tab's buttons do, as plain functions of plain values (tested without a browser).
+
+Each method returns values for the outputs ``tab.py`` wires it to. Bad input becomes a message in
+the tab, never an exception in the server.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import importlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .._converters import converters
+from ..errors import UserError
+from . import chart, dataset_view
+from .form import FormField, from_widget, schema_fields, to_widget
+from .host import Host
+from .presets import preset_values
+
+log = logging.getLogger("lora_bridge.ui")
+
+IMAGE_TASK, TEXT_TASK = "text-to-image", "text-generation"
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, converters.AdapterError):
+        return f"⚠️ {exc}"
+    log.exception("LoRA Bridge tab error")
+    return f"⚠️ {type(exc).__name__}: {exc}"
+
+
+def friendly(default: Callable[[str], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Turn an exception into ``default(message)`` so a bad input never breaks the page."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                return default(_error_text(exc))
+
+        return inner
+
+    return wrap
+
+
+class Handlers:
+    """Event functions of one tab instance, bound to a host (WebUI or standalone)."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.image_fields: list[FormField] = schema_fields(IMAGE_TASK)
+        self.text_fields: list[FormField] = schema_fields(TEXT_TASK)
+        self._dataset_items: list[tuple[str, str]] = []
+
+    # ---- Dataset -------------------------------------------------------------------------
+    def load_dataset(self, folder: str) -> tuple[list[Any], str, str, str]:
+        """(gallery, summary, first image path, its caption)."""
+        try:
+            items = dataset_view.list_images(folder)
+        except Exception as exc:
+            return [], _error_text(exc), "", ""
+        self._dataset_items = items
+        missing = sum(1 for _, c in items if not c)
+        summary = f"{len(items)} image(s), {missing} without caption"
+        if len(items) > dataset_view.MAX_GALLERY:
+            summary += f" (gallery shows the first {dataset_view.MAX_GALLERY})"
+        first = items[0] if items else ("", "")
+        return dataset_view.thumbnails(items), summary, first[0], first[1]
+
+    def select_image(self, index: int | None) -> tuple[str, str]:
+        """(image path, caption) of the gallery item at ``index``."""
+        if index is None or not (0 <= int(index) < len(self._dataset_items)):
+            return "", ""
+        return self._dataset_items[int(index)]
+
+    @friendly(lambda msg: msg)
+    def save_caption(self, folder: str, image_path: str, caption: str) -> str:
+        """Write an edited caption; returns a status line."""
+        message = dataset_view.save_caption(folder, image_path, caption)
+        self._dataset_items = [(p, caption.strip() if p == image_path else c) for p, c in self._dataset_items]
+        return message
+
+    @friendly(lambda msg: msg)
+    def auto_caption(self, folder: str, captioner: str, overwrite: bool) -> str:
+        """Caption images (without a caption unless ``overwrite``) with the host's captioner."""
+        if not captioner or captioner not in self.host.captioners():
+            raise UserError(f"captioner {captioner or '(none)'} is not available here; inside the WebUI choose BLIP "
+                            "or DeepBooru, standalone run `lora-bridge caption DIR --model BLIP_FOLDER`")
+        items = dataset_view.list_images(folder)
+        done = 0
+        for path, caption in items:
+            if caption and not overwrite:
+                continue
+            text = self.host.caption(captioner, path)
+            dataset_view.save_caption(folder, path, text)
+            done += 1
+        self._dataset_items = dataset_view.list_images(folder)
+        return f"captioned {done} image(s) with {captioner}; press Load to see them"
+
+    @friendly(lambda msg: msg)
+    def lint(self, folder: str) -> str:
+        """The engine's dataset lint report, as text."""
+        from ..data import lint as lint_module
+
+        report = lint_module.lint_dataset(folder)
+        for attr in ("format", "summary", "to_text", "text"):
+            value = getattr(report, attr, None)
+            if callable(value):
+                return str(value())
+            if isinstance(value, str):
+                return value
+        return str(report)
+
+    # ---- Model ---------------------------------------------------------------------------
+    def refresh_models(self, current: str | None = None) -> Any:
+        """Checkpoint dropdown update after re-scanning the host's folders."""
+        from .compat import update
+
+        try:
+            choices = self.host.refresh_checkpoints()
+        except Exception as exc:
+            log.warning("refresh failed: %s", exc)
+            choices = []
+        value = current if current in choices else (choices[0] if choices else current)
+        return update(choices=choices, value=value)
+
+    def detect_model(self, title: str) -> str:
+        """"Detected: SD1 / SDXL …" for the chosen checkpoint."""
+        if not title:
+            return "No model chosen."
+        try:
+            path = self.host.checkpoint_path(title)
+            arch, shapes = converters.base_module_shapes(path, "sd")
+        except Exception as exc:
+            return f"Could not read {title}: {_error_text(exc)}"
+        return f"Detected: **{arch or 'unknown'}** ({len(shapes)} LoRA-able modules) — `{path}`"
+
+    # ---- Settings ------------------------------------------------------------------------
+    def apply_preset(self, name: str) -> list[Any]:
+        """Widget values of every image field: schema defaults, then the preset."""
+        values = preset_values(name, {f.name for f in self.image_fields})
+        return [to_widget(f, values.get(f.name, f.default)) for f in self.image_fields]
+
+    def config_dict(self, task: str, data_dir: str, base: str, output_name: str,
+                    values: Sequence[Any], fields: Sequence[FormField] | None = None) -> dict[str, Any]:
+        """The shared-schema dict a Start (or export) sends to ``config_from_dict``."""
+        fields = fields if fields is not None else (self.image_fields if task == IMAGE_TASK else self.text_fields)
+        out: dict[str, Any] = {"task_type": task}
+        for field, value in zip(fields, values, strict=True):
+            parsed = from_widget(field, value)
+            if parsed != field.default:
+                out[field.name] = parsed
+        if data_dir:
+            out["train_data_dir"] = str(data_dir).strip()
+        if base:
+            out["base_model"] = self.host.checkpoint_path(base) if task == IMAGE_TASK else \
+                self.host.text_model_path(base)
+        if output_name:
+            out["output_name"] = str(output_name).strip()
+        out["output_dir"] = str(self.host.work_dir(out.get("output_name", "my_lora"), task))
+        return out
+
+    def export_yaml(self, data_dir: str, base: str, output_name: str, *values: Any) -> str:
+        """The form as YAML in the shared schema (what `lora-bridge train --config` reads)."""
+        try:
+            from ..config import config_from_dict, dump_config_yaml
+
+            data = self.config_dict(IMAGE_TASK, data_dir, base, output_name, values)
+            return dump_config_yaml(config_from_dict(data, "Settings"), only_task=True)
+        except Exception as exc:
+            return "# " + _error_text(exc)
+
+    @friendly(lambda msg: msg)
+    def save_yaml(self, text: str, path: str) -> str:
+        """Write the YAML box to a file (atomically)."""
+        if not path:
+            raise UserError("give a file name for the YAML (e.g. my_lora.yaml)")
+        yaml.safe_load(text)
+        dataset_view.write_text_atomic(Path(path).expanduser(), text)
+        return f"saved {path}"
+
+    def import_yaml(self, text_or_path: str) -> list[Any]:
+        """[message, data dir, model, output name, *field values] from YAML text or a YAML file path."""
+        from ..config import config_from_dict, config_to_dict
+
+        keep = len(self.image_fields)
+        try:
+            source = "YAML"
+            candidate = Path(str(text_or_path).strip()).expanduser()
+            if "\n" not in str(text_or_path).strip() and candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+                source, text_or_path = str(candidate), candidate.read_text(encoding="utf-8")
+            cfg = config_from_dict(yaml.safe_load(text_or_path) or {}, source)
+        except Exception as exc:
+            return [_error_text(exc), *self._no_change(3 + keep)]
+        data = config_to_dict(cfg)
+        given = set(yaml.safe_load(text_or_path) or {})
+        values = [to_widget(f, data.get(f.name, f.default)) for f in self.image_fields]
+        from .compat import update
+
+        # Keys the YAML leaves out keep what the Dataset / Model / Train sections show.
+        own = [data[k] if k in given and data.get(k) else update() for k in ("train_data_dir", "base_model",
+                                                                               "output_name")]
+        return [f"imported {source}", *own, *values]
+
+    @staticmethod
+    def _no_change(count: int) -> list[Any]:
+        from .compat import update
+
+        return [update() for _ in range(count)]
+
+    # ---- Train ---------------------------------------------------------------------------
+    @friendly(lambda msg: msg)
+    def start(self, data_dir: str, base: str, output_name: str, *values: Any) -> str:
+        """Start image training; returns a status line (refusals included)."""
+        if not str(base or "").strip():
+            raise UserError("no base model chosen; pick a checkpoint in Model")
+        if not str(data_dir or "").strip():
+            raise UserError("no image folder given; set it in Dataset")
+        data = self.config_dict(IMAGE_TASK, data_dir, base, output_name, values)
+        self.host.start_job(data)
+        return f"started training {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name}"
+
+    @friendly(lambda msg: msg)
+    def start_text(self, base: str, data_path: str, output_name: str, *values: Any) -> str:
+        """Start text LoRA training on a GGUF/GGML base."""
+        if not str(base or "").strip():
+            raise UserError("no base model chosen; pick a GGUF/GGML file in Text LoRA")
+        if not str(data_path or "").strip():
+            raise UserError("no text dataset given; give a .txt/.jsonl file or folder")
+        data = self.config_dict(TEXT_TASK, data_path, base, output_name, values)
+        self.host.start_job(data)
+        return f"started text LoRA {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name}"
+
+    def stop(self) -> str:
+        """Stop and save."""
+        return f"{self.host.jobs.stop()['state']}: the run saves after the current step"
+
+    def cancel(self) -> str:
+        """Cancel without a final file."""
+        return f"{self.host.jobs.cancel()['state']}: the run ends without a final file"
+
+    def poll(self, seen: Any = "") -> list[Any]:
+        """[progress html, status markdown, loss chart, samples gallery, output markdown, lora name, seen].
+
+        ``seen`` ("job/samples") keeps the gallery and the LoRA name box from being re-sent every poll.
+        """
+        from .compat import update
+
+        st = self.host.jobs.status()
+        progress = chart.progress_html(st["step"], st["total_steps"], st["state"], st["eta_seconds"])
+        loss = "—" if st["loss"] is None else f"{st['loss']:.4f}"
+        speed = "" if not st["it_per_second"] else f" · {st['it_per_second']:.2f} it/s"
+        eta = "" if st["eta_seconds"] is None else f" · ETA {chart.format_eta(st['eta_seconds'])}"
+        status = (f"**{st['state']}** · step {st['step']}/{st['total_steps']} · epoch {st['epoch']} · "
+                  f"loss {loss}{speed}{eta}")
+        if st["message"]:
+            status += f"\n\n{html.escape(st['message'])}"
+        job, _, count = str(seen or "").partition("/")
+        now_job, now_count = str(st["job_id"]), str(len(st["samples"]))
+        gallery = update()
+        if now_count != count or now_job != job:
+            gallery = update(value=dataset_view.thumbnails([(p, Path(p).name) for p in st["samples"][-12:]], 512))
+        name = update()
+        if now_job != job and self.host.last_output_name:
+            name = update(value=self.host.last_output_name)
+        return [progress, status, chart.loss_svg(st["losses"]), gallery, self.output_markdown(st), name,
+                f"{now_job}/{now_count}"]
+
+    def output_markdown(self, st: dict[str, Any] | None = None) -> str:
+        """Files written by the run and what the WebUI's loader made of them."""
+        st = st or self.host.jobs.status()
+        lines = [f"Lora folder: `{self.host.lora_dir()}`"]
+        for path in self.host.published:
+            lines.append(f"- published `{path}`")
+        for path in st["saved"][-10:]:
+            lines.append(f"- saved `{path}`")
+        for check in st["checks"][-10:]:
+            lines.append(f"- ✔ {check}" if "all keys match" in check else f"- ⚠️ {check}")
+        return "\n".join(lines)
+
+    # ---- Output --------------------------------------------------------------------------
+    @staticmethod
+    def lora_tag(name: str, weight: float) -> str:
+        """``<lora:name:0.7>`` for the prompt."""
+        name = (name or "").strip()
+        if not name:
+            return ""
+        return f"<lora:{name}:{float(weight):g}>"
+
+    @friendly(lambda msg: msg)
+    def refresh_loras(self) -> str:
+        """Re-list the host's Lora folder."""
+        return self.host.refresh_loras() or "refreshed"
+
+    @friendly(lambda msg: msg)
+    def check_file(self, path: str) -> str:
+        """Run the loader check on any LoRA file."""
+        if not path:
+            raise UserError("give the path of a .safetensors LoRA to check")
+        return self.host.check_lora(str(Path(path).expanduser()))
+
+    # ---- Convert -------------------------------------------------------------------------
+    @friendly(lambda msg: msg)
+    def convert(self, src: str, dst: str, to: str, base: str, arch: str, dtype: str, force: bool) -> str:
+        """Convert between PEFT / diffusers / kohya / GGUF."""
+        if not src or not dst:
+            raise UserError("give a source file and a destination")
+        options = {"dtype": dtype} if dtype else {}
+        out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
+                                 arch=arch or None, force=bool(force), **options)
+        return f"wrote {out}"
+
+    @friendly(lambda msg: msg)
+    def inspect(self, path: str, base: str) -> str:
+        """Inspect an adapter (JSON)."""
+        if not path:
+            raise UserError("give the path of an adapter to inspect")
+        report = converters.inspect_adapter(path.strip(), base=(base or "").strip() or None)
+        return json.dumps(report, indent=2, sort_keys=True, default=str)
+
+    # ---- Text LoRA -----------------------------------------------------------------------
+    def refresh_text_models(self, current: str | None = None) -> Any:
+        """GGUF/GGML dropdown update."""
+        from .compat import update
+
+        choices = self.host.text_models()
+        return update(choices=choices, value=current if current in choices else (choices[0] if choices else current))
+
+    @friendly(lambda msg: msg)
+    def llama_cpp_check(self, base: str, adapter: str) -> str:
+        """Load base + adapter with llama.cpp (llama-cpp-python), if installed."""
+        try:
+            import llama_cpp
+        except ImportError:
+            raise UserError("llama-cpp-python is not installed; `pip install llama-cpp-python` "
+                            "(optional, never installed by install.py)") from None
+        base_path = self.host.text_model_path(base)
+        if not adapter or not Path(adapter).expanduser().is_file():
+            raise UserError(f"{adapter or '(empty)'}: no such GGUF adapter; train or convert one first")
+        llm = llama_cpp.Llama(model_path=base_path, lora_path=str(Path(adapter).expanduser()), n_ctx=64,
+                              verbose=False)
+        tokens = llm.tokenize(b"Hello")
+        llm.eval(tokens)
+        del llm
+        return f"llama.cpp loaded {Path(base_path).name} + {Path(adapter).name} and evaluated {len(tokens)} tokens"
+
+
+def publish(src: str | Path, lora_dir: str | Path) -> Path:
+    """Copy a finished LoRA into the host's Lora folder (atomically); returns the new path."""
+    src, dst = Path(src), Path(lora_dir) / Path(src).name
+    if src.resolve() == dst.resolve():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic = importlib.import_module(converters.__name__ + ".atomic")
+    with atomic.atomic_file(dst) as tmp:
+        shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)  # the temp file is 0600; the WebUI may run as another user of the group
+    return dst

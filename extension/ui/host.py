@@ -1,0 +1,166 @@
+"""What the tab needs from the program it lives in; the standalone app's implementation.
+
+The WebUI's implementation (``extension/webui/host.py``) overrides the parts that talk to the
+WebUI (checkpoint list, Lora folder, VRAM, queue lock, progress bar, captioners, Lora loader).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from .._converters import converters
+from ..errors import UserError
+from ..jobs import JOBS, JobManager
+from ..training.events import TrainingEvent
+
+log = logging.getLogger("lora_bridge.ui")
+
+IMAGE_MODEL_SUFFIXES = (".safetensors", ".ckpt")
+TEXT_MODEL_SUFFIXES = (".gguf", ".bin", ".ggml")
+
+
+class Host:
+    """The standalone host: a models folder instead of the WebUI's list, no VRAM hand-off."""
+
+    name = "standalone"
+    in_webui = False
+
+    def __init__(self, models_dir: str | Path | None = None, output_dir: str | Path | None = None,
+                 jobs: JobManager | None = None) -> None:
+        self.models_dir = Path(models_dir).expanduser() if models_dir else None
+        self.output_dir = Path(output_dir).expanduser() if output_dir else Path.cwd() / "lora_output"
+        self.jobs = jobs or JOBS
+        self.base_model: str | None = None
+        self.last_output_name: str | None = None
+        self.task_type = "text-to-image"
+        self.published: list[str] = []
+
+    # ---- models --------------------------------------------------------------------------
+    def checkpoints(self) -> list[str]:
+        """Image base models the user can pick (display titles)."""
+        return sorted(self._scan(image=True))
+
+    def refresh_checkpoints(self) -> list[str]:
+        """Re-read the list (the WebUI re-scans its folders)."""
+        return self.checkpoints()
+
+    def current_checkpoint(self) -> str | None:
+        """The model selected in the host, if any."""
+        items = self.checkpoints()
+        return items[0] if items else None
+
+    def checkpoint_path(self, title: str) -> str:
+        """File or folder behind a title (the standalone shows paths relative to the models folder)."""
+        if not title:
+            raise UserError("no base model chosen; pick one in Model (or pass --models-dir to `lora-bridge ui`)")
+        found = self._scan(image=True)
+        if title in found:
+            return found[title]
+        if Path(title).expanduser().exists():
+            return str(Path(title).expanduser())
+        raise UserError(f"{title}: no such model; press Refresh or give a full path")
+
+    def text_models(self) -> list[str]:
+        """GGUF / GGML LLaMA files for the Text LoRA section."""
+        return sorted(self._scan(image=False))
+
+    def text_model_path(self, title: str) -> str:
+        """Path behind a text-model title."""
+        found = self._scan(image=False)
+        if title in found:
+            return found[title]
+        if title and Path(title).expanduser().exists():
+            return str(Path(title).expanduser())
+        raise UserError(f"{title or '(none)'}: no such GGUF/GGML model; pick one or give a full path")
+
+    def _scan(self, image: bool) -> dict[str, str]:
+        """{title: path} of models under the models folder (files, and diffusers folders for images)."""
+        out: dict[str, str] = {}
+        root = self.models_dir
+        if root is None or not root.is_dir():
+            return out
+        suffixes = IMAGE_MODEL_SUFFIXES if image else TEXT_MODEL_SUFFIXES
+        for path in sorted(root.rglob("*")):
+            rel = str(path.relative_to(root))
+            if path.is_file() and path.suffix.lower() in suffixes:
+                if any(part.startswith(".") for part in path.relative_to(root).parts):
+                    continue
+                if image and (path.parent / "model_index.json").exists():
+                    continue
+                if image and path.parent != root and (path.parent.parent / "model_index.json").exists():
+                    continue  # a component of a diffusers folder
+                out[rel] = str(path)
+            elif image and path.is_dir() and (path / "model_index.json").exists():
+                out[rel + "/"] = str(path)
+        return out
+
+    def lora_dir(self) -> Path:
+        """Where finished LoRAs land (the WebUI: its Lora folder)."""
+        return self.output_dir
+
+    def work_dir(self, output_name: str, task_type: str) -> Path:
+        """A run's own folder (intermediate saves, state, samples, logs): not the Lora folder."""
+        return self.output_dir / "runs" / (output_name or "my_lora")
+
+    # ---- datasets ------------------------------------------------------------------------
+    def captioners(self) -> list[str]:
+        """Auto-captioners available here (the WebUI offers its BLIP and DeepBooru)."""
+        return []
+
+    def caption(self, captioner: str, image_path: str) -> str:
+        """Caption one image with a named captioner."""
+        raise UserError(f"captioner {captioner!r} is only available inside the WebUI; "
+                        "use `lora-bridge caption DIR --model BLIP_FOLDER` standalone")
+
+    # ---- jobs ----------------------------------------------------------------------------
+    def start_job(self, config: dict[str, Any]) -> dict[str, Any]:
+        """Start a training job for a config dict in the shared schema (UI and REST API)."""
+        if self.jobs.running:  # refuse before touching the per-job fields below
+            from ..jobs import JobBusyError
+
+            raise JobBusyError("a training job is already running; stop or cancel it first")
+        self.base_model = str(config.get("base_model") or "") or None
+        self.last_output_name = str(config.get("output_name") or "my_lora")
+        self.task_type = str(config.get("task_type") or "text-to-image")
+        self.published = []
+        return self.jobs.start(config, hooks=self)
+
+    def before_run(self) -> None:
+        """Nothing to free standalone."""
+
+    def after_run(self) -> None:
+        """Nothing to restore standalone."""
+
+    def on_event(self, event: TrainingEvent) -> None:
+        """The standalone has no progress bar besides the tab's own."""
+
+    def after_save(self, path: str) -> str:
+        """Publish the final image LoRA into the Lora folder, then check it as the host loads it."""
+        if self.task_type == "text-to-image" and Path(path).stem == self.last_output_name:
+            from .handlers import publish
+
+            path = str(publish(path, self.lora_dir()))
+            self.published.append(path)
+        return self.check_lora(path)
+
+    def refresh_loras(self) -> str:
+        """Make a new file visible to the host's Lora browser."""
+        return ""
+
+    def check_lora(self, path: str, base: str | None = None) -> str:
+        """One line: how many LoRA modules of ``path`` match ``base`` (default: the job's base)."""
+        adapter = converters.load_adapter(path)
+        base = base or self.base_model
+        total = len(adapter.modules)
+        if not base:
+            return f"{Path(path).name}: {total} modules (no base model to check against)"
+        problems = converters.check_against_base(adapter, base)
+        missing = sum(1 for p in problems if "no such module" in p or "implies weight" in p)
+        matched = total - missing
+        verdict = "all keys match" if matched == total and not problems else f"{len(problems)} problem(s)"
+        line = f"{Path(path).name}: {matched}/{total} modules match {Path(base).name} ({verdict})"
+        if problems:
+            line += f"; first: {problems[0]}"
+        return line

@@ -1,0 +1,30 @@
+"""Starting points for the Settings form, in the shared config schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "SD1.5": {
+        "resolution": 512, "lora_rank": 16, "lora_alpha": 8, "learning_rate": 1e-4, "batch_size": 2,
+        "epochs": 10, "optimizer": "adamw", "lr_scheduler": "cosine", "mixed_precision": "fp16",
+        "gradient_checkpointing": False, "train_text_encoder": True, "text_encoder_lr": 5e-5,
+    },
+    "SDXL low-VRAM": {
+        "resolution": 1024, "lora_rank": 8, "lora_alpha": 4, "learning_rate": 1e-4, "batch_size": 1,
+        "epochs": 10, "optimizer": "adamw8bit", "lr_scheduler": "constant", "mixed_precision": "bf16",
+        "gradient_checkpointing": True, "train_text_encoder": False, "cache_latents": True,
+    },
+    "SDXL quality": {
+        "resolution": 1024, "lora_rank": 32, "lora_alpha": 16, "learning_rate": 1e-4, "batch_size": 2,
+        "epochs": 15, "optimizer": "adamw", "lr_scheduler": "cosine", "mixed_precision": "bf16",
+        "gradient_checkpointing": True, "train_text_encoder": True, "text_encoder_lr": 1e-5,
+        "gradient_accumulation_steps": 2,
+    },
+}
+"""Preset name -> schema values it sets (everything else stays at the schema default)."""
+
+
+def preset_values(name: str, known: set[str]) -> dict[str, Any]:
+    """The preset's values restricted to keys the schema has (renamed keys must not break the tab)."""
+    return {k: v for k, v in PRESETS.get(name, {}).items() if k in known}

@@ -1,0 +1,43 @@
+"""`lora-bridge ui`: the LoRA Training tab in a plain gradio app on localhost."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from . import compat
+from .host import Host
+from .tab import build_tab, read_css
+
+log = logging.getLogger("lora_bridge.ui")
+
+
+def _head_script() -> str:
+    """javascript/lora_bridge.js as a <script> (the WebUI injects it itself)."""
+    path = Path(__file__).resolve().parents[2] / "javascript" / "lora_bridge.js"
+    return f"<script>{path.read_text(encoding='utf-8')}</script>" if path.is_file() else ""
+
+
+def build_app(models_dir: str | None = None, output_dir: str | None = None):
+    """(Blocks, Host, launch keywords) of the standalone app."""
+    host = Host(models_dir=models_dir, output_dir=output_dir)
+    host.output_dir.mkdir(parents=True, exist_ok=True)
+    css, head = read_css(), _head_script()
+    tab = build_tab(host)  # built outside, rendered inside: what the WebUI does with extension tabs
+    with compat.blocks(css=css, title="LoRA Bridge", head=head) as app:
+        tab.render()
+    allowed = [str(host.output_dir), tempfile.gettempdir()] + ([str(host.models_dir)] if host.models_dir else [])
+    extra = {"allowed_paths": allowed, **compat.launch_kwargs(css, head)}
+    return app, host, extra
+
+
+def launch(host: str = "127.0.0.1", port: int = 7861, models_dir: str | None = None,
+           output_dir: str | None = None, block: bool = True) -> int:
+    """Serve the tab on ``host:port`` until interrupted; returns the exit code."""
+    app, _, extra = build_app(models_dir, output_dir)
+    app.queue()
+    print(f"LoRA Bridge UI on http://{host}:{port}", flush=True)
+    app.launch(server_name=host, server_port=port, inbrowser=False, share=False, show_error=True,
+               prevent_thread_lock=not block, **extra)
+    return 0

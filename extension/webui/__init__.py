@@ -1,0 +1,1 @@
+"""WebUI glue: every `modules.*` import of LoRA Bridge lives in this package."""

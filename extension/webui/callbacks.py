@@ -1,0 +1,71 @@
+"""Registration with the WebUI: the tab (``on_ui_tabs``), settings (``on_ui_settings``), API (``on_app_started``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .host import WebUIHost
+
+log = logging.getLogger("lora_bridge.webui")
+
+SECTION = ("lora_training", "LoRA Training")
+TAB = ("LoRA Training", "lora_training")
+
+_HOST: WebUIHost | None = None
+
+
+def get_host() -> WebUIHost:
+    """The process-wide WebUI host (kept across Reload UI, like the job it guards)."""
+    global _HOST
+    if _HOST is None:
+        _HOST = WebUIHost()
+    return _HOST
+
+
+def on_ui_tabs() -> list[tuple[Any, str, str]]:
+    """Build the LoRA Training tab for the WebUI."""
+    from ..ui.tab import build_tab
+
+    return [(build_tab(get_host()), *TAB)]
+
+
+def on_ui_settings() -> None:
+    """Settings → LoRA Training."""
+    import gradio as gr
+    from modules import shared
+
+    from ..ui.presets import PRESETS
+
+    options = {
+        "lora_bridge_default_preset": shared.OptionInfo(
+            next(iter(PRESETS)), "Preset the tab starts with", gr.Radio, {"choices": list(PRESETS)}, section=SECTION),
+        "lora_bridge_free_vram": shared.OptionInfo(
+            True, "Free the WebUI's model from VRAM while training (restored afterwards)", section=SECTION),
+        "lora_bridge_check_with_loader": shared.OptionInfo(
+            True, "After every save, load the file with the WebUI's Lora loader and report matched keys",
+            section=SECTION),
+    }
+    for key, info in options.items():
+        shared.opts.add_option(key, info)
+
+
+def on_app_started(_demo: Any, app: Any) -> None:
+    """Add /lora-bridge/v1 routes when the WebUI serves its API (--api), guarded by --api-auth."""
+    from modules import shared
+
+    from ..api import register as register_api
+
+    cmd_opts = shared.cmd_opts
+    if not (getattr(cmd_opts, "api", False) or getattr(cmd_opts, "nowebui", False)):
+        return
+    register_api(app, get_host(), api_auth=lambda: getattr(shared.cmd_opts, "api_auth", None))
+
+
+def register() -> None:
+    """Called by scripts/lora_bridge.py on every (re)load of the WebUI's scripts."""
+    from modules import script_callbacks
+
+    script_callbacks.on_ui_tabs(on_ui_tabs)
+    script_callbacks.on_ui_settings(on_ui_settings)
+    script_callbacks.on_app_started(on_app_started)

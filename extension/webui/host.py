@@ -1,0 +1,239 @@
+"""The tab's host inside A1111 1.10 / Forge: every ``modules.*`` call of the extension is here.
+
+WebUI calls used (and mimicked by tests/webui/fake_webui):
+``sd_models.checkpoint_tiles / checkpoints_list / model_data.sd_model / unload_model_weights /
+send_model_to_device``, ``shared.refresh_checkpoints / opts.sd_model_checkpoint / cmd_opts.lora_dir
+/ state / interrogator``, ``call_queue.queue_lock``, ``deepbooru.model``, ``paths.models_path``,
+Forge's ``backend.memory_management.unload_all_models``, and the Lora built-in's ``networks`` /
+``network`` modules.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..jobs import JobBusyError, JobManager
+from ..training.events import TrainingEvent
+from ..ui.host import Host
+
+log = logging.getLogger("lora_bridge.webui")
+
+BLIP, DEEPBOORU = "BLIP (WebUI)", "DeepBooru (WebUI)"
+LORA_PARTS = ("lora_down", "lora_up", "lora_A", "lora_B", "alpha", "lora_mid", "dora_scale")
+
+
+def _modules(name: str) -> Any:
+    """``modules.<name>`` of the running WebUI."""
+    return importlib.import_module(f"modules.{name}")
+
+
+def is_forge() -> bool:
+    """Forge ships its own memory manager under ``backend``."""
+    try:
+        importlib.import_module("backend.memory_management")
+    except Exception:
+        return False
+    return True
+
+
+class WebUIHost(Host):
+    """Checkpoints, Lora folder, VRAM hand-off, queue lock and progress bar of the running WebUI."""
+
+    name = "webui"
+    in_webui = True
+
+    def __init__(self, jobs: JobManager | None = None) -> None:
+        super().__init__(jobs=jobs)
+        self._lock_held = False
+        self._unloaded_model: Any = None
+
+    # ---- models --------------------------------------------------------------------------
+    def checkpoints(self) -> list[str]:
+        """Titles of the WebUI's checkpoint dropdown."""
+        sd_models = _modules("sd_models")
+        try:
+            return list(sd_models.checkpoint_tiles())
+        except TypeError:  # Forge's signature differs between releases
+            return list(sd_models.checkpoints_list)
+
+    def refresh_checkpoints(self) -> list[str]:
+        """Re-scan the WebUI's model folders."""
+        _modules("shared").refresh_checkpoints()
+        return self.checkpoints()
+
+    def current_checkpoint(self) -> str | None:
+        """The checkpoint selected in the WebUI's top bar."""
+        return getattr(_modules("shared").opts, "sd_model_checkpoint", None)
+
+    def checkpoint_path(self, title: str) -> str:
+        """File behind a checkpoint title."""
+        if not title:
+            raise UserError("no base model chosen; pick a checkpoint in Model")
+        info = _modules("sd_models").checkpoints_list.get(title)
+        if info is not None:
+            return str(info.filename)
+        return super().checkpoint_path(title)
+
+    def _scan(self, image: bool) -> dict[str, str]:
+        """Text models: GGUF/GGML files under models/ (LLM, llama, text)."""
+        if image:
+            return {}
+        root = Path(getattr(_modules("paths"), "models_path", "models"))
+        found: dict[str, str] = {}
+        for sub in ("LLM", "llama", "text"):
+            folder = root / sub
+            if folder.is_dir():
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file() and path.suffix.lower() in (".gguf", ".bin", ".ggml"):
+                        found[str(path.relative_to(root))] = str(path)
+        return found
+
+    def lora_dir(self) -> Path:
+        """The WebUI's Lora folder (``--lora-dir`` or models/Lora)."""
+        configured = getattr(_modules("shared").cmd_opts, "lora_dir", None)
+        if configured:
+            return Path(configured)
+        return Path(getattr(_modules("paths"), "models_path", "models")) / "Lora"
+
+    def work_dir(self, output_name: str, task_type: str) -> Path:
+        """Runs live under the WebUI's outputs/ folder; only the final file goes to the Lora folder."""
+        root = Path(getattr(_modules("paths"), "data_path", "."))
+        return root / "outputs" / "lora-bridge" / (output_name or "my_lora")
+
+    # ---- captioners ----------------------------------------------------------------------
+    def captioners(self) -> list[str]:
+        """The WebUI's BLIP interrogator and DeepBooru (SD.Next has no ``shared.interrogator``)."""
+        out = []
+        if getattr(_modules("shared"), "interrogator", None) is not None:
+            out.append(BLIP)
+        try:
+            if getattr(_modules("deepbooru"), "model", None) is not None:
+                out.append(DEEPBOORU)
+        except Exception:
+            pass
+        return out
+
+    def caption(self, captioner: str, image_path: str) -> str:
+        """Caption one image with the WebUI's own models (they download on first use)."""
+        from PIL import Image
+
+        with Image.open(image_path) as img:
+            pil = img.convert("RGB")
+        if captioner == BLIP:
+            interrogator = _modules("shared").interrogator
+            interrogator.load()
+            try:
+                return str(interrogator.generate_caption(pil)).strip()
+            finally:
+                interrogator.unload()
+        if captioner == DEEPBOORU:
+            model = _modules("deepbooru").model
+            model.start()
+            try:
+                return str(model.tag_multi(pil)).strip()
+            finally:
+                model.stop()
+        return super().caption(captioner, image_path)
+
+    # ---- VRAM hand-off and progress --------------------------------------------------------
+    def before_run(self) -> None:
+        """Take the generation queue lock (refuse when busy) and free the WebUI's model."""
+        lock = _modules("call_queue").queue_lock
+        if not lock.acquire(blocking=False):
+            raise JobBusyError("the WebUI is busy generating; start training when it has finished")
+        self._lock_held = True
+        try:
+            if _modules("shared").opts.data.get("lora_bridge_free_vram", True):
+                self._free_vram()
+            state = _modules("shared").state
+            state.begin(job="LoRA training")
+            state.textinfo = "LoRA training: starting"
+        except BaseException:
+            self.after_run()
+            raise
+
+    def _free_vram(self) -> None:
+        """A1111: move the loaded model to CPU (kept for restore). Forge: unload everything."""
+        if is_forge():
+            importlib.import_module("backend.memory_management").unload_all_models()
+            return
+        sd_models = _modules("sd_models")
+        model = getattr(sd_models.model_data, "sd_model", None)  # shared.sd_model would load one
+        if model is not None:
+            sd_models.unload_model_weights(model)
+            self._unloaded_model = model
+
+    def after_run(self) -> None:
+        """Put the model back on its device (A1111; Forge reloads on use) and release the lock."""
+        try:
+            model, self._unloaded_model = self._unloaded_model, None
+            if model is not None:
+                _modules("sd_models").send_model_to_device(model)
+            try:
+                _modules("shared").state.end()
+            except Exception:
+                log.debug("shared.state.end failed", exc_info=True)
+        finally:
+            if self._lock_held:
+                self._lock_held = False
+                _modules("call_queue").queue_lock.release()
+
+    def on_event(self, event: TrainingEvent) -> None:
+        """Feed the WebUI's progress bar (``shared.state``)."""
+        state = _modules("shared").state
+        if event.total_steps:
+            state.sampling_steps = event.total_steps
+            state.job_count = 1
+        state.sampling_step = event.step
+        loss = f", loss {event.loss:.4f}" if event.loss is not None else ""
+        state.textinfo = f"LoRA training: step {event.step}/{event.total_steps}{loss}"
+        if getattr(state, "interrupted", False):  # the WebUI's own Interrupt button: stop and save
+            self.jobs.stop()
+
+    # ---- Lora folder and loader ------------------------------------------------------------
+    def refresh_loras(self) -> str:
+        """Re-list the Lora folder so the cards (refreshed by javascript) show the new file."""
+        networks = sys.modules.get("networks")
+        if networks is not None and hasattr(networks, "list_available_networks"):
+            networks.list_available_networks()
+            return "Lora list refreshed"
+        return "Lora built-in not loaded; press the Lora tab's refresh button"
+
+    def check_lora(self, path: str, base: str | None = None) -> str:
+        """Load ``path`` through the WebUI's ``networks.load_network``; count modules that matched.
+
+        Falls back to the format layer's check where the A1111 loader is absent (Forge's differs).
+        """
+        networks = sys.modules.get("networks")
+        network = getattr(networks, "network", None) or sys.modules.get("network")  # networks.py imports it
+        check = _modules("shared").opts.data.get("lora_bridge_check_with_loader", True)
+        loaded = getattr(_modules("sd_models").model_data, "sd_model", None) is not None  # never load one to check
+        if not (check and loaded) or is_forge() or networks is None or not hasattr(network, "NetworkOnDisk"):
+            if base is None and self.base_model:
+                base = self.base_model
+            return super().check_lora(path, base) + " (format-layer check)"
+        name = Path(path).stem
+        net = networks.load_network(name, network.NetworkOnDisk(name, str(path)))
+        total = count_lora_modules(path)
+        matched = len(getattr(net, "modules", {}))
+        verdict = "all keys match" if matched == total else f"{total - matched} module(s) did NOT match"
+        return f"{Path(path).name}: WebUI Lora loader matched {matched}/{total} modules ({verdict})"
+
+
+def count_lora_modules(path: str | Path) -> int:
+    """Distinct LoRA modules in a kohya file, grouped the way A1111's loader groups keys."""
+    from .._converters import converters
+
+    header, _ = importlib.import_module(converters.__name__ + ".safetensors_io").read_header(Path(path))
+    keys = [k for k in header if k != "__metadata__"]
+    prefixes = set()
+    for key in keys:
+        prefix, _, part = key.partition(".")
+        if prefix != "bundle_emb" and part.split(".")[0] in LORA_PARTS:
+            prefixes.add(prefix)
+    return len(prefixes)

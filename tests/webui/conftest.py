@@ -1,0 +1,134 @@
+"""Fixtures of the WebUI/tab tests: a fake WebUI ``modules`` API, a tiny base, a tiny LoRA, a dataset,
+and a fake training runner that emits the engine's events (the real engine runs in the browser test)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+FAKE_WEBUI = HERE / "fake_webui"
+FAKE_NAMES = ("modules", "network", "networks")
+
+
+def _purge_fake() -> None:
+    for name in list(sys.modules):
+        if name.split(".")[0] in FAKE_NAMES:
+            del sys.modules[name]
+
+
+@pytest.fixture
+def fake_webui(tmp_path, monkeypatch):
+    """The stand-in WebUI API on sys.path, fresh for each test, paths under tmp_path."""
+    _purge_fake()
+    monkeypatch.syspath_prepend(str(FAKE_WEBUI))
+    from modules import paths, shared
+
+    paths.models_path = str(tmp_path / "models")
+    paths.data_path = str(tmp_path)
+    (tmp_path / "models" / "Lora").mkdir(parents=True)
+    shared.cmd_opts.lora_dir = None
+    yield sys.modules["modules"]
+    _purge_fake()
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A tiny SD1 single-file checkpoint (WebUI layout)."""
+    from extension.tiny.sd import save_tiny_sd_checkpoint
+
+    folder = tmp_path_factory.mktemp("base")
+    return save_tiny_sd_checkpoint("sd1", folder / "tiny-sd1.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory) -> Path:
+    """A kohya-layout LoRA (written directly, the way sd-scripts names keys) on 4 UNet attention layers."""
+    import torch
+    from safetensors.numpy import save_file
+
+    from extension.tiny.sd import build_tiny_sd
+
+    unet = build_tiny_sd("sd1")["unet"]
+    shapes = {n: tuple(m.weight.shape) for n, m in unet.named_modules()
+              if isinstance(m, torch.nn.Linear) and n.endswith(("to_q", "to_k", "to_v"))}
+    rng = np.random.default_rng(0)
+    tensors = {}
+    for name in sorted(shapes)[:4]:
+        out_dim, in_dim = shapes[name]
+        key = "lora_unet_" + name.replace(".", "_")
+        tensors[f"{key}.lora_down.weight"] = rng.standard_normal((2, in_dim)).astype(np.float16)
+        tensors[f"{key}.lora_up.weight"] = rng.standard_normal((out_dim, 2)).astype(np.float16)
+        tensors[f"{key}.alpha"] = np.array(2.0, dtype=np.float16)
+    out = tmp_path_factory.mktemp("lora") / "tiny_lora.safetensors"
+    save_file(tensors, str(out), metadata={"ss_network_dim": "2", "ss_network_alpha": "2.0",
+                                             "ss_base_model_version": "sd_v1"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """Three small captioned PNGs (one without caption) in a kohya repeat folder."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("data")
+    folder = root / "2_cat"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        if i < 2:
+            (folder / f"img{i}.txt").write_text(f"a cat number {i}\n")
+    return root
+
+
+def make_fake_runner(lora_file: Path, steps: int = 6, delay: float = 0.05, fail: bool = False):
+    """A runner with the engine's signature: step events, one sample, the final save, done."""
+    from extension.training.events import TrainingEvent, TrainResult
+
+    def run(cfg, callback, control):
+        out_dir = Path(cfg.output_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        total = cfg.max_train_steps or steps
+        callback(TrainingEvent("start", total_steps=total, message="fake start"))
+        for step in range(1, total + 1):
+            if fail and step == 2:
+                raise RuntimeError("boom at step 2")
+            if control.cancel_requested:
+                return TrainResult("cancelled", steps=step - 1, message="cancelled")
+            time.sleep(delay)
+            callback(TrainingEvent("step", step=step, total_steps=total, loss=1.0 / step, lr=1e-4,
+                                   eta_seconds=(total - step) * delay, it_per_second=1 / delay))
+            if step == 2:
+                from PIL import Image
+
+                sample = out_dir / "samples" / "s-000002.png"
+                sample.parent.mkdir(exist_ok=True)
+                Image.new("RGB", (16, 16), "red").save(sample)
+                callback(TrainingEvent("sample", step=step, total_steps=total, paths=[str(sample)]))
+            if control.stop_requested:
+                break
+        final = out_dir / f"{cfg.output_name}.safetensors"
+        final.write_bytes(lora_file.read_bytes())
+        callback(TrainingEvent("saved", step=step, total_steps=total, paths=[str(final)]))
+        callback(TrainingEvent("done", step=step, total_steps=total, message="fake done"))
+        status = "stopped" if control.stop_requested else "done"
+        return TrainResult(status, output_files=[str(final)], final_loss=1.0 / step, steps=step, message=status)
+
+    return run
+
+
+@pytest.fixture
+def fake_runner(tiny_lora):
+    return make_fake_runner(tiny_lora)
+
+
+@pytest.fixture
+def runner_factory(tiny_lora):
+    """make_fake_runner bound to the tiny LoRA: ``runner_factory(steps=..., delay=..., fail=...)``."""
+    return lambda **kw: make_fake_runner(tiny_lora, **kw)

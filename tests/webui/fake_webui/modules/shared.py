@@ -1,0 +1,62 @@
+"""Mimics the parts of modules/shared.py (and shared_state.State, options.Options) we use."""
+
+from types import SimpleNamespace
+
+CALLS = []
+
+
+class OptionInfo:
+    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
+                 **kwargs):
+        self.default, self.label, self.component, self.component_args = default, label, component, component_args
+        self.section = section
+
+
+class Options:
+    def __init__(self):
+        object.__setattr__(self, "data", {"sd_model_checkpoint": None})
+        object.__setattr__(self, "data_labels", {})
+
+    def add_option(self, key, info):
+        self.data_labels[key] = info
+        self.data.setdefault(key, info.default)
+
+    def __getattr__(self, item):
+        if item in self.data:
+            return self.data[item]
+        raise AttributeError(item)
+
+
+class State:
+    def __init__(self):
+        self.job, self.job_count, self.sampling_step, self.sampling_steps, self.textinfo = "", 0, 0, 0, None
+        self.interrupted = False
+
+    def begin(self, job="(unknown)"):
+        CALLS.append(("state.begin", job))
+        self.job = job
+
+    def end(self):
+        CALLS.append(("state.end",))
+        self.job = ""
+
+
+class Interrogator:
+    def load(self):
+        CALLS.append(("interrogator.load",))
+
+    def generate_caption(self, pil_image):
+        return f"a photo {pil_image.size[0]}x{pil_image.size[1]}"
+
+    def unload(self):
+        CALLS.append(("interrogator.unload",))
+
+
+opts = Options()
+cmd_opts = SimpleNamespace(lora_dir=None, api=True, api_auth=None, nowebui=False)
+state = State()
+interrogator = Interrogator()
+
+
+def refresh_checkpoints():
+    CALLS.append(("refresh_checkpoints",))

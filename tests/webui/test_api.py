@@ -1,0 +1,91 @@
+"""REST API: --api-auth honoured (401 without credentials), 409 on a second start, convert/inspect."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from extension.api import PREFIX, authorized, parse_credentials, register
+from extension.jobs import JobManager
+from extension.ui.host import Host
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture
+def client_factory(tmp_path, runner_factory):
+    def make(api_auth=None, **runner_kw):
+        host = Host(output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(**runner_kw)))
+        app = FastAPI()
+        assert register(app, host, api_auth=lambda: api_auth)
+        assert not register(app, host, api_auth=lambda: api_auth)  # Reload UI: routes are not doubled
+        return TestClient(app), host
+
+    return make
+
+
+def body(tmp_path, dataset, tiny_base):
+    return {"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_name": "api_lora",
+            "output_dir": str(tmp_path / "run"), "max_train_steps": 4}
+
+
+def test_credentials_parsing():
+    creds = parse_credentials("alice:secret, bob:p:w")
+    assert creds == {"alice": "secret", "bob": "p:w"}
+    assert authorized(basic("bob", "p:w")["Authorization"], creds)
+    assert not authorized(basic("bob", "p")["Authorization"], creds)
+    assert not authorized("Bearer x", creds) and not authorized("Basic !!!", creds)
+    assert authorized(None, {})
+
+
+def test_every_route_answers_401_without_credentials(client_factory):
+    client, _ = client_factory(api_auth="alice:secret")
+    for method, route in (("post", "start"), ("get", "status"), ("post", "stop"), ("post", "convert"),
+                          ("post", "inspect"), ("get", "inspect")):
+        response = getattr(client, method)(f"{PREFIX}/{route}")
+        assert response.status_code == 401, route
+        assert response.headers["www-authenticate"].startswith("Basic")
+    assert client.get(f"{PREFIX}/status", headers=basic("alice", "wrong")).status_code == 401
+    ok = client.get(f"{PREFIX}/status", headers=basic("alice", "secret"))
+    assert ok.status_code == 200 and ok.json()["state"] == "idle"
+
+
+def test_start_status_conflict_stop(client_factory, tmp_path, dataset, tiny_base):
+    client, host = client_factory(api_auth="alice:secret", steps=400, delay=0.02)
+    auth = basic("alice", "secret")
+    first = client.post(f"{PREFIX}/start", json={"config": body(tmp_path, dataset, tiny_base)}, headers=auth)
+    assert first.status_code == 200, first.text
+    second = client.post(f"{PREFIX}/start", json=body(tmp_path, dataset, tiny_base), headers=auth)
+    assert second.status_code == 409 and "already running" in second.json()["error"]
+    assert client.post(f"{PREFIX}/stop", json={}, headers=auth).json()["state"] in ("stopping", "stopped")
+    st = host.jobs.wait(30)
+    assert st["state"] == "stopped"
+    final = client.get(f"{PREFIX}/status", headers=auth).json()
+    assert final["saved"] and final["losses"]
+    assert (tmp_path / "loras" / "api_lora.safetensors").is_file()  # published to the Lora folder
+
+
+def test_bad_requests_are_400_with_one_line(client_factory, tmp_path):
+    client, _ = client_factory()
+    bad = client.post(f"{PREFIX}/start", json={"lora_rnak": 4})
+    assert bad.status_code == 400 and "lora_rank" in bad.json()["error"]
+    missing = client.post(f"{PREFIX}/inspect", json={"path": str(tmp_path / "nope.safetensors")})
+    assert missing.status_code == 400 and "no such file" in missing.json()["error"]
+    assert client.post(f"{PREFIX}/convert", json={}).status_code == 400
+    assert client.post(f"{PREFIX}/stop", json={"save": False}).json()["state"] == "idle"
+
+
+def test_inspect_and_convert(client_factory, tmp_path, tiny_lora):
+    client, _ = client_factory()
+    report = client.get(f"{PREFIX}/inspect", params={"path": str(tiny_lora)})
+    assert report.status_code == 200, report.text
+    assert report.json()["modules"] == 4 and report.json()["format"] == "kohya"
+    out = tmp_path / "peft_out"
+    converted = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(out), "to": "peft"})
+    assert converted.status_code == 200, converted.text
+    assert list(out.rglob("adapter_model.safetensors"))

@@ -1,0 +1,184 @@
+"""The WebUI host against the stand-in ``modules`` API: VRAM hand-off, queue lock, progress bar,
+Lora folder, loader check, captioners, settings and API registration."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from extension.jobs import JobBusyError, JobManager
+
+
+@pytest.fixture
+def webui_host(fake_webui, runner_factory, tiny_base):
+    from modules import sd_models
+
+    from extension.webui.host import WebUIHost
+
+    sd_models.checkpoints_list.clear()
+    sd_models.checkpoints_list["tiny-sd1.safetensors [abc]"] = sd_models.CheckpointInfo(
+        str(tiny_base), "tiny-sd1.safetensors [abc]")
+    sd_models.model_data.sd_model = sd_models.FakeModel()
+    sd_models.CALLS.clear()
+    return WebUIHost(jobs=JobManager(runner=runner_factory(steps=4)))
+
+
+def start_config(host, dataset, name="webui_lora"):
+    return {"base_model": host.checkpoint_path("tiny-sd1.safetensors [abc]"), "train_data_dir": str(dataset),
+            "output_name": name, "output_dir": str(host.work_dir(name, "text-to-image"))}
+
+
+def test_models_and_folders(webui_host, tmp_path, tiny_base):
+    from modules import shared
+
+    assert webui_host.checkpoints() == ["tiny-sd1.safetensors [abc]"]
+    assert webui_host.checkpoint_path("tiny-sd1.safetensors [abc]") == str(tiny_base)
+    assert webui_host.lora_dir() == tmp_path / "models" / "Lora"
+    shared.cmd_opts.lora_dir = str(tmp_path / "elsewhere")
+    assert webui_host.lora_dir() == tmp_path / "elsewhere"
+    assert webui_host.work_dir("x", "text-to-image") == tmp_path / "outputs" / "lora-bridge" / "x"
+    webui_host.refresh_checkpoints()
+    assert ("refresh_checkpoints",) in shared.CALLS
+
+
+def test_training_frees_vram_holds_lock_and_restores(webui_host, dataset, tmp_path):
+    import networks
+    from modules import call_queue, sd_models, shared
+
+    model = sd_models.model_data.sd_model
+    seen = {}
+    original = webui_host.on_event
+
+    def spy(event):
+        original(event)
+        seen.setdefault("locked", call_queue.queue_lock.locked())
+        seen.setdefault("device", model.device)
+        seen["textinfo"] = shared.state.textinfo
+
+    webui_host.on_event = spy
+    networks.KNOWN.update({"lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_k",
+                           "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"})
+    webui_host.start_job(start_config(webui_host, dataset))
+    st = webui_host.jobs.wait(30)
+    assert st["state"] == "done"
+    assert seen["locked"] and seen["device"] == "cpu" and seen["textinfo"].startswith("LoRA training: step 4/4")
+    assert model.device == "cuda" and not call_queue.queue_lock.locked()  # restored and released
+    assert [c[0] for c in sd_models.CALLS] == ["unload_model_weights", "send_model_to_device"]
+    assert ("state.begin", "LoRA training") in shared.CALLS and ("state.end",) in shared.CALLS
+    published = tmp_path / "models" / "Lora" / "webui_lora.safetensors"
+    assert published.is_file() and webui_host.published == [str(published)]
+    assert st["checks"] == ["webui_lora.safetensors: WebUI Lora loader matched 2/4 modules (2 module(s) did NOT match)"]
+    assert ("load_network", "webui_lora") in networks.CALLS
+    assert webui_host.refresh_loras() == "Lora list refreshed"
+
+
+def test_failure_still_restores(fake_webui, runner_factory, dataset, tiny_base):
+    from modules import call_queue, sd_models
+
+    from extension.webui.host import WebUIHost
+
+    sd_models.checkpoints_list["t"] = sd_models.CheckpointInfo(str(tiny_base), "t")
+    host = WebUIHost(jobs=JobManager(runner=runner_factory(fail=True)))
+    model = sd_models.model_data.sd_model
+    host.start_job({"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_dir": "unused"})
+    st = host.jobs.wait(30)
+    assert st["state"] == "failed" and "boom" in st["message"]
+    assert model.device == "cuda" and not call_queue.queue_lock.locked()
+
+
+def test_busy_webui_refuses_start(webui_host, dataset):
+    from modules import call_queue, sd_models
+
+    call_queue.queue_lock.acquire()  # txt2img is generating
+    try:
+        with pytest.raises(JobBusyError, match="busy generating"):
+            webui_host.start_job(start_config(webui_host, dataset))
+        assert sd_models.CALLS == [] and webui_host.jobs.status()["state"] == "idle"
+    finally:
+        call_queue.queue_lock.release()
+
+
+def test_no_loaded_model_is_not_loaded_for_unloading(webui_host, dataset):
+    import networks
+    from modules import sd_models
+
+    sd_models.model_data.sd_model = None
+    webui_host.start_job(start_config(webui_host, dataset))
+    st = webui_host.jobs.wait(30)
+    assert st["state"] == "done"
+    assert sd_models.CALLS == [] and networks.CALLS == []  # no model is loaded just to check the file
+    assert st["checks"][0].endswith("4/4 modules match tiny-sd1.safetensors (all keys match) (format-layer check)")
+
+
+def test_webui_captioners(webui_host, dataset, tmp_path):
+    import shutil
+
+    from extension.ui.handlers import Handlers
+
+    data = tmp_path / "d"
+    shutil.copytree(dataset, data)
+    h = Handlers(webui_host)
+    assert webui_host.captioners() == ["BLIP (WebUI)", "DeepBooru (WebUI)"]
+    assert h.auto_caption(str(data), "BLIP (WebUI)", False).startswith("captioned 1 image(s)")
+    assert (data / "2_cat" / "img2.txt").read_text().strip() == "a photo 32x32"
+    assert h.auto_caption(str(data), "DeepBooru (WebUI)", True).startswith("captioned 3 image(s)")
+    assert (data / "2_cat" / "img0.txt").read_text().strip() == "1girl, solo"
+
+
+def test_callbacks_register_tab_settings_and_api(fake_webui, tmp_path):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+    from modules import script_callbacks, shared
+
+    from extension.webui import callbacks
+
+    script_callbacks.clear_callbacks()
+    callbacks.register()
+    tabs = script_callbacks.ui_tabs_callback()
+    assert [(t[1], t[2]) for t in tabs] == [("LoRA Training", "lora_training")]
+    script_callbacks.ui_settings_callback()
+    assert shared.opts.lora_bridge_free_vram is True
+    assert shared.opts.data_labels["lora_bridge_default_preset"].section == ("lora_training", "LoRA Training")
+    app = FastAPI()
+    shared.cmd_opts.api_auth = "u:p"
+    script_callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    assert client.get("/lora-bridge/v1/status").status_code == 401
+    assert client.get("/lora-bridge/v1/status", auth=("u", "p")).status_code == 200
+    shared.cmd_opts.api = False
+    other = FastAPI()
+    script_callbacks.app_started_callback(None, other)
+    assert not any("lora-bridge" in getattr(r, "path", "") for r in other.routes)  # no --api, no routes
+
+
+def test_concurrent_starts_only_one_wins(webui_host, dataset):
+    results = []
+
+    def go():
+        try:
+            webui_host.start_job(start_config(webui_host, dataset))
+            results.append("ok")
+        except JobBusyError:
+            results.append("busy")
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    webui_host.jobs.wait(30)
+    assert sorted(results) == ["busy", "busy", "busy", "ok"]
+
+
+def test_webui_interrupt_button_stops_and_saves(fake_webui, runner_factory, dataset, tiny_base):
+    from modules import shared
+
+    from extension.webui.host import WebUIHost
+
+    host = WebUIHost(jobs=JobManager(runner=runner_factory(steps=400, delay=0.02)))
+    host.start_job({"base_model": str(tiny_base), "train_data_dir": str(dataset),
+                    "output_dir": str(host.work_dir("intr", "text-to-image")), "output_name": "intr"})
+    shared.state.interrupted = True
+    st = host.jobs.wait(30)
+    assert st["state"] == "stopped" and st["saved"] and st["step"] < 400
