@@ -1,0 +1,197 @@
+"""Text training data: plain text, instruction jsonl and chat jsonl, tokenized with the base's tokenizer.
+
+Formats (``data_format: auto`` decides per file):
+
+- ``.txt``: one sample per line, or, when the file has blank lines, one sample per paragraph.
+- ``.jsonl`` instruction rows: ``{"instruction": ..., "input": ... (optional), "output": ...}``.
+- ``.jsonl`` chat rows: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``,
+  the last message from the assistant. Rows ``{"text": ...}`` are plain text.
+
+Instruction rows become a user + assistant chat. Chats are rendered with ``chat_template`` from the
+config, else the GGUF's ``tokenizer.chat_template``, else ``DEFAULT_CHAT_TEMPLATE`` below (plain
+``### User:`` / ``### Assistant:`` headers, which need no special tokens). With
+``train_on_responses_only`` the loss covers only the final assistant reply (and the EOS after it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from .tokenizer import Tokenizer
+
+IGNORE = -100
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}### {{ message['role'] | capitalize }}:\n{{ message['content'] }}\n\n"
+    "{% endfor %}{% if add_generation_prompt %}### Assistant:\n{% endif %}"
+)
+_MAX_REPORTED = 5
+
+
+@dataclass
+class Sample:
+    """One training sequence: token ids and labels (``IGNORE`` where no loss is taken)."""
+
+    ids: list[int]
+    labels: list[int]
+    text: str = ""
+
+
+def render_chat(template: str, messages: list[dict], tokenizer: Tokenizer, add_generation_prompt: bool) -> str:
+    """Render ``messages`` with a Hugging Face-style Jinja chat template (sandboxed)."""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise TemplateError(message)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["raise_exception"] = raise_exception
+    return env.from_string(template).render(
+        messages=messages, add_generation_prompt=add_generation_prompt,
+        bos_token=tokenizer.bos_token, eos_token=tokenizer.eos_token,
+    )
+
+
+class _Builder:
+    """Turns rows into ``Sample``s with one tokenizer and settings."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int, responses_only: bool, chat_template: str | None):
+        self.tok = tokenizer
+        self.max_length = max_length
+        self.responses_only = responses_only
+        self.template = chat_template or tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+
+    def plain(self, text: str) -> Sample:
+        ids = self.tok.encode(text, add_special=True)
+        if self.tok.eos_id is not None and (not ids or ids[-1] != self.tok.eos_id):
+            ids.append(self.tok.eos_id)
+        return self._cut(Sample(ids, list(ids), text))
+
+    def chat(self, messages: list[dict]) -> Sample:
+        prompt = render_chat(self.template, messages[:-1], self.tok, add_generation_prompt=True)
+        full = render_chat(self.template, messages, self.tok, add_generation_prompt=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template does not render the conversation as prompt + reply")
+        reply = full[len(prompt):]
+        bos = self.tok.bos_token
+        prompt_ids = self.tok.encode(prompt, add_special=False, parse_special=True)
+        if self.tok.add_bos and self.tok.bos_id is not None and not (bos and prompt.startswith(bos)):
+            prompt_ids.insert(0, self.tok.bos_id)
+        reply_ids = self.tok.encode(reply, add_special=False, parse_special=True, space_prefix=False)
+        eos = self.tok.eos_id
+        if eos is not None and (not reply_ids or reply_ids[-1] != eos) and not reply.rstrip().endswith(
+                self.tok.eos_token or "\0"):
+            reply_ids.append(eos)
+        ids = prompt_ids + reply_ids
+        labels = ([IGNORE] * len(prompt_ids) + reply_ids) if self.responses_only else list(ids)
+        return self._cut(Sample(ids, labels, full))
+
+    def _cut(self, sample: Sample) -> Sample:
+        sample.ids = sample.ids[: self.max_length]
+        sample.labels = sample.labels[: self.max_length]
+        return sample
+
+
+def _row_messages(row: object, fmt: str) -> list[dict] | str:
+    """Messages of a jsonl row (or its plain text); ValueError says what is wrong."""
+    if not isinstance(row, dict):
+        raise ValueError("expected a JSON object")
+    if "messages" in row and fmt in ("auto", "chat"):
+        messages = row["messages"]
+        if not isinstance(messages, list) or not messages:
+            raise ValueError("'messages' must be a non-empty list")
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise ValueError("each message needs string 'role' and 'content'")
+        if messages[-1]["role"] != "assistant":
+            raise ValueError("the last message must be the assistant's reply")
+        return messages
+    if "instruction" in row and fmt in ("auto", "instruction"):
+        if not isinstance(row.get("output"), str) or not isinstance(row["instruction"], str):
+            raise ValueError("instruction rows need string 'instruction' and 'output'")
+        user = row["instruction"]
+        extra = row.get("input") or ""
+        if not isinstance(extra, str):
+            raise ValueError("'input' must be a string")
+        if extra.strip():
+            user = f"{user}\n\n{extra}"
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    if isinstance(row.get("text"), str) and fmt in ("auto", "text"):
+        return row["text"]
+    wanted = {"auto": "'messages', 'instruction'/'output' or 'text'", "chat": "'messages'",
+              "instruction": "'instruction' and 'output'", "text": "'text'"}[fmt]
+    raise ValueError(f"no {wanted} key")
+
+
+def _files(path: Path) -> list[Path]:
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".txt", ".jsonl") and p.is_file())
+        if not files:
+            raise UserError(f"{path}: no .txt or .jsonl files; put the training text there")
+        return files
+    if not path.is_file():
+        raise UserError(f"{path}: training data not found; set train_data_dir to a .txt/.jsonl file or folder")
+    if path.suffix.lower() not in (".txt", ".jsonl", ".json"):
+        raise UserError(f"{path}: unsupported data file; use .txt (one sample per line or paragraph) or .jsonl")
+    return [path]
+
+
+def _text_samples(text: str) -> list[str]:
+    """Paragraphs when the file has blank lines, else lines; empty ones dropped."""
+    text = text.replace("\r\n", "\n")
+    if re.search(r"\n[ \t]*\n", text.strip()):
+        return [p.strip() for p in re.split(r"\n[ \t]*\n", text) if p.strip()]
+    return [line.strip() for line in text.split("\n") if line.strip()]
+
+
+def load_text_dataset(path: str | Path, tokenizer: Tokenizer, data_format: str = "auto", max_length: int = 512,
+                      train_on_responses_only: bool = True, chat_template: str | None = None) -> list[Sample]:
+    """Read and tokenize all samples; UserError with line numbers for bad rows, or for no usable sample."""
+    path = Path(path)
+    builder = _Builder(tokenizer, max_length, train_on_responses_only, chat_template)
+    samples: list[Sample] = []
+    bad: list[str] = []
+    for file in _files(path):
+        try:
+            content = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        if file.suffix.lower() == ".txt":
+            if data_format in ("instruction", "chat"):
+                raise UserError(f"{file}: data_format {data_format} needs a .jsonl file; use data_format text")
+            samples.extend(builder.plain(t) for t in _text_samples(content))
+            continue
+        for number, line in enumerate(content.split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                bad.append(f"{file.name} line {number}: not valid JSON ({exc.msg})")
+                continue
+            try:
+                item = _row_messages(row, data_format)
+                samples.append(builder.plain(item) if isinstance(item, str) else builder.chat(item))
+            except Exception as exc:  # template errors come as several jinja2 types
+                bad.append(f"{file.name} line {number}: {exc}")
+    if bad:
+        more = f" (and {len(bad) - _MAX_REPORTED} more)" if len(bad) > _MAX_REPORTED else ""
+        raise UserError(f"{path}: {len(bad)} bad row(s): " + "; ".join(bad[:_MAX_REPORTED]) + more
+                        + "; fix or remove them")
+    usable = [s for s in samples if sum(1 for x in s.labels[1:] if x != IGNORE) > 0]
+    if not usable:
+        raise UserError(f"{path}: no usable training samples (empty, or every reply cut off by max_length "
+                        f"{max_length}); add data or raise max_length")
+    return usable
+
+
+def collate(samples: list[Sample], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
+    """Right-pad a batch: (ids, labels) of equal length; padding is ``pad_id`` / ``IGNORE``."""
+    width = max(len(s.ids) for s in samples)
+    ids = [s.ids + [pad_id] * (width - len(s.ids)) for s in samples]
+    labels = [s.labels + [IGNORE] * (width - len(s.labels)) for s in samples]
+    return ids, labels

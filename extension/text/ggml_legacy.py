@@ -1,0 +1,249 @@
+"""Reader for legacy llama.cpp model files (``*.ggmlv3.q4_0.bin``): ggml, ggmf and ggjt v1-v3.
+
+Layout: u32 magic, [u32 version], 7 x u32 hparams (n_vocab, n_embd, n_mult, n_head, n_layer, n_rot,
+ftype), the vocab (n_vocab x u32 length + bytes [+ f32 score]), then tensors until EOF: u32 n_dims,
+u32 name length, u32 type, n_dims x u32 dims (ggml order), name, [ggjt: padding to a 32-byte file
+offset], data. Q and K are stored permuted for rotary, as in GGUF.
+
+GGML does not store the KV head count, RMS epsilon, context length or rope base: they are options
+(defaults as llama.cpp's converter: no GQA, 5e-6, 2048, 10000; LLaMA-2 wants 1e-5 and 4096, 70B
+8 KV heads). Quantized tensors are read from ggjt v3 only: earlier versions used other block
+layouts (f32 scales) that no current tool runs; their F32/F16 tensors are fine.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from ..errors import UserError
+
+GGML_MAGICS = {0x67676D6C: "ggml", 0x67676D66: "ggmf", 0x67676A74: "ggjt"}
+DEFAULTS = {"n_kv_heads": None, "rms_eps": 5e-6, "context_length": 2048, "rope_base": 10000.0}
+_FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
+_LAYER_NAMES = {
+    "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v", "attention.wo": "attn_output",
+    "attention_norm": "attn_norm", "ffn_norm": "ffn_norm", "feed_forward.w1": "ffn_gate",
+    "feed_forward.w2": "ffn_down", "feed_forward.w3": "ffn_up",
+}
+_TOP_NAMES = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output"}
+
+
+@dataclass
+class GGMLHparams:
+    """The seven numbers a GGML LLaMA file stores."""
+
+    n_vocab: int
+    n_embd: int
+    n_mult: int
+    n_head: int
+    n_layer: int
+    n_rot: int
+    ftype: int
+
+
+@dataclass
+class GGMLTensor:
+    """One tensor: name, type, ggml dims (row length first) and its bytes (a read-only map)."""
+
+    name: str
+    qtype: GGMLQuantizationType
+    dims: tuple[int, ...]
+    offset: int
+    raw: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """numpy/torch shape (rows first)."""
+        return tuple(reversed(self.dims))
+
+    def array(self) -> np.ndarray:
+        """Float tensors as float32/float16 arrays; quantized ones as uint8 rows (rows, row bytes)."""
+        if self.qtype == GGMLQuantizationType.F32:
+            return self.raw.view(np.float32).reshape(self.shape)
+        if self.qtype == GGMLQuantizationType.F16:
+            return self.raw.view(np.float16).reshape(self.shape)
+        rows = int(np.prod(self.shape[:-1])) if len(self.shape) > 1 else 1
+        return self.raw.reshape(rows, -1)
+
+
+@dataclass
+class GGMLFile:
+    """A parsed legacy file."""
+
+    path: Path
+    kind: str
+    version: int
+    hparams: GGMLHparams
+    vocab: list[tuple[bytes, float]]
+    tensors: dict[str, GGMLTensor] = field(default_factory=dict)
+
+
+def _bad(path: Path, what: str) -> UserError:
+    return UserError(f"{path}: {what}; the GGML file is damaged or not a LLaMA model (re-download it)")
+
+
+def read_ggml(path: str | Path) -> GGMLFile:
+    """Parse a ggml/ggmf/ggjt LLaMA file; tensor data stays memory-mapped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such file")
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    size = data.shape[0]
+    pos = 0
+
+    def u32s(n: int) -> tuple[int, ...]:
+        nonlocal pos
+        if pos + 4 * n > size:
+            raise _bad(path, f"ends early at byte {pos}")
+        values = struct.unpack_from(f"<{n}I", data, pos)
+        pos += 4 * n
+        return values
+
+    (magic,) = u32s(1)
+    kind = GGML_MAGICS.get(magic)
+    if kind is None:
+        raise UserError(f"{path}: not a legacy GGML file (magic {magic:#x}); GGUF files need no upgrade")
+    version = u32s(1)[0] if kind != "ggml" else 0
+    if (kind, version) not in (("ggml", 0), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)):
+        raise UserError(f"{path}: unsupported {kind} version {version}; supported: ggml, ggmf v1, ggjt v1-v3")
+    hp = GGMLHparams(*u32s(7))
+    if not (0 < hp.n_vocab < 10_000_000 and 0 < hp.n_head <= hp.n_embd and 0 < hp.n_layer < 10_000):
+        raise _bad(path, f"implausible hyper-parameters {hp}")
+    vocab: list[tuple[bytes, float]] = []
+    for _ in range(hp.n_vocab):
+        (length,) = u32s(1)
+        if pos + length > size:
+            raise _bad(path, "vocabulary ends early")
+        text = bytes(data[pos:pos + length])
+        pos += length
+        score = 0.0
+        if kind != "ggml":
+            if pos + 4 > size:
+                raise _bad(path, "vocabulary ends early")
+            (score,) = struct.unpack_from("<f", data, pos)
+            pos += 4
+        vocab.append((text, float(score)))
+    result = GGMLFile(path, kind, version, hp, vocab)
+    while pos < size:
+        n_dims, name_len, raw_type = u32s(3)
+        if not 1 <= n_dims <= 4 or name_len > 1024:
+            raise _bad(path, f"bad tensor header at byte {pos - 12}")
+        dims = u32s(n_dims)
+        name = bytes(data[pos:pos + name_len]).decode("utf-8", errors="replace")
+        pos += name_len
+        try:
+            qtype = GGMLQuantizationType(raw_type)
+        except ValueError:
+            raise _bad(path, f"tensor {name} has unknown type {raw_type}") from None
+        if qtype not in _FLOAT_TYPES and (kind, version) != ("ggjt", 3):
+            raise UserError(f"{path}: quantized tensors of {kind} v{version} files use an old block layout no "
+                            "current tool reads; use a ggjt v3 file or an F16/F32 one")
+        if kind == "ggjt":
+            pos += -pos % 32
+        block, type_size = GGML_QUANT_SIZES[qtype]
+        n_elements = int(np.prod(dims))
+        if dims[0] % block:
+            raise _bad(path, f"tensor {name} row length {dims[0]} is not a multiple of {block}")
+        n_bytes = n_elements // block * type_size
+        if pos + n_bytes > size:
+            raise _bad(path, f"tensor {name} is truncated")
+        result.tensors[name] = GGMLTensor(name, qtype, tuple(dims), pos, data[pos:pos + n_bytes])
+        pos += n_bytes
+    if "tok_embeddings.weight" not in result.tensors:
+        raise _bad(path, "no tok_embeddings.weight tensor")
+    return result
+
+
+def gguf_tensor_name(name: str) -> str | None:
+    """``layers.0.attention.wq.weight`` -> ``blk.0.attn_q.weight``; None for unknown names."""
+    stem, _, suffix = name.rpartition(".")
+    if stem in _TOP_NAMES:
+        return f"{_TOP_NAMES[stem]}.{suffix}"
+    parts = stem.split(".", 2)
+    if len(parts) == 3 and parts[0] == "layers" and parts[2] in _LAYER_NAMES:
+        return f"blk.{parts[1]}.{_LAYER_NAMES[parts[2]]}.{suffix}"
+    return None
+
+
+def gguf_vocab(vocab: list[tuple[bytes, float]]) -> tuple[list[str], list[float], list[int]]:
+    """GGML vocab -> GGUF (tokens, scores, types), as llama.cpp's converter maps it.
+
+    Ids 0-2 are <unk>, <s>, </s>; empty entries are control tokens; single bytes at ids 3-258 are
+    byte tokens ``<0xXX>``; other entries have their spaces back as ``▁``.
+    """
+    tokens, scores, types = [], [], []
+    for i, (text, score) in enumerate(vocab):
+        kind = 1
+        if i <= 2:
+            text, kind = (b"<unk>", 2) if i == 0 else ((b"<s>", 3) if i == 1 else (b"</s>", 3))
+        elif not text:
+            kind = 3
+        elif 3 <= i <= 258 and len(text) == 1:
+            text, kind = f"<0x{text[0]:02X}>".encode(), 6
+        else:
+            text = text.replace(b" ", "▁".encode())
+        tokens.append(text.decode("utf-8", errors="replace"))
+        scores.append(score)
+        types.append(kind)
+    return tokens, scores, types
+
+
+def gguf_metadata(ggml: GGMLFile, n_kv_heads: int | None = None, rms_eps: float | None = None,
+                  context_length: int | None = None, rope_base: float | None = None) -> dict:
+    """The GGUF key/values a converted file gets (``llama.*``, ``tokenizer.ggml.*``)."""
+    hp = ggml.hparams
+    kv = n_kv_heads or hp.n_head
+    if hp.n_head % kv:
+        raise UserError(f"{ggml.path}: n_kv_heads {kv} does not divide the {hp.n_head} attention heads")
+    wk = ggml.tensors.get("layers.0.attention.wk.weight")
+    head_dim = hp.n_embd // hp.n_head
+    if wk is not None and wk.shape[0] != kv * head_dim:
+        raise UserError(f"{ggml.path}: K weights have {wk.shape[0] // head_dim} heads, not {kv}; set n_kv_heads "
+                        f"to {wk.shape[0] // head_dim} (--n-kv-heads / ggml_n_kv_heads)")
+    w1 = ggml.tensors.get("layers.0.feed_forward.w1.weight")
+    if w1 is None:
+        raise _bad(ggml.path, "no layers.0.feed_forward.w1.weight tensor")
+    tokens, scores, types = gguf_vocab(ggml.vocab)
+    return {
+        "general.architecture": "llama",
+        "general.name": ggml.path.stem,
+        "llama.context_length": int(context_length or DEFAULTS["context_length"]),
+        "llama.embedding_length": hp.n_embd,
+        "llama.block_count": hp.n_layer,
+        "llama.feed_forward_length": int(w1.shape[0]),
+        "llama.rope.dimension_count": hp.n_rot or head_dim,
+        "llama.attention.head_count": hp.n_head,
+        "llama.attention.head_count_kv": kv,
+        "llama.attention.layer_norm_rms_epsilon": float(rms_eps if rms_eps is not None else DEFAULTS["rms_eps"]),
+        "llama.rope.freq_base": float(rope_base or DEFAULTS["rope_base"]),
+        "general.file_type": hp.ftype % 1000,
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": scores,
+        "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.unknown_token_id": 0,
+        "tokenizer.ggml.bos_token_id": 1,
+        "tokenizer.ggml.eos_token_id": 2,
+    }
+
+
+def load_ggml_model(path: str | Path, n_kv_heads: int | None = None, rms_eps: float | None = None,
+                    context_length: int | None = None, rope_base: float | None = None):
+    """A ``TextModel`` straight from a GGML file (weights stay packed)."""
+    from .gguf_model import build_model, config_from_gguf, gguf_to_hf_name
+
+    ggml = read_ggml(path)
+    meta = gguf_metadata(ggml, n_kv_heads, rms_eps, context_length, rope_base)
+    cfg = config_from_gguf(Path(path), meta)
+    tensors = {}
+    for name, tensor in ggml.tensors.items():
+        gguf_name = gguf_tensor_name(name)
+        hf = gguf_to_hf_name(gguf_name) if gguf_name else None
+        if hf is not None:
+            tensors[hf] = (tensor.raw, tensor.qtype, tensor.shape)
+    return build_model(cfg, tensors, permuted_qk=True)

@@ -1,0 +1,132 @@
+"""Run base + adapter in llama.cpp (llama-cpp-python) and compare its logits with the torch model's.
+
+llama.cpp is run in a subprocess: llama-cpp-python 0.3.x segfaults on the first eval when an
+adapter fails to load, and a crash must not take the training process (or the WebUI) with it.
+
+Pass rule: ``max|Δ(base + adapter)| <= tolerance + 2 * max|Δ(base)|``. On float bases llama.cpp
+and torch agree to ~1e-4, so this is the tolerance itself; on quantized bases llama.cpp also
+quantizes activations for its matmuls, an error the base alone shows and the adapter cannot
+remove, so it is allowed for. The report also gives the error of the adapter's effect alone,
+``max|(cpp_lora - cpp_base) - (torch_lora - torch_base)|``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from .data import Sample
+from .lora import LoraLinear
+from .quant import ggml_activation_rounding
+
+_SCRIPT = r"""
+import json, sys
+import numpy as np
+from llama_cpp import Llama
+job = json.load(open(sys.argv[1]))
+kwargs = dict(model_path=job["base"], n_ctx=job["n_ctx"], logits_all=True, verbose=False, seed=0,
+              n_threads=job["threads"], type_k=0, type_v=0)  # F32 KV cache: f16 alone adds ~1e-3
+if job.get("adapter"):
+    kwargs["lora_path"] = job["adapter"]
+llm = Llama(**kwargs)
+out = {}
+if job.get("generate") is not None:
+    llm.reset()
+    ids = list(job["generate"])
+    gen = []
+    for tok in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0):
+        if tok == llm.token_eos() or len(gen) >= job["max_new"]:
+            break
+        gen.append(int(tok))
+    out["generated"] = gen
+for i, ids in enumerate(job["samples"]):
+    llm.reset()
+    llm.eval(ids)
+    np.save(f"{job['out']}-{i}.npy", np.array(llm.scores[: len(ids)], dtype=np.float32))
+json.dump(out, open(job["out"] + ".json", "w"))
+"""
+
+
+def llama_cpp_available() -> bool:
+    """True when llama-cpp-python can be imported (checked without importing it here)."""
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def run_llama_cpp(base: Path, adapter: Path | None, samples: list[list[int]], generate: list[int] | None = None,
+                  max_new: int = 16, timeout: float = 300) -> tuple[list[np.ndarray], list[int] | None]:
+    """(logits per sample, greedy continuation of ``generate``) from llama.cpp in a subprocess."""
+    with tempfile.TemporaryDirectory(prefix="lora-bridge-llama-") as tmp:
+        job_path = Path(tmp) / "job.json"
+        out = str(Path(tmp) / "logits")
+        n_ctx = max([len(s) for s in samples] + [len(generate or []) + max_new, 32]) + 8
+        job = {"base": str(base), "adapter": str(adapter) if adapter else None, "samples": samples,
+               "out": out, "n_ctx": n_ctx, "threads": max(1, torch.get_num_threads()),
+               "generate": generate, "max_new": max_new}
+        job_path.write_text(json.dumps(job))
+        proc = subprocess.run([sys.executable, "-c", _SCRIPT, str(job_path)], capture_output=True, text=True,
+                              timeout=timeout)
+        if proc.returncode != 0:
+            tail = (proc.stderr or "").strip().splitlines()[-3:]
+            what = f"signal {-proc.returncode}" if proc.returncode < 0 else f"exit {proc.returncode}"
+            raise UserError(f"{adapter or base}: llama.cpp failed ({what}): {' | '.join(tail) or 'no message'}")
+        logits = [np.load(f"{out}-{i}.npy") for i in range(len(samples))]
+        extra = json.loads(Path(out + ".json").read_text())
+        return logits, extra.get("generated")
+
+
+def torch_logits(model: torch.nn.Module, ids: list[int], lora: bool = True) -> np.ndarray:
+    """Logits (tokens, vocab) of the torch model, with or without the LoRA layers' update."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLinear)]
+    saved = [layer.scale for layer in layers]
+    try:
+        if not lora:
+            for layer in layers:
+                layer.scale = 0.0
+        with torch.no_grad(), ggml_activation_rounding():
+            return model(torch.tensor([ids]))[0].float().numpy()
+    finally:
+        for layer, scale in zip(layers, saved, strict=False):
+            layer.scale = scale
+
+
+def compare(model: torch.nn.Module, base: Path, adapter: Path, samples: list[list[int]]) -> dict[str, float]:
+    """max |Δlogit| of base + adapter, of the base alone, and of the adapter's effect alone."""
+    cpp_lora, _ = run_llama_cpp(base, adapter, samples)
+    cpp_base, _ = run_llama_cpp(base, None, samples)
+    worst = {"lora": 0.0, "base": 0.0, "effect": 0.0}
+    for i, ids in enumerate(samples):
+        t_lora, t_base = torch_logits(model, ids, True), torch_logits(model, ids, False)
+        worst["lora"] = max(worst["lora"], float(np.abs(cpp_lora[i] - t_lora).max()))
+        worst["base"] = max(worst["base"], float(np.abs(cpp_base[i] - t_base).max()))
+        worst["effect"] = max(worst["effect"], float(np.abs((cpp_lora[i] - cpp_base[i]) - (t_lora - t_base)).max()))
+    return worst
+
+
+def check_adapter_in_llama_cpp(model: torch.nn.Module, base: Path, adapter: Path, samples: list[Sample],
+                               tolerance: float, required: bool = False) -> str:
+    """Compare llama.cpp and torch on ``samples``; a report line, or UserError above tolerance.
+
+    Returns "" (and does nothing) when llama-cpp-python is missing and ``required`` is False.
+    """
+    if not llama_cpp_available():
+        if required:
+            raise UserError("llama_cpp_check is on but llama-cpp-python is not installed: pip install "
+                            "llama-cpp-python, or set llama_cpp_check: off")
+        return ""
+    worst = compare(model, base, adapter, [s.ids for s in samples])
+    limit = tolerance + 2 * worst["base"]
+    report = (f"llama.cpp check: max |Δlogit| {worst['lora']:.2e} with adapter (limit {limit:.2e}), "
+              f"{worst['base']:.2e} base only, {worst['effect']:.2e} on the adapter's effect")
+    if worst["lora"] > limit:
+        raise UserError(f"{adapter}: llama.cpp disagrees with the trained model ({report}); the adapter is not "
+                        "usable as is. Report this with the base model file")
+    return report

@@ -1,0 +1,314 @@
+"""Frozen base weights that stay in their GGUF/GGML block format and dequantize on use.
+
+A ``PackedWeight`` holds one 2-D weight as the file's raw rows (uint8 blocks, or f16/bf16/f32
+values) and rebuilds the float matrix only inside a layer's forward and backward, so the model
+in memory is about as large as the file. Dequantization runs in torch for F32, F16, BF16, Q8_0,
+Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q6_K. Other K-quants (Q2_K, Q3_K, Q5_K) and IQ types stay
+packed as well but dequantize through gguf-py's numpy code, which is slower (a few hundred M
+elements/s) but exact.
+
+Values are the ones llama.cpp's reference dequantization produces, so a LoRA trained here learns
+against the weights llama.cpp runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+Q = GGMLQuantizationType
+TORCH_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K)
+
+
+def _f16(raw: torch.Tensor) -> torch.Tensor:
+    """Reinterpret pairs of uint8 (last axis) as float16 and widen to float32."""
+    return raw.contiguous().view(torch.float16).to(torch.float32)
+
+
+def _nibbles(qs: torch.Tensor) -> torch.Tensor:
+    """(n, 16) packed bytes -> (n, 32): low nibbles first, then high nibbles (ggml order)."""
+    return torch.cat([qs & 0x0F, qs >> 4], dim=-1)
+
+
+def _high_bits(qh: torch.Tensor) -> torch.Tensor:
+    """(n, 4) bytes of a little-endian u32 -> (n, 32) bits, bit j for element j."""
+    shifts = torch.arange(8, dtype=torch.uint8)
+    bits = (qh.unsqueeze(-1) >> shifts) & 1  # (n, 4, 8): byte b, bit k -> element 8b + k
+    return bits.reshape(qh.shape[0], 32)
+
+
+def _dequant_q8_0(b: torch.Tensor) -> torch.Tensor:
+    d = _f16(b[:, :2])
+    return b[:, 2:].contiguous().view(torch.int8).to(torch.float32).mul_(d)
+
+
+# byte -> (low nibble - 8, high nibble - 8): one table lookup instead of five elementwise passes
+_Q4_0_TABLE = torch.tensor([[(v & 15) - 8, (v >> 4) - 8] for v in range(256)], dtype=torch.float32)
+
+
+def _dequant_q4_0(b: torch.Tensor) -> torch.Tensor:
+    d = _f16(b[:, :2])
+    pairs = torch.nn.functional.embedding(b[:, 2:].to(torch.int32), _Q4_0_TABLE)  # (n, 16, 2)
+    return pairs.transpose(1, 2).reshape(-1, 32).mul_(d)
+
+
+def _dequant_q4_1(b: torch.Tensor) -> torch.Tensor:
+    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
+    return d * _nibbles(b[:, 4:]).to(torch.float32) + m
+
+
+def _dequant_q5_0(b: torch.Tensor) -> torch.Tensor:
+    d = _f16(b[:, :2])
+    q = _nibbles(b[:, 6:]) | (_high_bits(b[:, 2:6]) << 4)
+    return d * (q.to(torch.float32) - 16.0)
+
+
+def _dequant_q5_1(b: torch.Tensor) -> torch.Tensor:
+    d, m = _f16(b[:, :2]), _f16(b[:, 2:4])
+    q = _nibbles(b[:, 8:]) | (_high_bits(b[:, 4:8]) << 4)
+    return d * q.to(torch.float32) + m
+
+
+def _k_scale_min(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unpack Q4_K/Q5_K's 12 bytes of 6-bit scales and mins into (n, 8) each."""
+    s = scales.to(torch.int32)
+    lo_sc = s[:, 0:4] & 63
+    lo_mn = s[:, 4:8] & 63
+    hi_sc = (s[:, 8:12] & 0x0F) | ((s[:, 0:4] >> 6) << 4)
+    hi_mn = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return torch.cat([lo_sc, hi_sc], 1).to(torch.float32), torch.cat([lo_mn, hi_mn], 1).to(torch.float32)
+
+
+def _dequant_q4_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    d, dmin = _f16(b[:, 0:2]), _f16(b[:, 2:4])
+    sc, mn = _k_scale_min(b[:, 4:16])
+    qs = b[:, 16:144].reshape(n, 4, 32)  # 4 chunks of 32 bytes -> 64 values each (low, high nibbles)
+    q = torch.stack([qs & 0x0F, qs >> 4], dim=2).reshape(n, 8, 32).to(torch.float32)
+    return ((d * sc).unsqueeze(-1) * q - (dmin * mn).unsqueeze(-1)).reshape(n, 256)
+
+
+def _dequant_q6_k(b: torch.Tensor) -> torch.Tensor:
+    n = b.shape[0]
+    ql = b[:, 0:128].reshape(n, 2, 64).to(torch.int32)
+    qh = b[:, 128:192].reshape(n, 2, 32).to(torch.int32)
+    scales = b[:, 192:208].contiguous().view(torch.int8).to(torch.float32).reshape(n, 2, 8)
+    d = _f16(b[:, 208:210]).reshape(n, 1, 1)
+    q1 = (ql[:, :, 0:32] & 0x0F) | (((qh >> 0) & 3) << 4)
+    q2 = (ql[:, :, 32:64] & 0x0F) | (((qh >> 2) & 3) << 4)
+    q3 = (ql[:, :, 0:32] >> 4) | (((qh >> 4) & 3) << 4)
+    q4 = (ql[:, :, 32:64] >> 4) | (((qh >> 6) & 3) << 4)
+    q = torch.stack([q1, q2, q3, q4], dim=2).to(torch.float32) - 32.0  # (n, 2, 4, 32)
+    s = scales.reshape(n, 2, 4, 2).repeat_interleave(16, dim=-1)  # scale per 16 values
+    return (d.unsqueeze(-1) * s * q).reshape(n, 256)
+
+
+_BLOCK_DEQUANT = {
+    Q.Q8_0: _dequant_q8_0,
+    Q.Q4_0: _dequant_q4_0,
+    Q.Q4_1: _dequant_q4_1,
+    Q.Q5_0: _dequant_q5_0,
+    Q.Q5_1: _dequant_q5_1,
+    Q.Q4_K: _dequant_q4_k,
+    Q.Q6_K: _dequant_q6_k,
+}
+
+
+def row_bytes(qtype: GGMLQuantizationType, n_cols: int) -> int:
+    """Bytes one row of ``n_cols`` values takes in ``qtype``."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    if n_cols % block:
+        raise ValueError(f"row length {n_cols} is not a multiple of the {qtype.name} block size {block}")
+    return n_cols // block * size
+
+
+def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int) -> torch.Tensor:
+    """Float32 matrix (rows, n_cols) from packed rows ``raw`` (uint8 (rows, row_bytes) or float)."""
+    rows = raw.shape[0]
+    if qtype == Q.F32:
+        return raw if raw.dtype == torch.float32 else raw.contiguous().view(torch.float32).reshape(rows, n_cols)
+    if qtype == Q.F16:
+        return raw.contiguous().view(torch.float16).reshape(rows, n_cols).to(torch.float32)
+    if qtype == Q.BF16:
+        return raw.contiguous().view(torch.bfloat16).reshape(rows, n_cols).to(torch.float32)
+    fn = _BLOCK_DEQUANT.get(qtype)
+    if fn is not None:
+        block, size = GGML_QUANT_SIZES[qtype]
+        return fn(raw.reshape(-1, size)).reshape(rows, n_cols)
+    from gguf.quants import dequantize
+
+    values = dequantize(raw.numpy(), qtype)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(rows, n_cols)
+
+
+class PackedWeight(torch.nn.Module):
+    """One frozen 2-D weight (out, in) kept in its file format; ``dequantize()`` gives float32.
+
+    F32 weights are stored as a float tensor; every other type as raw little-endian bytes.
+    """
+
+    def __init__(self, raw: torch.Tensor, qtype: GGMLQuantizationType, shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.qtype = GGMLQuantizationType(qtype)
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.register_buffer("raw", raw, persistent=False)
+
+    @classmethod
+    def from_numpy(cls, data: np.ndarray, qtype: GGMLQuantizationType, shape: tuple[int, int]) -> PackedWeight:
+        """Wrap file data for weight ``shape`` (out, in) without copying it.
+
+        ``data`` is usually a read-only memory map of the model file: the weights then live in the
+        page cache, counted once, and training never writes to them.
+        """
+        rows = int(shape[0])
+        arr = np.asarray(data)
+        if qtype == Q.F32:
+            arr = arr.view(np.float32) if arr.dtype == np.uint8 else arr.astype(np.float32, copy=False)
+            arr = np.ascontiguousarray(arr).reshape(shape)
+        else:
+            arr = np.ascontiguousarray(arr).view(np.uint8).reshape(rows, -1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "non-writable array": we never write to it
+            raw = torch.from_numpy(arr)
+        return cls(raw, qtype, shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held."""
+        return self.raw.numel() * self.raw.element_size()
+
+    def dequantize(self) -> torch.Tensor:
+        """The whole weight as float32 (out, in)."""
+        return dequantize_rows(self.raw, self.qtype, self.shape[1])
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Float32 rows ``index`` only (embedding lookup without the whole table)."""
+        return dequantize_rows(self.raw[index.reshape(-1)], self.qtype, self.shape[1]).reshape(
+            *index.shape, self.shape[1]
+        )
+
+    def permute_rows(self, order: torch.Tensor) -> None:
+        """Reorder the rows in place (undoing llama.cpp's Q/K rotary permutation works on packed rows)."""
+        self.raw = self.raw[order].contiguous()
+
+    def extra_repr(self) -> str:
+        return f"{self.qtype.name}, shape={self.shape}"
+
+
+_CHUNK_ELEMENTS = 1 << 20  # dequantize ~1M weights at a time: bounded temporaries, cache-friendly
+
+
+def _row_chunks(packed: PackedWeight):
+    """(first row, last row + 1) spans of about ``_CHUNK_ELEMENTS`` weights each."""
+    rows, cols = packed.shape
+    step = max(1, _CHUNK_ELEMENTS // max(1, cols))
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
+
+
+def packed_matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    """x @ W.T, dequantizing W chunk by chunk of output rows (no full float copy of W)."""
+    out = x.new_empty(*x.shape[:-1], packed.shape[0])
+    for r0, r1 in _row_chunks(packed):
+        weight = dequantize_rows(packed.raw[r0:r1], packed.qtype, packed.shape[1]).to(x.dtype)
+        out[..., r0:r1] = x @ weight.t()
+    return out
+
+
+def packed_matmul_t(grad: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
+    """grad @ W, chunk by chunk of W's rows."""
+    out = grad.new_zeros(*grad.shape[:-1], packed.shape[1])
+    for r0, r1 in _row_chunks(packed):
+        weight = dequantize_rows(packed.raw[r0:r1], packed.qtype, packed.shape[1]).to(grad.dtype)
+        out += grad[..., r0:r1] @ weight
+    return out
+
+
+class _PackedMatmul(torch.autograd.Function):
+    """y = x @ W.T with W rebuilt from packed blocks in forward and again in backward.
+
+    Autograd would otherwise keep every layer's float weight alive until backward, which is the
+    float32 model in memory; recomputing costs one extra dequantization per layer and step.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:  # type: ignore[override]
+        ctx.packed = packed
+        return packed_matmul(x, packed)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return packed_matmul_t(grad, ctx.packed), None
+
+
+_EMULATE = {"on": False}
+_Q8_0_DOT = (Q.Q4_0, Q.Q5_0, Q.Q8_0)  # llama.cpp multiplies these with activations rounded to Q8_0
+_Q8_1_DOT = (Q.Q4_1, Q.Q5_1)  # ... and these with Q8_1 (same values, scale kept as f16 too)
+
+
+@contextlib.contextmanager
+def ggml_activation_rounding() -> Iterator[None]:
+    """Within this block, packed layers round their inputs the way llama.cpp's CPU matmuls do.
+
+    llama.cpp quantizes activations to Q8_0/Q8_1 blocks before multiplying them with Q4/Q5/Q8
+    weights; reproducing that makes torch's reference logits comparable to llama.cpp's at ~1e-3
+    instead of ~1e-1. Used by the llama.cpp check only, never in training.
+    """
+    before = _EMULATE["on"]
+    _EMULATE["on"] = True
+    try:
+        yield
+    finally:
+        _EMULATE["on"] = before
+
+
+def _round_activations(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to Q8_0 blocks of 32: f16(max|x|/127) * round(x * (127/max|x|)), ties to even as AVX."""
+    shape = x.shape
+    blocks = x.float().reshape(-1, 32)
+    amax = blocks.abs().amax(dim=1, keepdim=True)
+    d = amax / 127.0
+    inv = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))  # llama.cpp's SIMD path: 127/max, not 1/d
+    q = torch.round(blocks * inv)
+    return (d.to(torch.float16).to(torch.float32) * q).reshape(shape).to(x.dtype)
+
+
+class PackedLinear(torch.nn.Module):
+    """A frozen linear layer on a ``PackedWeight`` with an optional float bias (Qwen2 q/k/v)."""
+
+    def __init__(self, weight: PackedWeight, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = weight
+        self.out_features, self.in_features = weight.shape
+        if bias is not None:
+            self.register_buffer("bias", bias, persistent=False)
+        else:
+            self.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _EMULATE["on"] and self.weight.qtype in _Q8_0_DOT + _Q8_1_DOT and self.in_features % 32 == 0:
+            x = _round_activations(x)
+        if x.requires_grad:
+            y = _PackedMatmul.apply(x, self.weight)
+        else:
+            y = packed_matmul(x, self.weight)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y
+
+
+class PackedEmbedding(torch.nn.Module):
+    """A frozen embedding table that dequantizes only the looked-up rows."""
+
+    def __init__(self, weight: PackedWeight) -> None:
+        super().__init__()
+        self.weight = weight
+        self.num_embeddings, self.embedding_dim = weight.shape
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.weight.rows(ids)
