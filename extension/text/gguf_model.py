@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from .._converters import converters
 from ..errors import UserError
-from .quant import PackedEmbedding, PackedLinear, PackedWeight
+from .quant import PackedEmbedding, PackedLinear, PackedWeight, set_weight_cache_budget
 
 SUPPORTED_ARCHES = ("llama", "mistral", "qwen2")
 
@@ -213,6 +213,17 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
     head = PackedLinear(packed("lm_head.weight")) if "lm_head.weight" in tensors else PackedLinear(embed)
     model = TextModel(cfg, Backbone(PackedEmbedding(embed), layers, norm), head)
     model.requires_grad_(False)
+    # Keep one decoder layer's weights dequantized between uses: the layer recomputed under gradient
+    # checkpointing is followed at once by its backward, which then needs no second dequantization.
+    layer_bytes = 0
+    for module in model.model.layers[0].modules() if layers else ():
+        if isinstance(module, PackedWeight):
+            layer_bytes += module.shape[0] * module.shape[1] * 4
+    for layer in layers:
+        for module in layer.modules():
+            if isinstance(module, PackedWeight):
+                module.cacheable = True
+    set_weight_cache_budget(layer_bytes)
     return model
 
 

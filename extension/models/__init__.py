@@ -1,0 +1,1 @@
+"""Base models for training: offline loading of SD checkpoints and diffusers folders, with shipped configs."""

@@ -1,0 +1,116 @@
+"""The CLIP tokenizer, offline: an explicit folder, a sidecar beside the checkpoint, the local HF
+cache, or the BPE file the open_clip package ships. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import tempfile
+from pathlib import Path
+
+from ..errors import UserError
+
+_OPEN_CLIP_BPE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+def _is_tokenizer_dir(folder: Path | None) -> bool:
+    return folder is not None and folder.is_dir() and (
+        (folder / "vocab.json").is_file() or (folder / "tokenizer.json").is_file()
+    )
+
+
+def sidecar_tokenizer_dirs(checkpoint: Path, index: int = 0) -> list[Path]:
+    """Folders checked beside a single-file checkpoint: ``<stem>.tokenizer[_2]/`` and ``tokenizer[_2]/``."""
+    suffix = "" if index == 0 else "_2"
+    return [
+        checkpoint.with_name(f"{checkpoint.stem}.tokenizer{suffix}"),
+        checkpoint.parent / f"tokenizer{suffix}",
+    ]
+
+
+def load_clip_tokenizer(folder: Path | None, checkpoint: Path, pad_token: str | None = None, index: int = 0,
+                        cache_id: str | None = None):
+    """A ``CLIPTokenizer`` from the first source that exists; UserError naming what to provide otherwise."""
+    from transformers import CLIPTokenizer
+
+    kwargs = {"pad_token": pad_token} if pad_token else {}
+    candidates = [folder] if folder is not None else []
+    if checkpoint.is_file():
+        candidates += sidecar_tokenizer_dirs(checkpoint, index)
+    for candidate in candidates:
+        if _is_tokenizer_dir(candidate):
+            # A saved tokenizer knows its own pad token; bare vocab files get the architecture's.
+            own = (candidate / "tokenizer_config.json").is_file()
+            return CLIPTokenizer.from_pretrained(str(candidate), local_files_only=True, **({} if own else kwargs))
+    if folder is not None:
+        raise UserError(f"{folder}: no CLIP tokenizer there (vocab.json + merges.txt); fix tokenizer_path")
+    cached = hf_cache_dir(cache_id) if cache_id else None
+    if cached is not None:
+        return CLIPTokenizer.from_pretrained(str(cached), local_files_only=True, **kwargs)
+    bpe = open_clip_bpe_path()
+    if bpe is not None:
+        return CLIPTokenizer.from_pretrained(str(tokenizer_dir_from_bpe(bpe)), local_files_only=True, **kwargs)
+    raise UserError(
+        f"{checkpoint}: no CLIP tokenizer available offline; set tokenizer_path to a folder with vocab.json and "
+        f"merges.txt, put one in {sidecar_tokenizer_dirs(checkpoint, index)[0].name}/ beside the checkpoint, "
+        "or pip install open_clip_torch (it ships the BPE file)"
+    )
+
+
+def hf_cache_dir(repo_id: str) -> Path | None:
+    """The snapshot folder of ``repo_id`` in the local HF cache if it holds a CLIP tokenizer, else None.
+
+    Asked file by file: some transformers versions build an empty tokenizer instead of failing.
+    """
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    vocab = try_to_load_from_cache(repo_id, "vocab.json")
+    merges = try_to_load_from_cache(repo_id, "merges.txt")
+    if isinstance(vocab, str) and isinstance(merges, str) and Path(vocab).parent == Path(merges).parent:
+        return Path(vocab).parent
+    return None
+
+
+def open_clip_bpe_path() -> Path | None:
+    """The BPE vocabulary file inside an installed open_clip package, found without importing it."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        candidate = Path(root) / _OPEN_CLIP_BPE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte to printable character table."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=False))
+
+
+def tokenizer_dir_from_bpe(bpe: Path, out: Path | None = None) -> Path:
+    """Write vocab.json + merges.txt for CLIPTokenizer from open_clip's BPE file (CLIP's own construction)."""
+    out = out or Path(tempfile.mkdtemp(prefix="lora-bridge-clip-tok-"))
+    out.mkdir(parents=True, exist_ok=True)
+    with gzip.open(bpe, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1] if len(m.split()) == 2]
+    vocab = list(_bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (out / "vocab.json").write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+                                    encoding="utf-8")
+    return out

@@ -1,0 +1,65 @@
+"""The one entry point every front end calls: ``run_training`` (API/UI) and ``train_from_cli`` (CLI)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from .events import EventCallback, TrainingControl, TrainResult
+from .optimizers import setting
+from .progress import TensorBoardSink, TqdmSink, fan_out
+
+
+def run_training(config: Any, callback: EventCallback | None = None,
+                 control: TrainingControl | None = None) -> TrainResult:
+    """Train what ``config.task_type`` says; events go to ``callback``; ``control`` stops or cancels.
+
+    Bad input raises ``UserError``; a NaN/inf loss returns a ``failed`` result with the last good
+    files kept. TensorBoard scalars are written under ``logging_dir`` (default ``output_dir/logs``).
+    """
+    task = str(setting(config, "task_type", "text-to-image"))
+    if task == "text-generation":
+        from ..text.engine import train_text
+
+        return train_text(config, callback, control)
+    from .image_engine import train_image
+
+    logdir = setting(config, "logging_dir", None) or str(Path(setting(config, "output_dir", "output")) / "logs")
+    callback = fan_out(callback, TensorBoardSink(logdir))
+
+    return train_image(config, callback, control)
+
+
+def train_from_cli(config_path: str, overrides: list[str]) -> int:
+    """``lora-bridge train --config F [--set k=v]``: load, lint, train with a progress bar, print the result."""
+    from ..config import config_warnings, load_config, require_keys
+
+    config = load_config(config_path, overrides)
+    require_keys(config, config_path)
+    for line in config_warnings(config):
+        print(f"lora-bridge: note: {line}", file=sys.stderr)
+    if config.task_type == "text-to-image":
+        _lint_first(config)
+    result = run_training(config, TqdmSink(desc=config.output_name))
+    for path in result.output_files:
+        print(f"wrote {path}")
+    if result.message:
+        print(result.message)
+    if result.status == "failed":
+        print(f"lora-bridge: training failed: {result.message}", file=sys.stderr)
+        return 1
+    if result.status == "cancelled":
+        return 130
+    return 0
+
+
+def _lint_first(config: Any) -> None:
+    """Run the dataset lint before any model loads; report skips, stop on fatal problems."""
+    from ..data.lint import enforce_bad_data, lint_dataset
+
+    report = lint_dataset(config.train_data_dir, config)
+    enforce_bad_data(report, config.bad_data)
+    if report.problems:
+        for line in report.lines():
+            print(f"lora-bridge: lint: {line}", file=sys.stderr)
