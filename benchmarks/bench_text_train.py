@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -199,8 +200,11 @@ def main() -> None:
               f"(written in {time.perf_counter() - start:.0f} s); {args.steps} steps, seq {args.seq}, LoRA r={RANK} "
               f"on {', '.join(TARGETS)}")
         print(f"gradient checkpointing: {'off' if args.no_checkpointing else 'on'} (both sides)")
-        results = {kind: _run_child(kind, path, args.steps, args.seq, not args.no_checkpointing)
-                   for kind in ("ours", "hf")}
+        results = {}
+        for kind in ("ours", "hf"):
+            results[kind] = _run_child(kind, path, args.steps, args.seq, not args.no_checkpointing)
+            # the machine may be shared: timings only mean something next to the load they ran under
+            results[kind]["load"] = os.getloadavg()[0]
     for kind, label in (("ours", "lora-bridge (packed Q4_0)"), ("hf", "transformers gguf_file + peft")):
         r = results[kind]
         if "error" in r:
@@ -208,7 +212,7 @@ def main() -> None:
             continue
         per_step = float(np.mean(r["times"][1:] or r["times"]))
         r["per_step"] = per_step
-        print(f"{label:32s} peak RSS {r['peak_rss_mb']:8.0f} MB   {per_step:6.2f} s/step")
+        print(f"{label:32s} peak RSS {r['peak_rss_mb']:8.0f} MB   {per_step:6.2f} s/step  (load {r['load']:.2f})")
     if all("per_step" in r for r in results.values()):
         ours, hf = results["ours"], results["hf"]
         print(f"ratio ours/transformers: peak RSS {ours['peak_rss_mb'] / hf['peak_rss_mb']:.2f}x (goal <= 0.35x), "

@@ -103,10 +103,18 @@ def _arch_group(arch: str) -> str:
     return {"sd2-v": "sd2", "mistral": "llama"}.get(arch, arch)
 
 
+def _target_name(module_name: str) -> str:
+    """The layer name a user targets: ``to_q``, ``q_proj``; ``to_out.0`` keeps its index."""
+    parts = module_name.split(".")
+    if parts[-1].isdigit() and len(parts) > 1:
+        return ".".join(parts[-2:])
+    return parts[-1]
+
+
 def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
     """A JSON-ready summary: format, arch, ranks, alphas, modules, dtypes, metadata, base fit."""
     adapter = load_adapter(path, base=base)
-    targets = sorted({name.rsplit(".", 1)[-1] for name in adapter.modules})
+    targets = sorted({_target_name(name) for name in adapter.modules})
     components: dict[str, int] = {}
     for name in adapter.modules:
         prefix = name.split(".", 1)[0] if adapter.family == "sd" else "model"

@@ -322,18 +322,27 @@ def load_gguf_model(path: str | Path) -> TextModel:
         raise UserError(f"{path}: is a LoRA adapter, not a base model; pass the base .gguf as base_model")
     cfg = config_from_gguf(path, meta)
     tensors = {}
+    permuted = cfg.arch in ("llama", "mistral")
     for t in reader.tensors:
         hf = gguf_to_hf_name(t.name)
         if hf is None:
             continue
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        tensors[hf] = (t.data, GGMLQuantizationType(t.tensor_type), shape)
+        data = t.data
+        if permuted and hf.endswith(("q_proj.weight", "k_proj.weight")):
+            # These get reordered into a copy; reading them without the memory map keeps their file
+            # pages out of the process (otherwise Q and K would sit in RAM twice).
+            data = np.fromfile(path, dtype=np.uint8, count=int(t.n_bytes), offset=int(t.data_offset))
+            if data.size != int(t.n_bytes):
+                raise UserError(f"{path}: truncated GGUF file (tensor {t.name}); re-download or re-convert it")
+            data = data.view(t.data.dtype).reshape(t.data.shape)
+        tensors[hf] = (data, GGMLQuantizationType(t.tensor_type), shape)
     del reader  # the metadata parts (large token lists) go; tensor views keep the file mapped
     emb = tensors.get("model.embed_tokens.weight")
     if emb is not None:
         cfg.vocab_size = emb[2][0]
     try:
-        return build_model(cfg, tensors, permuted_qk=cfg.arch in ("llama", "mistral"))
+        return build_model(cfg, tensors, permuted_qk=permuted)
     except (ValueError, IndexError) as exc:
         raise UserError(f"{path}: damaged or truncated GGUF file ({exc}); re-download or re-convert it") from None
 

@@ -43,3 +43,10 @@ def test_not_an_adapter_is_user_error(tmp_path):
     junk = tmp_path / "junk.safetensors"
     junk.write_bytes(b"\x00" * 64)
     assert main(["inspect", str(junk)]) == 2
+
+
+def test_inspect_target_names_keep_sequential_index():
+    from converters.api import _target_name
+
+    assert _target_name("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_out.0") == "to_out.0"
+    assert _target_name("model.layers.0.self_attn.q_proj") == "q_proj"
