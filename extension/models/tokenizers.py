@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import UserError
+from ..text.tokenizer import bytes_to_unicode
 
 _OPEN_CLIP_BPE = "bpe_simple_vocab_16e6.txt.gz"
 
@@ -86,19 +87,6 @@ def open_clip_bpe_path() -> Path | None:
     return None
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte to printable character table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=False))
-
-
 def tokenizer_dir_from_bpe(bpe: Path, out: Path | None = None) -> Path:
     """Write vocab.json + merges.txt for CLIPTokenizer from open_clip's BPE file (CLIP's own construction)."""
     out = out or Path(tempfile.mkdtemp(prefix="lora-bridge-clip-tok-"))
@@ -106,7 +94,7 @@ def tokenizer_dir_from_bpe(bpe: Path, out: Path | None = None) -> Path:
     with gzip.open(bpe, "rt", encoding="utf-8") as handle:
         lines = handle.read().split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1] if len(m.split()) == 2]
-    vocab = list(_bytes_to_unicode().values())
+    vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
     vocab += ["".join(m) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]

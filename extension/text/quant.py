@@ -93,11 +93,19 @@ def _q8_0_into(b: torch.Tensor, out: torch.Tensor) -> None:
 def _q4_0_into(b: torch.Tensor, out: torch.Tensor) -> None:
     # nibble - 8 in uint8 wraps to the right int8 value, so one int8 -> float copy and one multiply
     # remain: about 3x faster than a table lookup, and exact.
+    # Nibbles are split two bytes at a time (int16 lanes; the 18-byte blocks keep them 2-aligned).
     n = b.shape[0]
-    qs = b[:, 2:]
     nib = _scratch("nib", (n, 2, 16), torch.uint8)
-    torch.bitwise_and(qs, 15, out=nib[:, 0])
-    torch.bitwise_right_shift(qs, 4, out=nib[:, 1])
+    try:
+        qs = b.view(torch.int16)[:, 1:]
+    except RuntimeError:  # odd storage offset: byte by byte
+        torch.bitwise_and(b[:, 2:], 15, out=nib[:, 0])
+        torch.bitwise_right_shift(b[:, 2:], 4, out=nib[:, 1])
+    else:
+        lanes = nib.view(torch.int16)
+        torch.bitwise_and(qs, 0x0F0F, out=lanes[:, 0])
+        torch.bitwise_right_shift(qs, 4, out=lanes[:, 1])
+        lanes[:, 1].bitwise_and_(0x0F0F)
     nib.sub_(8)
     o = out.view(n, 2, 16)
     o.copy_(nib.view(torch.int8))

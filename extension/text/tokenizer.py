@@ -26,8 +26,8 @@ _PRE_SPLITS = {"default": _GPT2_SPLIT, "gpt-2": _GPT2_SPLIT, "gpt2": _GPT2_SPLIT
                "llama3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT}
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible byte -> printable character map."""
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible byte -> printable character map (byte-level BPE vocabularies)."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
     chars = keep[:]
     extra = 0
@@ -67,7 +67,7 @@ class Tokenizer:
 
             self._split = regex.compile(_PRE_SPLITS.get(self.pre, _GPT2_SPLIT))
             self._ranks = {tuple(m.split(" ", 1)): r for r, m in enumerate(self.merges)}
-            self._b2u = _bytes_to_unicode()
+            self._b2u = bytes_to_unicode()
             self._u2b = {c: b for b, c in self._b2u.items()}
             self._cache: dict[str, list[int]] = {}
 
