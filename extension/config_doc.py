@@ -6,7 +6,6 @@ markers) and docs/config-reference.md.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -73,7 +72,7 @@ def write_docs(root: Path) -> None:
     """Refresh README.md and docs/config-reference.md under ``root``."""
     from ._converters import converters
 
-    atomic = importlib.import_module(converters.__name__ + ".atomic")
+    atomic = converters.atomic
     block = config_reference_markdown()
     readme = root / "README.md"
     old = readme.read_text(encoding="utf-8") if readme.exists() else "# LoRA Bridge\n"

@@ -8,7 +8,6 @@ converter passes element shapes there and fails on quantized files with current 
 from __future__ import annotations
 
 import argparse
-import importlib
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +16,6 @@ from gguf import GGMLQuantizationType
 from .._converters import converters
 from ..errors import UserError
 from .ggml_legacy import GGMLFile, gguf_metadata, gguf_tensor_name, read_ggml
-
-
-def _atomic():
-    return importlib.import_module(converters.__name__ + ".atomic")
 
 
 def _write_metadata(writer, meta: dict) -> None:
@@ -68,7 +63,7 @@ def write_gguf_from_ggml(ggml: GGMLFile, dst: Path, meta: dict, force: bool = Fa
     if unknown:
         raise UserError(f"{ggml.path}: tensor {unknown[0]} is not part of a LLaMA model; only LLaMA GGML files "
                         "can be upgraded")
-    with _atomic().atomic_file(dst, force=force) as tmp:
+    with converters.atomic.atomic_file(dst, force=force) as tmp:
         writer = gguf.GGUFWriter(str(tmp), "llama")
         _write_metadata(writer, meta)
         for name, tensor in ggml.tensors.items():
@@ -85,7 +80,7 @@ def upgrade_ggml(src: str | Path, dst: str | Path, n_kv_heads: int | None = None
                  context_length: int | None = None, rope_base: float | None = None, force: bool = False) -> Path:
     """Convert legacy GGML ``src`` to GGUF ``dst``; returns ``dst``."""
     dst = Path(dst)
-    _atomic().check_destination(dst, force)
+    converters.atomic.check_destination(dst, force)
     ggml = read_ggml(src)
     meta = gguf_metadata(ggml, n_kv_heads, rms_eps, context_length, rope_base)
     return write_gguf_from_ggml(ggml, dst, meta, force=force)

@@ -7,7 +7,6 @@ separate lm_head) while running in milliseconds; rows are multiples of 32 so Q8_
 from __future__ import annotations
 
 import contextlib
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,15 +31,6 @@ _WORDS = ("the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "and", "is"
 
 # SentencePiece token types (as stored in tokenizer.ggml.token_type).
 NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6
-
-
-def _names():
-    """converters.llm_names, reached through the package alias the WebUI may use."""
-    return importlib.import_module(converters.__name__ + ".llm_names")
-
-
-def _atomic():
-    return importlib.import_module(converters.__name__ + ".atomic")
 
 
 @dataclass
@@ -191,7 +181,7 @@ def _kv_heads(model) -> int:
 
 def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
     """(GGUF tensor name, float32 array) for every weight, Q/K rows permuted the llama.cpp way."""
-    names = _names()
+    names = converters.llm_names
     config = model.config
     arch = config.model_type
     n_kv = _kv_heads(model)
@@ -223,7 +213,7 @@ def write_tiny_gguf(model, path: str | Path, qtype: str = "F32", vocab: TinyVoca
         raise ValueError(f"model vocab {config.vocab_size} != tokenizer vocab {len(vocab)}")
     path = Path(path)
     file_types = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0"}
-    with _atomic().atomic_file(path) as tmp:
+    with converters.atomic.atomic_file(path) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.add_name(name)
         writer.add_context_length(config.max_position_embeddings)

@@ -210,13 +210,11 @@ def save_tiny_sd_pipeline(kind: str, folder: str | Path, seed: int = 0) -> Path:
 
 def save_tiny_sd_checkpoint(kind: str, path: str | Path, seed: int = 0) -> Path:
     """Write an A1111-style single-file checkpoint with LDM keys plus a sidecar ``<stem>.yaml``."""
-    from importlib import import_module
-
     from .._converters import converters
     from .sd_checkpoint import ldm_state_dict, ldm_yaml
 
-    st_io = import_module(converters.__name__ + ".safetensors_io")
-    atomic = import_module(converters.__name__ + ".atomic")
+    st_io = converters.safetensors_io
+    atomic = converters.atomic
     path = Path(path)
     tensors = ldm_state_dict(kind, build_tiny_sd(kind, seed))
     st_io.write_safetensors(path, tensors, metadata={"format": "pt"})

@@ -9,7 +9,6 @@ diffusers' single-file loader read.
 from __future__ import annotations
 
 import re
-from importlib import import_module
 
 import numpy as np
 import yaml
@@ -17,7 +16,7 @@ import yaml
 from .._converters import converters
 from . import sd as tiny
 
-_sd_names = import_module(converters.__name__ + ".sd_names")
+_sd_names = converters.sd_names
 
 
 def _np(tensor) -> np.ndarray:

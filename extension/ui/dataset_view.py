@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib
 import io
 from pathlib import Path
 
@@ -16,7 +15,7 @@ MAX_GALLERY = 200
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a small text file through the format layer's atomic writer."""
-    atomic = importlib.import_module(converters.__name__ + ".atomic")
+    atomic = converters.atomic
     with atomic.atomic_file(path) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
 

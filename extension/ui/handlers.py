@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import html
-import importlib
 import json
 import logging
 import os
@@ -362,7 +361,7 @@ def publish(src: str | Path, lora_dir: str | Path) -> Path:
     if src.resolve() == dst.resolve():
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
-    atomic = importlib.import_module(converters.__name__ + ".atomic")
+    atomic = converters.atomic
     with atomic.atomic_file(dst) as tmp:
         shutil.copyfile(src, tmp)
         os.chmod(tmp, 0o644)  # the temp file is 0600; the WebUI may run as another user of the group
