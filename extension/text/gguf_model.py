@@ -25,9 +25,10 @@ from torch.nn import functional as F
 
 from .._converters import converters
 from ..errors import UserError
-from .quant import PackedEmbedding, PackedLinear, PackedWeight, set_weight_cache_budget
+from .quant import PackedEmbedding, PackedLinear, PackedWeight, set_weight_cache_budget, warm_weight_cache
 
 SUPPORTED_ARCHES = ("llama", "mistral", "qwen2")
+CACHE_DECODER_LAYER = False  # see build_model
 
 
 @dataclass
@@ -213,8 +214,9 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
     head = PackedLinear(packed("lm_head.weight")) if "lm_head.weight" in tensors else PackedLinear(embed)
     model = TextModel(cfg, Backbone(PackedEmbedding(embed), layers, norm), head)
     model.requires_grad_(False)
-    # Keep one decoder layer's weights dequantized between uses: the layer recomputed under gradient
-    # checkpointing is followed at once by its backward, which then needs no second dequantization.
+    # Keeping one decoder layer's weights dequantized lets the backward of a layer recomputed under
+    # gradient checkpointing skip its second dequantization. Measured on a 300M Q4_0 model: 3% less
+    # time per step for ~150 MB more peak RSS, so it stays off (CACHE_DECODER_LAYER).
     layer_bytes = 0
     for module in model.model.layers[0].modules() if layers else ():
         if isinstance(module, PackedWeight):
@@ -223,7 +225,9 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
         for module in layer.modules():
             if isinstance(module, PackedWeight):
                 module.cacheable = True
-    set_weight_cache_budget(layer_bytes)
+    set_weight_cache_budget(layer_bytes if CACHE_DECODER_LAYER else 0)
+    if layers and CACHE_DECODER_LAYER:  # allocate the cache now, before activations share the heap with it
+        warm_weight_cache(m for m in model.model.layers[0].modules() if isinstance(m, PackedWeight))
     return model
 
 

@@ -281,6 +281,12 @@ def _cached_weight(packed: PackedWeight) -> torch.Tensor | None:
     return buf
 
 
+def warm_weight_cache(weights) -> None:
+    """Dequantize ``weights`` into the cache now, so its buffers are allocated before any activation."""
+    for packed in weights:
+        _cached_weight(packed)
+
+
 def _forget(packed: PackedWeight) -> None:
     entry = _BUF.cache.pop(id(packed), None)
     if entry is not None:
