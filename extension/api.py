@@ -82,73 +82,62 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
             raise converters.AdapterError("request body must be a JSON object")
         return data
 
-    async def start(request: Request) -> JSONResponse:
+    def route(handler: Callable[[Request], Any]) -> Callable[[Request], Any]:
+        """One endpoint: auth first, then the handler's result as JSON, errors as one-line JSON."""
+
+        async def endpoint(request: Request) -> JSONResponse:
+            denied = guard(request)
+            if denied:
+                return denied
+            try:
+                return JSONResponse(_jsonable(await handler(request)))
+            except Exception as exc:
+                return fail(exc)
+
+        endpoint.__doc__ = handler.__doc__
+        return endpoint
+
+    async def start(request: Request) -> Any:
         """Body: a training config in the shared schema (JSON). 409 while a job runs."""
-        denied = guard(request)
-        if denied:
-            return denied
-        try:
-            config = await body(request)
-            if "config" in config and isinstance(config["config"], dict):
-                config = config["config"]
-            return JSONResponse(_jsonable(await run_in_threadpool(host.start_job, config)))
-        except Exception as exc:
-            return fail(exc)
+        config = await body(request)
+        if "config" in config and isinstance(config["config"], dict):
+            config = config["config"]
+        return await run_in_threadpool(host.start_job, config)
 
-    async def status(request: Request) -> JSONResponse:
-        denied = guard(request)
-        return denied or JSONResponse(_jsonable(host.jobs.status()))
+    async def status(request: Request) -> Any:
+        """State, step/total, loss history, ETA, samples, saved files, loader checks."""
+        return host.jobs.status()
 
-    async def stop(request: Request) -> JSONResponse:
+    async def stop(request: Request) -> Any:
         """Body ``{"save": false}`` cancels without a final file; default: stop and save."""
-        denied = guard(request)
-        if denied:
-            return denied
-        try:
-            data = await body(request)
-            result = host.jobs.stop() if data.get("save", True) else host.jobs.cancel()
-            return JSONResponse(_jsonable(result))
-        except Exception as exc:
-            return fail(exc)
+        data = await body(request)
+        return host.jobs.stop() if data.get("save", True) else host.jobs.cancel()
 
-    async def convert(request: Request) -> JSONResponse:
+    async def convert(request: Request) -> Any:
         """Body: ``{"src", "dst", "to"?, "base"?, "arch"?, "dtype"?, "name"?, "force"?}``."""
-        denied = guard(request)
-        if denied:
-            return denied
-        try:
-            data = await body(request)
-            if not data.get("src") or not data.get("dst"):
-                raise converters.AdapterError('convert needs "src" and "dst" paths')
-            options = {k: data[k] for k in ("dtype", "name") if data.get(k)}
-            out = await run_in_threadpool(
-                lambda: converters.convert(data["src"], data["dst"], to=data.get("to"), base=data.get("base"),
-                                           arch=data.get("arch"), force=bool(data.get("force")), **options))
-            return JSONResponse({"written": str(out)})
-        except Exception as exc:
-            return fail(exc)
+        data = await body(request)
+        if not data.get("src") or not data.get("dst"):
+            raise converters.AdapterError('convert needs "src" and "dst" paths')
+        options = {k: data[k] for k in ("dtype", "name") if data.get(k)}
+        out = await run_in_threadpool(
+            lambda: converters.convert(data["src"], data["dst"], to=data.get("to"), base=data.get("base"),
+                                       arch=data.get("arch"), force=bool(data.get("force")), **options))
+        return {"written": str(out)}
 
-    async def inspect(request: Request) -> JSONResponse:
+    async def inspect(request: Request) -> Any:
         """Body ``{"path", "base"?}`` (or the same as query parameters)."""
-        denied = guard(request)
-        if denied:
-            return denied
-        try:
-            data = dict(request.query_params)
-            if request.method == "POST":
-                data.update(await body(request))
-            if not data.get("path"):
-                raise converters.AdapterError('inspect needs "path"')
-            report = await run_in_threadpool(converters.inspect_adapter, data["path"], data.get("base"))
-            return JSONResponse(_jsonable(report))
-        except Exception as exc:
-            return fail(exc)
+        data = dict(request.query_params)
+        if request.method == "POST":
+            data.update(await body(request))
+        if not data.get("path"):
+            raise converters.AdapterError('inspect needs "path"')
+        return await run_in_threadpool(converters.inspect_adapter, data["path"], data.get("base"))
 
-    app.add_api_route(PREFIX + "/start", start, methods=["POST"])
-    app.add_api_route(PREFIX + "/status", status, methods=["GET"])
-    app.add_api_route(PREFIX + "/stop", stop, methods=["POST"])
-    app.add_api_route(PREFIX + "/convert", convert, methods=["POST"])
-    app.add_api_route(PREFIX + "/inspect", inspect, methods=["GET", "POST"])
+    app.add_api_route(PREFIX + "/start", route(start), methods=["POST"])
+    app.add_api_route(PREFIX + "/status", route(status), methods=["GET"])
+    app.add_api_route(PREFIX + "/stop", route(stop), methods=["POST"])
+    app.add_api_route(PREFIX + "/convert", route(convert), methods=["POST"])
+    app.add_api_route(PREFIX + "/inspect", route(inspect), methods=["GET", "POST"])
     return True
 
 
