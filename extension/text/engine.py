@@ -33,6 +33,7 @@ from ..training.progress import NonFiniteLoss, TensorBoardSink, Throughput, Tqdm
 from ..training.schedulers import build_scheduler
 from .data import IGNORE, Sample, collate, load_text_dataset
 from .gguf_model import TextModel, load_text_model
+from .heap import tune_heap_for_training
 from .lora import LoraLinear, inject_lora, load_lora_state, lora_state, to_adapter
 from .tokenizer import HFTokenizer, Tokenizer
 
@@ -169,6 +170,7 @@ def train_text(config: Any, callback: EventCallback | None = None,
 
 def _train(run: _Run) -> TrainResult:
     config = run.config
+    tune_heap_for_training()
     seed = int(setting(config, "seed", 42))
     data_dir = setting(config, "train_data_dir", None)
     if not data_dir:

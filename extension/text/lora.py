@@ -40,8 +40,15 @@ class LoraLinear(nn.Module):
         return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = (self.dropout(x) @ self.lora_A.t().to(x.dtype)) @ self.lora_B.t().to(x.dtype)
-        return self.base(x) + update * self.scale
+        base = self.base(x)
+        down = self.dropout(x).reshape(-1, x.shape[-1]) @ self.lora_A.t().to(x.dtype)
+        up = self.lora_B.t().to(base.dtype)
+        flat = base.reshape(-1, base.shape[-1])
+        if base._is_view():  # a buffer kept for the recompute (recompute.py): must stay as it is
+            return torch.addmm(flat, down.to(base.dtype), up, alpha=self.scale).view(base.shape)
+        # A fresh output (whose backward does not need it): the update goes in place, one pass
+        # over the output instead of copying it first.
+        return flat.addmm_(down.to(base.dtype), up, alpha=self.scale).view(base.shape)
 
 
 def inject_lora(model: nn.Module, targets: list[str], rank: int, alpha: float,

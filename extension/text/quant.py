@@ -14,15 +14,16 @@ against the weights llama.cpp runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
-import weakref
-from collections import OrderedDict
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .recompute import KeptMatmul, LayerMemo, active_memo
 
 Q = GGMLQuantizationType
 TORCH_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K)
@@ -46,7 +47,7 @@ def _high_bits(qh: torch.Tensor) -> torch.Tensor:
 
 
 class _Buffers(threading.local):
-    """Per-thread reusable tensors: scratch space, cached float weights and their free list.
+    """Per-thread reusable scratch tensors.
 
     Dequantizing into fresh tensors on every forward and backward left glibc's heap fragmented
     (hundreds of MB of peak RSS on a 300M model); reusing a fixed set of buffers does not.
@@ -55,14 +56,9 @@ class _Buffers(threading.local):
 
     def __init__(self) -> None:
         self.scratch: dict[tuple[str, torch.dtype], torch.Tensor] = {}
-        self.cache: OrderedDict[int, tuple[weakref.ref, torch.Tensor]] = OrderedDict()
-        self.cached_bytes = 0
-        self.free: dict[tuple[int, int], list[torch.Tensor]] = {}
-        self.free_bytes = 0
 
 
 _BUF = _Buffers()
-_CACHE = {"budget": 0}  # bytes of float weights kept between uses (set by the model loader)
 
 
 def _scratch(tag: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
@@ -226,71 +222,9 @@ def dequantize_into(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int,
     return out
 
 
-def set_weight_cache_budget(nbytes: int) -> None:
-    """How many bytes of dequantized weights (of layers marked ``cacheable``) to keep between uses.
-
-    The loader sets one decoder layer's worth: with gradient checkpointing the layer recomputed
-    in backward then finds its weights still dequantized for the gradient, and without it the
-    last layer's forward weights serve its backward.
-    """
-    _CACHE["budget"] = max(0, int(nbytes))
-    release_buffers()
-
-
 def release_buffers() -> None:
-    """Drop this thread's cached weights and scratch space (after training, say)."""
+    """Drop this thread's scratch space (between a forward and its backward, or after training)."""
     _BUF.__init__()
-
-
-def _evict(need: int) -> None:
-    while _BUF.cache and _BUF.cached_bytes + need > _CACHE["budget"]:
-        _, (_, tensor) = _BUF.cache.popitem(last=False)
-        nbytes = tensor.numel() * 4
-        _BUF.cached_bytes -= nbytes
-        if _BUF.free_bytes + nbytes <= _CACHE["budget"]:
-            _BUF.free.setdefault(tuple(tensor.shape), []).append(tensor)
-            _BUF.free_bytes += nbytes
-
-
-def _cached_weight(packed: PackedWeight) -> torch.Tensor | None:
-    """The whole float32 weight, kept in a small per-thread LRU cache; None when not cacheable."""
-    if packed.qtype == Q.F32:
-        return packed.raw
-    rows, cols = packed.shape
-    nbytes = rows * cols * 4
-    if not packed.cacheable or nbytes > _CACHE["budget"]:
-        return None
-    key = id(packed)
-    entry = _BUF.cache.get(key)
-    if entry is not None:
-        if entry[0]() is packed:
-            _BUF.cache.move_to_end(key)
-            return entry[1]
-        del _BUF.cache[key]  # a dead weight's id reused
-        _BUF.cached_bytes -= entry[1].numel() * 4
-    _evict(nbytes)
-    spare = _BUF.free.get((rows, cols))
-    if spare:
-        buf = spare.pop()
-        _BUF.free_bytes -= nbytes
-    else:
-        buf = torch.empty(rows, cols)
-    dequantize_into(packed.raw, packed.qtype, cols, buf)
-    _BUF.cache[key] = (weakref.ref(packed), buf)
-    _BUF.cached_bytes += nbytes
-    return buf
-
-
-def warm_weight_cache(weights) -> None:
-    """Dequantize ``weights`` into the cache now, so its buffers are allocated before any activation."""
-    for packed in weights:
-        _cached_weight(packed)
-
-
-def _forget(packed: PackedWeight) -> None:
-    entry = _BUF.cache.pop(id(packed), None)
-    if entry is not None:
-        _BUF.cached_bytes -= entry[1].numel() * 4
 
 
 class PackedWeight(torch.nn.Module):
@@ -303,7 +237,6 @@ class PackedWeight(torch.nn.Module):
         super().__init__()
         self.qtype = GGMLQuantizationType(qtype)
         self.shape = (int(shape[0]), int(shape[1]))
-        self.cacheable = False  # the loader marks decoder-layer weights (see set_weight_cache_budget)
         self.register_buffer("raw", raw, persistent=False)
 
     @classmethod
@@ -343,13 +276,16 @@ class PackedWeight(torch.nn.Module):
     def permute_rows(self, order: torch.Tensor) -> None:
         """Reorder the rows in place (undoing llama.cpp's Q/K rotary permutation works on packed rows)."""
         self.raw = self.raw[order].contiguous()
-        _forget(self)
 
     def extra_repr(self) -> str:
         return f"{self.qtype.name}, shape={self.shape}"
 
 
 _CHUNK_ELEMENTS = 1 << 20  # dequantize ~1M weights at a time: bounded temporaries, cache-friendly
+# Up to this size a weight is dequantized whole into scratch space and multiplied in one matmul:
+# a row-chunked product pays a copy of every output chunk (~10% of a 300M model's step). 16M
+# elements covers every projection up to hidden size 4096 (64 MB of scratch).
+_WHOLE_ELEMENTS = 1 << 24
 
 
 def _row_chunks(packed: PackedWeight):
@@ -366,12 +302,22 @@ def _chunk(packed: PackedWeight, r0: int, r1: int, dtype: torch.dtype) -> torch.
     return dequantize_into(packed.raw[r0:r1], packed.qtype, packed.shape[1], buf).to(dtype)
 
 
-def packed_matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
-    """x @ W.T: with the cached float W when it fits the cache, else chunk by chunk of output rows."""
-    weight = _cached_weight(packed)
+def _whole(packed: PackedWeight, dtype: torch.dtype) -> torch.Tensor | None:
+    """The whole float weight (F32 as stored, else dequantized into scratch space), or None when too big."""
+    if packed.qtype == Q.F32:
+        return packed.raw.to(dtype)
+    if packed.shape[0] * packed.shape[1] > _WHOLE_ELEMENTS:
+        return None
+    return _chunk(packed, 0, packed.shape[0], dtype)
+
+
+def packed_matmul(x: torch.Tensor, packed: PackedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ W.T (into ``out`` when given): one matmul with the whole float W when it fits, else by row chunks."""
+    weight = _whole(packed, x.dtype)
     if weight is not None:
-        return x @ weight.to(x.dtype).t()
-    out = x.new_empty(*x.shape[:-1], packed.shape[0])
+        return torch.matmul(x, weight.t(), out=out) if out is not None else x @ weight.t()
+    if out is None:
+        out = x.new_empty(*x.shape[:-1], packed.shape[0])
     x2, out2 = x.reshape(-1, x.shape[-1]), out.view(-1, packed.shape[0])
     for r0, r1 in _row_chunks(packed):
         part = _scratch("mm", (x2.shape[0], r1 - r0), x.dtype)
@@ -381,10 +327,10 @@ def packed_matmul(x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
 
 
 def packed_matmul_t(grad: torch.Tensor, packed: PackedWeight) -> torch.Tensor:
-    """grad @ W, with the cached float W or chunk by chunk of W's rows."""
-    weight = _cached_weight(packed)
+    """grad @ W, with the whole float W when it fits, else chunk by chunk of W's rows."""
+    weight = _whole(packed, grad.dtype)
     if weight is not None:
-        return grad @ weight.to(grad.dtype)
+        return grad @ weight
     out = grad.new_zeros(*grad.shape[:-1], packed.shape[1])
     g2, out2 = grad.reshape(-1, grad.shape[-1]), out.view(-1, packed.shape[1])
     for r0, r1 in _row_chunks(packed):
@@ -396,18 +342,18 @@ class _PackedMatmul(torch.autograd.Function):
     """y = x @ W.T with W rebuilt from packed blocks in forward and again in backward.
 
     Autograd would otherwise keep every layer's float weight alive until backward, which is the
-    float32 model in memory. Backward takes the weight from the one-layer cache when the layer
-    was just (re)computed, else dequantizes it again.
+    float32 model in memory. ``out`` (a 1-tuple, hidden from autograd) is a buffer to write y into.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, packed: PackedWeight) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, x: torch.Tensor, packed: PackedWeight,  # type: ignore[override]
+                out: tuple[torch.Tensor] | tuple[()] = ()) -> torch.Tensor:
         ctx.packed = packed
-        return packed_matmul(x, packed)
+        return packed_matmul(x, packed, *out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return packed_matmul_t(grad, ctx.packed), None
+        return packed_matmul_t(grad, ctx.packed), None, None
 
 
 _EMULATE = {"on": False}
@@ -449,6 +395,7 @@ class PackedLinear(torch.nn.Module):
         super().__init__()
         self.weight = weight
         self.out_features, self.in_features = weight.shape
+        self.keep_output = False  # under checkpointing, keep the output for the recompute (recompute.py)
         if bias is not None:
             self.register_buffer("bias", bias, persistent=False)
         else:
@@ -457,13 +404,29 @@ class PackedLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _EMULATE["on"] and self.weight.qtype in _Q8_0_DOT + _Q8_1_DOT and self.in_features % 32 == 0:
             x = _round_activations(x)
-        if x.requires_grad:
+        memo = active_memo()
+        if memo is not None:
+            y = self._memo_matmul(memo, x)
+        elif x.requires_grad:
             y = _PackedMatmul.apply(x, self.weight)
         else:
             y = packed_matmul(x, self.weight)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
+
+    def _memo_matmul(self, memo: LayerMemo, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T inside a checkpointed layer: recorded in the first run, taken back in the recompute."""
+        call = memo.next_call()
+        if memo.replaying:
+            kept = memo.kept_output(call)
+            if kept is None:
+                return _PackedMatmul.apply(x, self.weight) if x.requires_grad else packed_matmul(x, self.weight)
+            if not x.requires_grad:
+                return kept
+            return KeptMatmul.apply(x, (kept,), functools.partial(packed_matmul_t, packed=self.weight))
+        out = (memo.output_buffer(call, x, self.out_features),) if self.keep_output else ()
+        return _PackedMatmul.apply(x, self.weight, out) if x.requires_grad else packed_matmul(x, self.weight, *out)
 
 
 class PackedEmbedding(torch.nn.Module):

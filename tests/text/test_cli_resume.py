@@ -111,7 +111,8 @@ def _adapter_tensors(path: Path) -> dict[str, bytes]:
 @pytest.mark.slow
 def test_kill_9_then_resume_gives_the_same_adapter(tiny, tmp_path, lines):
     common = dict(base_model=tiny["Q4_0"], train_data_dir=lines, max_train_steps=60, save_steps=5, batch_size=1,
-                  gradient_accumulation_steps=2, lora_dropout=0.1, lr_scheduler="cosine", lr_warmup_steps=3)
+                  gradient_accumulation_steps=2, lora_dropout=0.1, lr_scheduler="cosine", lr_warmup_steps=3,
+                  gradient_checkpointing=True)  # kept projection outputs and dropout masks across a kill
     straight = _write_config(tmp_path / "a.yaml", output_dir=tmp_path / "a", **common)
     proc = _train_process(straight)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
