@@ -338,6 +338,8 @@ def _coerce(source: str, name: str, value: Any) -> Any:
     elif tp is str:
         if isinstance(value, (os.PathLike,)):
             value = os.fspath(value)
+        if isinstance(value, bool) and meta["choices"] and {"on", "off"} <= set(meta["choices"]):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare on/off as a boolean
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise bad("a string")
         out = str(value)

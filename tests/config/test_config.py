@@ -139,6 +139,13 @@ def test_bad_values_rejected(data, fragment):
     assert str(err.value).startswith("bad.yaml: ")
 
 
+def test_bare_on_off_choices_survive_yaml(tmp_path):
+    # YAML 1.1 reads `llama_cpp_check: off` as False; the choice must still be "off"
+    cfg = load_config(write(tmp_path, SEED_YAML + "llama_cpp_check: off\n"), ["task_type=text-generation"])
+    assert cfg.llama_cpp_check == "off"
+    assert apply_overrides(cfg, ["llama_cpp_check=on"]).llama_cpp_check == "on"
+
+
 def test_choices_are_normalised():
     cfg = config_from_dict({"lr_scheduler": "cosine-with-restarts", "mixed_precision": "BF16"})
     assert cfg.lr_scheduler == "cosine_with_restarts" and cfg.mixed_precision == "bf16"
