@@ -57,8 +57,10 @@ def test_overfit_and_llama_cpp_agrees(tiny, tmp_path, base_key):
     if base_key.endswith("F32"):
         assert per_position.max() <= 1e-3
     else:
-        # torch rounds activations like llama.cpp's quantized matmuls; a rare rounding flip at one
-        # position can still differ, so most positions must agree to 1e-3 and none grossly.
+        # torch rounds activations like llama.cpp's quantized matmuls, but its inputs differ by float32 ulps
+        # (RMS norm, matmul, attention order); when a block's f16 scale max|x|/127 or an element sits within
+        # that noise of a rounding midpoint, the two round apart and the position (and some later ones) differs
+        # by 1e-3..5e-2. Q8_0 and Q4_0 alike, no fixed tolerance is safe: most must agree to 1e-3, none grossly.
         assert np.mean(per_position <= 1e-3) >= 0.8 and per_position.max() < 0.1, per_position
 
     prompt = tok.encode("the cat")
