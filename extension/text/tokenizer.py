@@ -2,8 +2,9 @@
 
 - ``llama`` (SentencePiece): space prefix, ``▁`` for spaces, highest-score bigram merges first,
   unknown characters as ``<0xXX>`` byte tokens.
-- ``gpt2`` (byte-level BPE, also qwen2/llama3): regex pre-split by ``tokenizer.ggml.pre``,
-  merges by rank.
+- ``gpt2`` (byte-level BPE, also qwen2/llama3): pre-split by the regexes llama.cpp uses for
+  ``tokenizer.ggml.pre`` (``llm_tokenizer_bpe`` in llama-vocab.cpp), merges by rank. An unknown
+  ``pre`` is an error, as it is for llama.cpp.
 
 Special (control) tokens written in the text are parsed only with ``parse_special=True``
 (chat templates need it); user-defined tokens always are, as in llama.cpp.
@@ -22,8 +23,38 @@ _GPT2_SPLIT = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\
 _QWEN2_SPLIT = (r"""(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
                 r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 _LLAMA3_SPLIT = _QWEN2_SPLIT.replace(r"|\p{N}|", r"|\p{N}{1,3}|")
-_PRE_SPLITS = {"default": _GPT2_SPLIT, "gpt-2": _GPT2_SPLIT, "gpt2": _GPT2_SPLIT, "qwen2": _QWEN2_SPLIT,
-               "llama3": _LLAMA3_SPLIT, "llama-bpe": _LLAMA3_SPLIT}
+# llama.cpp's "default" BPE pre-tokenizer: several regexes applied one after the other, each splitting
+# the pieces of the previous one (text between matches stays a piece of its own).
+_DEFAULT_SPLITS = (r"[\p{P}\$\+<=>\^~\|]+", _GPT2_SPLIT, r"\p{N}+", r"[0-9][0-9][0-9]")
+
+
+@dataclass(frozen=True)
+class _PreTokenizer:
+    """How llama.cpp pre-tokenizes one ``tokenizer.ggml.pre`` family (llama-vocab.cpp, llama_vocab::impl::load)."""
+
+    splits: tuple[str, ...]
+    ignore_merges: bool = False  # a pre-token that is itself a vocab token is taken whole, without merges
+    add_bos: bool = False  # default of tokenizer.ggml.add_bos_token when the file does not set it
+
+
+def _family(pre: _PreTokenizer, *names: str) -> dict[str, _PreTokenizer]:
+    return dict.fromkeys(names, pre)
+
+
+_PRES = {
+    **_family(_PreTokenizer(_DEFAULT_SPLITS), "default"),
+    **_family(_PreTokenizer((_GPT2_SPLIT,)), "gpt-2", "phi-2", "gigachat", "a.x-4.0", "mellum", "exaone4", "mpt",
+              "olmo", "jais", "trillion", "granite-docling"),
+    **_family(_PreTokenizer((r"\p{N}", _GPT2_SPLIT)), "starcoder", "refact", "command-r", "smollm", "codeshell",
+              "exaone", "minerva-7b", "mellum2"),
+    **_family(_PreTokenizer((_QWEN2_SPLIT,)), "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2",
+              "hunyuan", "solar-open"),
+    **_family(_PreTokenizer((_LLAMA3_SPLIT,), ignore_merges=True, add_bos=True), "llama3", "llama-v3", "llama-bpe",
+              "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2", "jina-v5-nano"),
+    **_family(_PreTokenizer((_LLAMA3_SPLIT,)), "dbrx", "smaug-bpe"),
+}
+# llama.cpp's special-token ids for a gpt2 vocabulary whose file names none (llama-vocab.cpp: "default special tokens").
+_BPE_DEFAULT_BOS_EOS = 11
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -65,7 +96,9 @@ class Tokenizer:
         if self.model == "gpt2":
             import regex
 
-            self._split = regex.compile(_PRE_SPLITS.get(self.pre, _GPT2_SPLIT))
+            scheme = _PRES[self.pre]
+            self._splits = [regex.compile(pattern) for pattern in scheme.splits]
+            self._ignore_merges = scheme.ignore_merges
             self._ranks = {tuple(m.split(" ", 1)): r for r, m in enumerate(self.merges)}
             self._b2u = bytes_to_unicode()
             self._u2b = {c: b for b, c in self._b2u.items()}
@@ -87,14 +120,22 @@ class Tokenizer:
             return None if value is None else int(value)
 
         spm = model == "llama"
+        pre = str(meta.get("tokenizer.ggml.pre") or "default")
+        if not spm and pre not in _PRES:
+            raise UserError(f"{source}: tokenizer.ggml.pre {pre!r} is not supported (supported: "
+                            f"{', '.join(sorted(_PRES))}); use the model's HF folder as the base instead")
+        add_bos = spm or _PRES[pre].add_bos
+        if not spm and len(tokens) > _BPE_DEFAULT_BOS_EOS:
+            meta = {"tokenizer.ggml.bos_token_id": _BPE_DEFAULT_BOS_EOS,
+                    "tokenizer.ggml.eos_token_id": _BPE_DEFAULT_BOS_EOS, **meta}
         return cls(
             model=model, tokens=tokens, scores=[float(s) for s in scores], types=[int(t) for t in types],
             merges=list(meta.get("tokenizer.ggml.merges") or []),
             bos_id=ident("bos_token_id"), eos_id=ident("eos_token_id"), unk_id=ident("unknown_token_id"),
-            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", spm)),
+            add_bos=bool(meta.get("tokenizer.ggml.add_bos_token", add_bos)),
             add_eos=bool(meta.get("tokenizer.ggml.add_eos_token", False)),
             add_space_prefix=bool(meta.get("tokenizer.ggml.add_space_prefix", spm)),
-            pre=str(meta.get("tokenizer.ggml.pre", "default")),
+            pre=pre,
             chat_template=meta.get("tokenizer.chat_template"),
         )
 
@@ -208,12 +249,32 @@ class Tokenizer:
             i = nxt[i]
         return out
 
+    def _pre_split(self, text: str) -> list[str]:
+        """llama.cpp's unicode_regex_split: each regex splits every piece; unmatched text stays a piece."""
+        pieces = [text]
+        for pattern in self._splits:
+            nxt: list[str] = []
+            for piece in pieces:
+                start = 0
+                for match in pattern.finditer(piece):
+                    if match.start() > start:
+                        nxt.append(piece[start:match.start()])
+                    if match.end() > match.start():
+                        nxt.append(match.group())
+                    start = match.end()
+                if start < len(piece):
+                    nxt.append(piece[start:])
+            pieces = nxt
+        return pieces
+
     def _bpe(self, text: str) -> list[int]:
         out: list[int] = []
-        for word in self._split.findall(text):
+        for word in self._pre_split(text):
             cached = self._cache.get(word)
             if cached is None:
-                cached = self._bpe_word("".join(self._b2u[b] for b in word.encode("utf-8")))
+                encoded = "".join(self._b2u[b] for b in word.encode("utf-8"))
+                whole = self._ids.get(encoded) if self._ignore_merges else None
+                cached = [whole] if whole is not None else self._bpe_word(encoded)
                 if len(self._cache) < 100_000:
                     self._cache[word] = cached
             out.extend(cached)
@@ -234,7 +295,8 @@ class Tokenizer:
         for p in parts:
             token = self._ids.get(p)
             if token is None:
-                out.extend(self._ids.get(c, self.unk_id or 0) for c in p)
+                # llama.cpp falls back to single-byte tokens and drops what has none (no <unk> in BPE).
+                out.extend(self._ids[c] for c in p if len(c.encode("utf-8")) == 1 and c in self._ids)
             else:
                 out.append(token)
         return out
