@@ -1,14 +1,16 @@
 """Reader for legacy llama.cpp model files (``*.ggmlv3.q4_0.bin``): ggml, ggmf and ggjt v1-v3.
 
-Layout: u32 magic, [u32 version], 7 x u32 hparams (n_vocab, n_embd, n_mult, n_head, n_layer, n_rot,
-ftype), the vocab (n_vocab x u32 length + bytes [+ f32 score]), then tensors until EOF: u32 n_dims,
-u32 name length, u32 type, n_dims x u32 dims (ggml order), name, [ggjt: padding to a 32-byte file
-offset], data. Q and K are stored permuted for rotary, as in GGUF.
+Layout (llama.cpp's ``llama_file_loader`` before GGUF): u32 magic, [u32 version: not in ggml], 7 x u32
+hparams (n_vocab, n_embd, n_mult, n_head, n_layer, n_rot, ftype), the vocab (n_vocab x u32 length +
+bytes [+ f32 score: not in ggml]), then tensors until EOF: u32 n_dims, u32 name length, u32 type,
+n_dims x u32 dims (ggml order), name, [ggjt only: zero padding up to the next 32-byte file offset],
+data. Q and K are stored permuted for rotary, as in GGUF. ggml/ggmf 13B+ models were split into
+``x.bin``, ``x.bin.1``, ... parts; those are refused (ggjt files are always whole).
 
 GGML does not store the KV head count, RMS epsilon, context length or rope base: they are options
 (defaults as llama.cpp's converter: no GQA, 5e-6, 2048, 10000; LLaMA-2 wants 1e-5 and 4096, 70B
-8 KV heads). Quantized tensors are read from ggjt v3 only: earlier versions used other block
-layouts (f32 scales) that no current tool runs; their F32/F16 tensors are fine.
+8 KV heads). Quantized tensors: any from ggjt v3; from ggjt v2 only Q5_0/Q5_1, whose blocks v3 kept
+(v3 changed Q4_0/Q4_1/Q8_0 scales to f16, v2 changed every block layout of v1). F32/F16 from all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from ..errors import UserError
 GGML_MAGICS = {0x67676D6C: "ggml", 0x67676D66: "ggmf", 0x67676A74: "ggjt"}
 DEFAULTS = {"n_kv_heads": None, "rms_eps": 5e-6, "context_length": 2048, "rope_base": 10000.0}
 _FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16)
+# quantized types whose block layout is today's, per file version (llama.cpp PRs #1405 -> v2, #1508 -> v3)
+_KNOWN_TYPES = {int(t) for t in GGMLQuantizationType}
+_CURRENT_QUANTS = {("ggjt", 2): (GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_1)}
 _LAYER_NAMES = {
     "attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "attn_v", "attention.wo": "attn_output",
     "attention_norm": "attn_norm", "ffn_norm": "ffn_norm", "feed_forward.w1": "ffn_gate",
@@ -136,13 +141,7 @@ def read_ggml(path: str | Path) -> GGMLFile:
         dims = u32s(n_dims)
         name = bytes(data[pos:pos + name_len]).decode("utf-8", errors="replace")
         pos += name_len
-        try:
-            qtype = GGMLQuantizationType(raw_type)
-        except ValueError:
-            raise _bad(path, f"tensor {name} has unknown type {raw_type}") from None
-        if qtype not in _FLOAT_TYPES and (kind, version) != ("ggjt", 3):
-            raise UserError(f"{path}: quantized tensors of {kind} v{version} files use an old block layout no "
-                            "current tool reads; use a ggjt v3 file or an F16/F32 one")
+        qtype = _tensor_type(path, kind, version, name, raw_type)
         if kind == "ggjt":
             pos += -pos % 32
         block, type_size = GGML_QUANT_SIZES[qtype]
@@ -154,9 +153,30 @@ def read_ggml(path: str | Path) -> GGMLFile:
             raise _bad(path, f"tensor {name} is truncated")
         result.tensors[name] = GGMLTensor(name, qtype, tuple(dims), pos, data[pos:pos + n_bytes])
         pos += n_bytes
-    if "tok_embeddings.weight" not in result.tensors:
+    embd = result.tensors.get("tok_embeddings.weight")
+    if embd is None:
         raise _bad(path, "no tok_embeddings.weight tensor")
+    if embd.dims[0] != hp.n_embd:
+        if not embd.dims[0] or hp.n_embd % embd.dims[0]:
+            raise _bad(path, f"tok_embeddings.weight has {embd.dims[0]} columns but n_embd is {hp.n_embd}")
+        # llama.cpp's guess_n_parts: the parts split the embedding's columns
+        raise UserError(f"{path}: this is one part of a {hp.n_embd // embd.dims[0]}-part {kind} model (with "
+                        f"{path.name}.1, ...); multi-part files are not supported, use a ggjt or GGUF file")
     return result
+
+
+def _tensor_type(path: Path, kind: str, version: int, name: str, raw_type: int) -> GGMLQuantizationType:
+    """The tensor's type; quantized types whose block layout changed after this file version are refused."""
+    label = "unversioned ggml" if kind == "ggml" else f"{kind} v{version}"
+    if raw_type not in _FLOAT_TYPES and (kind, version) != ("ggjt", 3) \
+            and raw_type not in _CURRENT_QUANTS.get((kind, version), ()):
+        type_name = GGMLQuantizationType(raw_type).name if raw_type in _KNOWN_TYPES else f"ggml type {raw_type}"
+        raise UserError(f"{path}: tensor {name} is quantized ({type_name}) in the old block layout of "
+                        f"{label} files that no current tool reads; use a ggjt v3 (or GGUF) file or an F16/F32 one")
+    try:
+        return GGMLQuantizationType(raw_type)
+    except ValueError:
+        raise _bad(path, f"tensor {name} has unknown type {raw_type}") from None
 
 
 def gguf_tensor_name(name: str) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ggml_writer import write_ggml_v3  # noqa: E402
+from ggml_writer import write_ggml  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +26,7 @@ def tiny(tmp_path_factory):
     out = {"model": model, "vocab": vocab, "root": root}
     for q in ("F32", "Q8_0", "Q4_0"):
         out[q] = write_tiny_gguf(model, root / f"tiny-{q.lower()}.gguf", qtype=q, vocab=vocab)
-        out[f"ggml-{q}"] = write_ggml_v3(model, vocab, root / f"tiny.ggmlv3.{q.lower()}.bin", q)
+        out[f"ggml-{q}"] = write_ggml(model, vocab, root / f"tiny.ggmlv3.{q.lower()}.bin", q)
     return out
 
 

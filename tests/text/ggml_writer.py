@@ -1,4 +1,8 @@
-"""Test helper: write a legacy GGML v3 (ggjt) LLaMA file from a tiny HF model, as old llama.cpp did."""
+"""Test helper: write a legacy GGML LLaMA file (ggml, ggmf v1, ggjt v1-v3) from a tiny HF model, as old llama.cpp did.
+
+Layouts as llama.cpp's pre-GGUF ``llama_file_loader`` reads them: ggml has no version field and no
+vocab scores; ggmf v1 adds both; ggjt pads each tensor's data to a 32-byte file offset.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-GGJT_MAGIC = 0x67676A74
+MAGICS = {"ggml": 0x67676D6C, "ggmf": 0x67676D66, "ggjt": 0x67676A74}
 _LAYER = {
     "self_attn.q_proj": "attention.wq", "self_attn.k_proj": "attention.wk", "self_attn.v_proj": "attention.wv",
     "self_attn.o_proj": "attention.wo", "input_layernorm": "attention_norm",
@@ -32,20 +36,25 @@ def _vocab_bytes(token: str, kind: int) -> bytes:
     return token.replace("\u2581", " ").encode()
 
 
-def write_ggml_v3(model, vocab, path: Path, qtype: str = "F32") -> Path:
-    """ggjt v3 file: hparams, vocab with scores, tensors (2-D as ``qtype``: F32 or Q4_0, 1-D F32)."""
+def write_ggml(model, vocab, path: Path, qtype: str = "F32", kind: str = "ggjt", version: int = 3) -> Path:
+    """``kind`` file (version ignored for ggml): hparams, vocab, tensors (2-D as ``qtype``, 1-D F32).
+
+    ``qtype`` is F32, F16 or any gguf-py quantization (Q4_0, Q5_0, ...), written in today's block
+    layout whatever the version: older quantized files are only used to test that they are refused.
+    """
     import gguf
 
     cfg = model.config
     heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     head_dim = cfg.hidden_size // heads
-    ftype = {"F32": 0, "F16": 1, "Q4_0": 2, "Q8_0": 7}[qtype]
-    out = bytearray()
-    out += struct.pack("<II", GGJT_MAGIC, 3)
+    ftype = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9}[qtype]
+    out = bytearray(struct.pack("<I", MAGICS[kind]))
+    if kind != "ggml":
+        out += struct.pack("<I", version)
     out += struct.pack("<7I", len(vocab), cfg.hidden_size, 256, heads, cfg.num_hidden_layers, head_dim, ftype)
-    for token, score, kind in zip(vocab.tokens, vocab.scores, vocab.types, strict=False):
-        data = _vocab_bytes(token, kind)
-        out += struct.pack("<I", len(data)) + data + struct.pack("<f", score)
+    for token, score, token_type in zip(vocab.tokens, vocab.scores, vocab.types, strict=False):
+        data = _vocab_bytes(token, token_type)
+        out += struct.pack("<I", len(data)) + data + (struct.pack("<f", score) if kind != "ggml" else b"")
     for hf_name, tensor in model.state_dict().items():
         module, suffix = hf_name.rsplit(".", 1)
         array = tensor.detach().float().numpy()
@@ -68,7 +77,8 @@ def write_ggml_v3(model, vocab, path: Path, qtype: str = "F32") -> Path:
         dims = list(reversed(array.shape))
         encoded = name.encode()
         out += struct.pack("<III", len(dims), len(encoded), ttype) + struct.pack(f"<{len(dims)}I", *dims) + encoded
-        out += b"\0" * (-len(out) % 32)
+        if kind == "ggjt":
+            out += b"\0" * (-len(out) % 32)
         out += raw
     path.write_bytes(bytes(out))
     return path

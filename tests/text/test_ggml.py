@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from gguf import GGUFReader
-from textutil import needs_llama_cpp
+from textutil import GGML_CONVERTER, needs_ggml_converter, needs_llama_cpp
 
 from extension.cli import main
 from extension.text.ggml_legacy import read_ggml
 
-VENDOR_CONVERTER = Path("/work/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/convert_llama_ggml_to_gguf.py")
 OPTS = ["--n-kv-heads", "2", "--rms-eps", "1e-5", "--context-length", "128"]
 
 
@@ -50,7 +48,7 @@ def test_reader_parses_header_and_vocab(tiny):
     assert ggml.tensors["layers.0.attention.wk.weight"].shape == (32, 64)
 
 
-@pytest.mark.skipif(not VENDOR_CONVERTER.exists(), reason="llama.cpp sources not present")
+@needs_ggml_converter
 def test_independent_reader_llama_cpp_converter(tiny, upgraded, tmp_path):
     """llama.cpp's own GGML->GGUF script parses our F32 test file to the same names, types and bytes.
 
@@ -59,7 +57,7 @@ def test_independent_reader_llama_cpp_converter(tiny, upgraded, tmp_path):
     through gguf-py's reader and llama.cpp's logits instead.
     """
     out = tmp_path / "cpp.gguf"
-    subprocess.run([sys.executable, str(VENDOR_CONVERTER), "--input", str(tiny["ggml-F32"]), "--output", str(out),
+    subprocess.run([sys.executable, str(GGML_CONVERTER), "--input", str(tiny["ggml-F32"]), "--output", str(out),
                     "--gqa", "2", "--eps", "1e-5", "-c", "128"], check=True, capture_output=True)
     theirs = {t.name: t for t in GGUFReader(str(out)).tensors}
     ours = _tensors(upgraded["F32"])
