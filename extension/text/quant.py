@@ -296,19 +296,19 @@ def _row_chunks(packed: PackedWeight):
         yield start, min(rows, start + step)
 
 
-def _chunk(packed: PackedWeight, r0: int, r1: int, dtype: torch.dtype) -> torch.Tensor:
-    """Float rows r0:r1 of W in scratch space (valid until the next chunk)."""
-    buf = _scratch("chunk", (r1 - r0, packed.shape[1]), torch.float32)
+def _chunk(packed: PackedWeight, r0: int, r1: int, dtype: torch.dtype, tag: str = "chunk") -> torch.Tensor:
+    """Float rows r0:r1 of W in scratch space ``tag`` (valid until that space is used again)."""
+    buf = _scratch(tag, (r1 - r0, packed.shape[1]), torch.float32)
     return dequantize_into(packed.raw[r0:r1], packed.qtype, packed.shape[1], buf).to(dtype)
 
 
-def _whole(packed: PackedWeight, dtype: torch.dtype) -> torch.Tensor | None:
-    """The whole float weight (F32 as stored, else dequantized into scratch space), or None when too big."""
+def _whole(packed: PackedWeight, dtype: torch.dtype, tag: str = "chunk") -> torch.Tensor | None:
+    """The whole float weight (F32 as stored, else dequantized into scratch ``tag``), or None when too big."""
     if packed.qtype == Q.F32:
         return packed.raw.to(dtype)
     if packed.shape[0] * packed.shape[1] > _WHOLE_ELEMENTS:
         return None
-    return _chunk(packed, 0, packed.shape[0], dtype)
+    return _chunk(packed, 0, packed.shape[0], dtype, tag)
 
 
 def packed_matmul(x: torch.Tensor, packed: PackedWeight, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -342,18 +342,24 @@ class _PackedMatmul(torch.autograd.Function):
     """y = x @ W.T with W rebuilt from packed blocks in forward and again in backward.
 
     Autograd would otherwise keep every layer's float weight alive until backward, which is the
-    float32 model in memory. ``out`` (a 1-tuple, hidden from autograd) is a buffer to write y into.
+    float32 model in memory. ``out`` (a 1-tuple, hidden from autograd) is a buffer to write y into;
+    ``weight`` an already dequantized W that stays valid until this node's backward has run.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, packed: PackedWeight,  # type: ignore[override]
-                out: tuple[torch.Tensor] | tuple[()] = ()) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, packed: PackedWeight, out: tuple[torch.Tensor] | tuple[()] = (),  # type: ignore[override]
+                weight: tuple[torch.Tensor] | tuple[()] = ()) -> torch.Tensor:
         ctx.packed = packed
+        ctx.weight = weight[0] if weight else None
+        if ctx.weight is not None:
+            return x @ ctx.weight.t()
         return packed_matmul(x, packed, *out)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        return packed_matmul_t(grad, ctx.packed), None, None
+        if ctx.weight is not None:
+            return grad @ ctx.weight, None, None, None
+        return packed_matmul_t(grad, ctx.packed), None, None, None
 
 
 _EMULATE = {"on": False}
@@ -420,11 +426,16 @@ class PackedLinear(torch.nn.Module):
         call = memo.next_call()
         if memo.replaying:
             kept = memo.kept_output(call)
-            if kept is None:
-                return _PackedMatmul.apply(x, self.weight) if x.requires_grad else packed_matmul(x, self.weight)
+            if kept is not None:
+                if not x.requires_grad:
+                    return kept
+                return KeptMatmul.apply(x, (kept,), functools.partial(packed_matmul_t, packed=self.weight))
             if not x.requires_grad:
-                return kept
-            return KeptMatmul.apply(x, (kept,), functools.partial(packed_matmul_t, packed=self.weight))
+                return packed_matmul(x, self.weight)
+            # Recomputed in backward, right before this layer's gradients: the weight dequantized now
+            # (in space of its own per call) serves the backward too, instead of a second dequantization.
+            weight = _whole(self.weight, x.dtype, tag=f"recompute{call}")
+            return _PackedMatmul.apply(x, self.weight, (), () if weight is None else (weight,))
         out = (memo.output_buffer(call, x, self.out_features),) if self.keep_output else ()
         return _PackedMatmul.apply(x, self.weight, out) if x.requires_grad else packed_matmul(x, self.weight, *out)
 
