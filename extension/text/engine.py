@@ -33,7 +33,7 @@ from ..training.progress import NonFiniteLoss, TensorBoardSink, Throughput, Tqdm
 from ..training.schedulers import build_scheduler
 from .data import IGNORE, Sample, collate, load_text_dataset
 from .gguf_model import TextModel, load_text_model
-from .heap import tune_heap_for_training
+from .heap import restore_heap_after_training, tune_heap_for_training
 from .lora import LoraLinear, inject_lora, load_lora_state, lora_state, to_adapter
 from .tokenizer import HFTokenizer, Tokenizer
 
@@ -158,6 +158,7 @@ def train_text(config: Any, callback: EventCallback | None = None,
                control: TrainingControl | None = None) -> TrainResult:
     """Train a text LoRA as ``config`` says; see the module docstring for what is written."""
     run = _Run(config, callback, control)
+    tune_heap_for_training()
     try:
         return _train(run)
     except NonFiniteLoss as exc:
@@ -166,11 +167,12 @@ def train_text(config: Any, callback: EventCallback | None = None,
     except converters.AdapterError as exc:
         run.emit(TrainingEvent("error", message=str(exc)))
         raise
+    finally:
+        restore_heap_after_training()  # the process may be a long-running WebUI
 
 
 def _train(run: _Run) -> TrainResult:
     config = run.config
-    tune_heap_for_training()
     seed = int(setting(config, "seed", 42))
     data_dir = setting(config, "train_data_dir", None)
     if not data_dir:
