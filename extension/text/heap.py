@@ -53,7 +53,7 @@ def restore_heap_after_training() -> None:
     """
     if _LIBC is not None:
         _LIBC.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
-        _LIBC.malloc_trim(0)
+    release_free_heap()
 
 
 def release_free_heap() -> None:

@@ -362,6 +362,11 @@ class _PackedMatmul(torch.autograd.Function):
         return packed_matmul_t(grad, ctx.packed), None, None, None
 
 
+def _frozen_matmul(x: torch.Tensor, packed: PackedWeight, out: tuple[torch.Tensor] | tuple[()] = ()) -> torch.Tensor:
+    """x @ W.T (into ``out[0]`` when given), through autograd only when x needs a gradient."""
+    return _PackedMatmul.apply(x, packed, out) if x.requires_grad else packed_matmul(x, packed, *out)
+
+
 _EMULATE = {"on": False}
 _Q8_0_DOT = (Q.Q4_0, Q.Q5_0, Q.Q8_0)  # llama.cpp multiplies these with activations rounded to Q8_0
 _Q8_1_DOT = (Q.Q4_1, Q.Q5_1)  # ... and these with Q8_1 (same values, scale kept as f16 too)
@@ -411,12 +416,7 @@ class PackedLinear(torch.nn.Module):
         if _EMULATE["on"] and self.weight.qtype in _Q8_0_DOT + _Q8_1_DOT and self.in_features % 32 == 0:
             x = _round_activations(x)
         memo = active_memo()
-        if memo is not None:
-            y = self._memo_matmul(memo, x)
-        elif x.requires_grad:
-            y = _PackedMatmul.apply(x, self.weight)
-        else:
-            y = packed_matmul(x, self.weight)
+        y = self._memo_matmul(memo, x) if memo is not None else _frozen_matmul(x, self.weight)
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
         return y
@@ -431,13 +431,13 @@ class PackedLinear(torch.nn.Module):
                     return kept
                 return KeptMatmul.apply(x, (kept,), functools.partial(packed_matmul_t, packed=self.weight))
             if not x.requires_grad:
-                return packed_matmul(x, self.weight)
+                return _frozen_matmul(x, self.weight)
             # Recomputed in backward, right before this layer's gradients: the weight dequantized now
             # (in space of its own per call) serves the backward too, instead of a second dequantization.
             weight = _whole(self.weight, x.dtype, tag=f"recompute{call}")
             return _PackedMatmul.apply(x, self.weight, (), () if weight is None else (weight,))
         out = (memo.output_buffer(call, x, self.out_features),) if self.keep_output else ()
-        return _PackedMatmul.apply(x, self.weight, out) if x.requires_grad else packed_matmul(x, self.weight, *out)
+        return _frozen_matmul(x, self.weight, out)
 
 
 class PackedEmbedding(torch.nn.Module):

@@ -154,7 +154,8 @@ class _CheckpointedLayer(torch.autograd.Function):
             raise RuntimeError("a second forward pass ran before this one's backward; with gradient checkpointing "
                                "call backward after each forward")
         x = memo.held_input().detach().requires_grad_(ctx.needs_input_grad[4])
-        params = [p for p, needed in zip(ctx.params, ctx.needs_input_grad[5 + ctx.n_args:], strict=True) if needed]
+        wanted = ctx.needs_input_grad[5 + ctx.n_args:]  # which parameters need a gradient
+        params = [p for p, needed in zip(ctx.params, wanted, strict=True) if needed]
         enabled, dtype = ctx.autocast
         with torch.random.fork_rng(devices=[ctx.device] if ctx.cuda_rng is not None else []), torch.enable_grad(), \
                 torch.autocast(ctx.device.type, dtype=dtype, enabled=enabled):
@@ -172,7 +173,7 @@ class _CheckpointedLayer(torch.autograd.Function):
         if ctx.arena is not None:
             grads = [ctx.arena.hold(p, g) for p, g in zip(params, grads, strict=True)]
         param_grads = iter(grads)
-        rest = [next(param_grads) if needed else None for needed in ctx.needs_input_grad[5 + ctx.n_args:]]
+        rest = [next(param_grads) if needed else None for needed in wanted]
         return (None, None, None, None, grad_x, *([None] * ctx.n_args), *rest)
 
 
