@@ -7,8 +7,10 @@ and rank, same number of steps; each side runs in its own subprocess so peak RSS
     python benchmarks/bench_text_train.py [--steps 4] [--seq 256] [--rounds 2] [--workdir DIR]
 
 Both sides use gradient checkpointing (``--no-checkpointing`` turns it off on both), the
-usual setting when memory matters. Prints peak RSS and seconds per step (median over all steps
-but the first of each run, over all rounds) and the ratios (goals: RSS <= 0.35x, time/step <= 1.0x).
+usual setting when memory matters, and each computes the loss its own way: transformers with
+``labels=``, ours with the engine's sliced cross-entropy (``lm_loss.py``). Prints peak RSS and
+seconds per step (median over all steps but the first of each run, over all rounds) and the
+ratios (goals: RSS <= 0.35x, time/step <= 1.0x).
 """
 
 from __future__ import annotations
@@ -104,18 +106,16 @@ def _batch(seq: int, step: int):
     return torch.randint(3, 300, (1, seq), generator=gen)
 
 
-def _loop(model_fn, params, steps: int, seq: int) -> list[float]:
-    """Plain loop: forward, causal LM loss, backward, AdamW; returns seconds per step."""
+def _loop(loss_fn, params, steps: int, seq: int) -> list[float]:
+    """Plain loop: forward with the causal LM loss, backward, AdamW; returns seconds per step."""
     import torch
-    from torch.nn import functional as F
 
     opt = torch.optim.AdamW(params, lr=1e-4)
     times = []
     for step in range(steps):
         ids = _batch(seq, step)
         start = time.perf_counter()
-        logits = model_fn(ids)
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1))
+        loss = loss_fn(ids)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -138,7 +138,9 @@ def child_ours(gguf_path: Path, steps: int, seq: int, checkpointing: bool) -> di
     model.gradient_checkpointing = checkpointing
     model.train()
     params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
-    return {"times": _loop(model, params, steps, seq)}
+    # the engine's loss: next-token cross-entropy, mean over the predicted tokens
+    return {"times": _loop(lambda ids: model.causal_lm_loss_sum(ids, ids) / (ids.numel() - ids.shape[0]),
+                           params, steps, seq)}
 
 
 def child_hf(gguf_path: Path, steps: int, seq: int, checkpointing: bool) -> dict:
@@ -161,7 +163,8 @@ def child_hf(gguf_path: Path, steps: int, seq: int, checkpointing: bool) -> dict
     model = get_peft_model(model, LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=TARGETS))
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    return {"times": _loop(lambda ids: model(input_ids=ids).logits, params, steps, seq)}
+    # the usual transformers loss: labels=input_ids (shifted inside), mean over the predicted tokens
+    return {"times": _loop(lambda ids: model(input_ids=ids, labels=ids).loss, params, steps, seq)}
 
 
 def _run_child(kind: str, gguf_path: Path, steps: int, seq: int, checkpointing: bool) -> dict:

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
 
 from .._converters import converters
 from ..errors import UserError
@@ -69,12 +68,6 @@ def load_base(config: Any) -> tuple[TextModel, Tokenizer | HFTokenizer, Path | N
         return model, HFTokenizer(str(base)), None
     tokenizer = Tokenizer.from_metadata(model.config.tokenizer, str(base))
     return model, tokenizer, base
-
-
-def causal_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum of next-token cross-entropy over positions whose label is not ``IGNORE``."""
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                           ignore_index=IGNORE, reduction="sum")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -289,8 +282,7 @@ def _optimizer_step(model: TextModel, group: list[list[Sample]], params, optimiz
         ctx = torch.autocast("cuda" if ids_t.is_cuda else "cpu", dtype=autocast_dtype) if autocast_dtype \
             else contextlib.nullcontext()
         with ctx:
-            logits = model(ids_t)
-        loss = causal_loss_sum(logits.float(), labels_t) / max(1, n_tokens)
+            loss = model.causal_lm_loss_sum(ids_t, labels_t, ignore_index=IGNORE) / max(1, n_tokens)
         if accelerator is not None:
             accelerator.backward(loss)
         else:

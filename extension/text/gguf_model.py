@@ -26,7 +26,8 @@ from torch.nn import functional as F
 from .._converters import converters
 from ..errors import UserError
 from .heap import release_free_heap
-from .quant import PackedEmbedding, PackedLinear, PackedWeight, release_buffers
+from .lm_loss import sliced_cross_entropy_sum
+from .quant import PackedEmbedding, PackedLinear, PackedWeight, activation_rounding_active, release_buffers
 from .recompute import DEFAULT_KEPT, GradArena, LayerMemo, checkpointed_layer
 
 SUPPORTED_ARCHES = ("llama", "mistral", "qwen2")
@@ -152,6 +153,25 @@ class TextModel(nn.Module):
         return emb.cos()[None, None], emb.sin()[None, None]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.hidden_states(ids)).to(torch.float32)
+
+    def causal_lm_loss_sum(self, ids: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Sum of next-token cross-entropy: position t predicts ``labels[:, t + 1]`` (``ignore_index`` skips one).
+
+        Equal to the cross-entropy of ``forward(ids)``, but a packed output layer is applied a slice
+        of the vocabulary at a time (``lm_loss``), so the logits never exist whole.
+        """
+        hidden = self.hidden_states(ids)[:, :-1]
+        targets = labels[:, 1:].reshape(-1)
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        head = self.lm_head
+        if isinstance(head, PackedLinear) and head.bias is None and not activation_rounding_active():
+            return sliced_cross_entropy_sum(hidden, head.weight, targets, ignore_index)
+        logits = head(hidden).to(torch.float32)  # a LoRA on lm_head, or llama.cpp emulation: plain
+        return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+
+    def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
+        """The final-norm output (batch, tokens, hidden size) that the output layer turns into logits."""
         x = self.model.embed_tokens(ids)
         cos, sin = self._rope(ids.shape[1])
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
@@ -161,7 +181,7 @@ class TextModel(nn.Module):
         if checkpointing:  # scratch space and free heap pages are idle until the backward
             release_buffers()
             release_free_heap()
-        return self.lm_head(self.model.norm(x)).to(torch.float32)
+        return self.model.norm(x)
 
 
 def rotary_row_order(rows: int, n_heads: int) -> torch.Tensor:

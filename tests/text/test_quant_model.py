@@ -18,7 +18,8 @@ IDS = torch.tensor([[1, 5, 100, 270, 280, 3, 9, 300, 2]])
 
 @pytest.mark.parametrize("qtype", [Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K, Q.Q5_K, Q.Q3_K, Q.Q2_K,
                                    Q.F16, Q.BF16])
-def test_dequantize_matches_gguf_py(qtype):
+@pytest.mark.parametrize("native", [True, False], ids=["native", "torch"])
+def test_dequantize_matches_gguf_py(qtype, native):
     rng = np.random.default_rng(int(qtype))
     block, size = GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(3, 512 // block * size), dtype=np.uint8)
@@ -26,7 +27,7 @@ def test_dequantize_matches_gguf_py(qtype):
         # finite scales: rewrite every f16 scale field with a small value, keep random quants
         raw = _sane_scales(raw, qtype, rng)
     want = dequantize(raw, qtype)
-    got = dequantize_rows(torch.from_numpy(raw.copy()), qtype, 512).numpy()
+    got = dequantize_rows(torch.from_numpy(raw.copy()), qtype, 512, native=native).numpy()
     finite = np.isfinite(want)
     assert (np.isfinite(got) == finite).all()
     np.testing.assert_array_equal(got[finite], want[finite])
