@@ -35,17 +35,19 @@ class _SlicedCrossEntropy(torch.autograd.Function):
                 need_grad: bool) -> torch.Tensor:
         h = hidden.to(torch.float32)
         n, vocab, width = h.shape[0], weight.shape[0], weight.shape[1]
-        running_max = torch.full((n,), float("-inf"))
-        running_sum = torch.zeros(n)
-        target = torch.zeros(n)
-        acc = torch.zeros(n, width) if need_grad else None
+        on = {"device": h.device}
+        running_max = torch.full((n,), float("-inf"), **on)
+        running_sum = torch.zeros(n, **on)
+        target = torch.zeros(n, **on)
+        acc = torch.zeros(n, width, **on) if need_grad else None
         step = _slice_rows(vocab, width, n)
-        weight_space, logits_space = torch.empty(step * width), torch.empty(n * step)  # reused by every slice
+        weight_space = torch.empty(step * width, device=weight.raw.device)  # both reused by every slice
+        logits_space = torch.empty(n * step, **on)
         for r0 in range(0, vocab, step):
             r1 = min(vocab, r0 + step)
             w = weight.raw[r0:r1] if weight.qtype == GGMLQuantizationType.F32 else dequantize_into(
                 weight.raw[r0:r1], weight.qtype, width, weight_space[:(r1 - r0) * width].view(r1 - r0, width))
-            logits = torch.mm(h, w.t(), out=logits_space[:n * (r1 - r0)].view(n, r1 - r0))
+            logits = torch.mm(h, w.to(h.device).t(), out=logits_space[:n * (r1 - r0)].view(n, r1 - r0))
             here = (labels >= r0) & (labels < r1)
             if bool(here.any()):
                 rows = here.nonzero().squeeze(1)
@@ -55,12 +57,12 @@ class _SlicedCrossEntropy(torch.autograd.Function):
             logits.sub_(new_max.unsqueeze(1)).exp_()
             running_sum.mul_(rescale).add_(logits.sum(dim=1))
             if acc is not None:
-                acc.mul_(rescale.unsqueeze(1)).addmm_(logits, w)
+                acc.mul_(rescale.unsqueeze(1)).addmm_(logits, w.to(h.device))
             running_max = new_max
         loss = (running_max + running_sum.log() - target).sum()
         if acc is not None:
             # d/dh of logsumexp is softmax @ W; of the target logit, the label's row of W
-            acc.div_(running_sum.unsqueeze(1)).sub_(weight.rows(labels))
+            acc.div_(running_sum.unsqueeze(1)).sub_(weight.rows(labels.to(weight.raw.device)).to(h.device))
         ctx.grad_hidden = acc
         ctx.hidden_dtype = hidden.dtype
         return loss

@@ -103,9 +103,11 @@ class NativeDequantizer:
         """Dequantize contiguous packed bytes ``raw`` into the contiguous float32 tensor ``out``."""
         block, size = GGML_QUANT_SIZES[qtype]
         n_blocks = raw.numel() // size
-        if not (raw.is_contiguous() and out.is_contiguous() and raw.dtype == torch.uint8
+        if not (raw.device.type == out.device.type == "cpu" and raw.is_contiguous() and out.is_contiguous()
+                and raw.dtype == torch.uint8
                 and out.dtype == torch.float32 and out.numel() == n_blocks * block and raw.numel() == n_blocks * size):
-            raise ValueError("native dequantization needs contiguous uint8 blocks and a matching float32 output")
+            raise ValueError("native dequantization needs contiguous uint8 blocks and a matching float32 output, "
+                             "on the CPU")
         if self._fn(int(qtype), raw.data_ptr(), out.data_ptr(), n_blocks) != 0:
             raise ValueError(f"native dequantization does not handle {qtype.name}")
 

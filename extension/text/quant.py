@@ -198,7 +198,7 @@ def row_bytes(qtype: GGMLQuantizationType, n_cols: int) -> int:
 
 
 def _native_for(qtype: GGMLQuantizationType, raw: torch.Tensor) -> NativeDequantizer | None:
-    if qtype not in NATIVE_TYPES or raw.dtype != torch.uint8 or not raw.is_contiguous():
+    if qtype not in NATIVE_TYPES or raw.dtype != torch.uint8 or not raw.is_contiguous() or raw.device.type != "cpu":
         return None
     return native_dequantizer()
 
@@ -233,7 +233,7 @@ def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int,
 def dequantize_into(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int, out: torch.Tensor) -> torch.Tensor:
     """Like ``dequantize_rows`` but writes into the float32 tensor ``out`` (rows, n_cols); returns it."""
     fast = _native_for(qtype, raw)
-    if fast is not None and out.is_contiguous():
+    if fast is not None and out.is_contiguous() and out.device.type == "cpu":
         fast.into(raw, qtype, out)
         return out
     fn = _BLOCK_INTO.get(qtype)
