@@ -128,12 +128,13 @@ def child_ours(gguf_path: Path, steps: int, seq: int, checkpointing: bool) -> di
     import torch
 
     from extension.text.gguf_model import load_text_model
-    from extension.text.heap import tune_heap_for_training
+    from extension.text.heap import keep_activations_in_heap, tune_heap_for_training
     from extension.text.lora import inject_lora
 
     tune_heap_for_training()  # as the text engine does before training
     torch.manual_seed(0)
     model = load_text_model(gguf_path)
+    keep_activations_in_heap(seq * model.config.intermediate_size * 4)  # as the engine does for its longest batch
     layers = inject_lora(model, TARGETS, RANK, 2 * RANK)
     model.gradient_checkpointing = checkpointing
     model.train()

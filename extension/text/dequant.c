@@ -122,23 +122,81 @@ static void q6_k(const uint8_t *b, float *y) {
     }
 }
 
-typedef void (*block_fn)(const uint8_t *, float *);
+/* One loop per type, so the block body is inlined into it. */
+#define BLOCK_LOOP(name, body_fn, size, count)                                   \
+    static void name(const uint8_t *src, float *dst, int64_t nblocks) {          \
+        for (int64_t i = 0; i < nblocks; i++) body_fn(src + i * (size), dst + i * (count)); \
+    }
+BLOCK_LOOP(q4_0_loop, q4_0, 18, 32)
+BLOCK_LOOP(q4_1_loop, q4_1, 20, 32)
+BLOCK_LOOP(q5_0_loop, q5_0, 22, 32)
+BLOCK_LOOP(q5_1_loop, q5_1, 24, 32)
+BLOCK_LOOP(q8_0_loop, q8_0, 34, 32)
+BLOCK_LOOP(q4_k_loop, q4_k, 144, 256)
+BLOCK_LOOP(q6_k_loop, q6_k, 210, 256)
+
+typedef void (*loop_fn)(const uint8_t *, float *, int64_t);
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* AVX2 versions of the two most common legacy types, chosen at run time (the library itself is
+ * built for the baseline CPU). Same arithmetic: exact int8 -> float conversion, one multiply. */
+#include <immintrin.h>
+#define LB_HAVE_AVX2_PATH 1
+
+__attribute__((target("avx2"))) static void q4_0_avx2(const uint8_t *src, float *dst, int64_t nblocks) {
+    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    for (int64_t i = 0; i < nblocks; i++) {
+        const uint8_t *b = src + i * 18;
+        float *y = dst + i * 32;
+        const __m256 d = _mm256_set1_ps(f16_to_f32(b));
+        const __m128i q = _mm_loadu_si128((const __m128i *)(b + 2));
+        const __m128i lo = _mm_sub_epi8(_mm_and_si128(q, mask), eight);
+        const __m128i hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(q, 4), mask), eight);
+        _mm256_storeu_ps(y, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), d));
+        _mm256_storeu_ps(y + 8, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), d));
+        _mm256_storeu_ps(y + 16, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), d));
+        _mm256_storeu_ps(y + 24, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), d));
+    }
+}
+
+__attribute__((target("avx2"))) static void q8_0_avx2(const uint8_t *src, float *dst, int64_t nblocks) {
+    for (int64_t i = 0; i < nblocks; i++) {
+        const uint8_t *b = src + i * 34;
+        float *y = dst + i * 32;
+        const __m256 d = _mm256_set1_ps(f16_to_f32(b));
+        for (int j = 0; j < 32; j += 8) {
+            const __m128i q = _mm_loadl_epi64((const __m128i *)(b + 2 + j));
+            _mm256_storeu_ps(y + j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+    }
+}
+
+static int has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+}
+#endif
 
 /* Dequantize `nblocks` consecutive blocks of ggml type `type` from `src` into `dst`.
- * Returns 0, or -1 for a type this file does not handle. */
-int lb_dequantize(int type, const uint8_t *src, float *dst, int64_t nblocks) {
-    block_fn fn;
-    int64_t size, count;
+ * Returns 0, or -1 for a type this file does not handle. `portable` = 1 skips the SIMD paths. */
+int lb_dequantize(int type, const uint8_t *src, float *dst, int64_t nblocks, int portable) {
+    loop_fn fn;
     switch (type) {
-        case 2: fn = q4_0; size = 18; count = 32; break;
-        case 3: fn = q4_1; size = 20; count = 32; break;
-        case 6: fn = q5_0; size = 22; count = 32; break;
-        case 7: fn = q5_1; size = 24; count = 32; break;
-        case 8: fn = q8_0; size = 34; count = 32; break;
-        case 12: fn = q4_k; size = 144; count = 256; break;
-        case 14: fn = q6_k; size = 210; count = 256; break;
+        case 2: fn = q4_0_loop; break;
+        case 3: fn = q4_1_loop; break;
+        case 6: fn = q5_0_loop; break;
+        case 7: fn = q5_1_loop; break;
+        case 8: fn = q8_0_loop; break;
+        case 12: fn = q4_k_loop; break;
+        case 14: fn = q6_k_loop; break;
         default: return -1;
     }
-    for (int64_t i = 0; i < nblocks; i++) fn(src + i * size, dst + i * count);
+#ifdef LB_HAVE_AVX2_PATH
+    if (!portable && has_avx2()) {
+        if (type == 2) fn = q4_0_avx2;
+        if (type == 8) fn = q8_0_avx2;
+    }
+#endif
+    fn(src, dst, nblocks);
     return 0;
 }

@@ -32,7 +32,7 @@ from ..training.progress import NonFiniteLoss, TensorBoardSink, Throughput, Tqdm
 from ..training.schedulers import build_scheduler
 from .data import IGNORE, Sample, collate, load_text_dataset
 from .gguf_model import TextModel, load_text_model
-from .heap import restore_heap_after_training, tune_heap_for_training
+from .heap import keep_activations_in_heap, restore_heap_after_training, tune_heap_for_training
 from .lora import LoraLinear, inject_lora, load_lora_state, lora_state, to_adapter
 from .tokenizer import HFTokenizer, Tokenizer
 
@@ -177,6 +177,9 @@ def _train(run: _Run) -> TrainResult:
         train_on_responses_only=bool(setting(config, "train_on_responses_only", True)),
         chat_template=setting(config, "chat_template", None),
     )
+    batch_size = int(setting(config, "batch_size", 1))
+    longest = max(len(s.ids) for s in samples)  # load_text_dataset refuses an empty dataset
+    keep_activations_in_heap(batch_size * longest * max(model.config.intermediate_size, model.config.hidden_size) * 4)
     run.output_dir.mkdir(parents=True, exist_ok=True)
     base_gguf = _prepare_base_gguf(config, run.output_dir)
     base_dir = Path(setting(config, "base_model", "")) if base_gguf is None else None
@@ -190,7 +193,6 @@ def _train(run: _Run) -> TrainResult:
     optimizer = build_optimizer(params, config)
     accelerator, autocast_dtype = _accelerator(config)
 
-    batch_size = int(setting(config, "batch_size", 1))
     accum = int(setting(config, "gradient_accumulation_steps", 1))
     n_batches = math.ceil(len(samples) / batch_size)
     steps_per_epoch = math.ceil(n_batches / accum)

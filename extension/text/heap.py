@@ -1,11 +1,12 @@
 """glibc heap settings for training on the CPU.
 
 A training step allocates the same large temporaries over and over (layer activations of a few
-MB, logits and loss of tens of MB). With glibc's defaults the big ones first go to ``mmap`` and,
-once one is freed, the adaptive threshold moves them into the heap, where they fragment it
+MB, dequantized weights of tens of MB). With glibc's defaults the big ones first go to ``mmap``
+and, once one is freed, the adaptive threshold moves them into the heap, where they fragment it
 around long-lived blocks; the heap's top is also given back and faulted in again every step (the
 kernel zeroes each page: 15% of a decoder layer's forward on a 300M model). Two fixed settings
-avoid both: blocks above 4 MB always come from (and go back to) ``mmap``, and the heap keeps up
+avoid both: blocks above 4 MB (or above the step's largest activation, see
+``keep_activations_in_heap``) always come from (and go back to) ``mmap``, and the heap keeps up
 to 128 MB of free space at its top. After training the trim threshold goes back to glibc's
 default and the free space is returned (a WebUI process lives on). Elsewhere than glibc these
 calls do nothing.
@@ -19,6 +20,7 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 4 << 20
+MAX_MMAP_THRESHOLD = 32 << 20  # glibc's upper limit on 64-bit
 TRIM_THRESHOLD = 128 << 20
 DEFAULT_TRIM_THRESHOLD = 128 << 10  # glibc's
 
@@ -45,14 +47,26 @@ def tune_heap_for_training() -> bool:
         _LIBC.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
+def keep_activations_in_heap(largest_activation: int) -> None:
+    """Raise the mmap threshold above a step's largest activation (bytes), within glibc's 32 MB limit.
+
+    Activations larger than the threshold come from ``mmap`` and are faulted in page by page
+    every time (at 512 tokens, 8% of a 300M model's step); below it they are reused from the heap.
+    """
+    if _LIBC is not None:
+        wanted = min(MAX_MMAP_THRESHOLD, max(MMAP_THRESHOLD, int(largest_activation) + (64 << 10)))
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, wanted)
+
+
 def restore_heap_after_training() -> None:
     """Put glibc's trim threshold back to its default and return the heap's free pages.
 
-    The mmap threshold stays fixed at 4 MB (glibc cannot go back to its adaptive one), which
-    only means large blocks keep coming from and going back to ``mmap``.
+    The mmap threshold goes back to 4 MB, not to glibc's adaptive one (glibc cannot return to
+    that), which only means large blocks keep coming from and going back to ``mmap``.
     """
     if _LIBC is not None:
         _LIBC.mallopt(_M_TRIM_THRESHOLD, DEFAULT_TRIM_THRESHOLD)
+        _LIBC.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
     release_free_heap()
 
 

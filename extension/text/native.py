@@ -96,11 +96,14 @@ class NativeDequantizer:
     def __init__(self, path: Path) -> None:
         self._lib = ctypes.CDLL(str(path))
         self._fn = self._lib.lb_dequantize
-        self._fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
+        self._fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
         self._fn.restype = ctypes.c_int
 
-    def into(self, raw: torch.Tensor, qtype: GGMLQuantizationType, out: torch.Tensor) -> None:
-        """Dequantize contiguous packed bytes ``raw`` into the contiguous float32 tensor ``out``."""
+    def into(self, raw: torch.Tensor, qtype: GGMLQuantizationType, out: torch.Tensor, portable: bool = False) -> None:
+        """Dequantize contiguous packed bytes ``raw`` into the contiguous float32 tensor ``out``.
+
+        ``portable`` skips the SIMD variants (Q4_0/Q8_0 on x86 with AVX2), for testing them against it.
+        """
         block, size = GGML_QUANT_SIZES[qtype]
         n_blocks = raw.numel() // size
         if not (raw.device.type == out.device.type == "cpu" and raw.is_contiguous() and out.is_contiguous()
@@ -108,7 +111,7 @@ class NativeDequantizer:
                 and out.dtype == torch.float32 and out.numel() == n_blocks * block and raw.numel() == n_blocks * size):
             raise ValueError("native dequantization needs contiguous uint8 blocks and a matching float32 output, "
                              "on the CPU")
-        if self._fn(int(qtype), raw.data_ptr(), out.data_ptr(), n_blocks) != 0:
+        if self._fn(int(qtype), raw.data_ptr(), out.data_ptr(), n_blocks, int(portable)) != 0:
             raise ValueError(f"native dequantization does not handle {qtype.name}")
 
 
@@ -122,9 +125,11 @@ def _self_test(native: NativeDequantizer) -> bool:
         raw = torch.randint(0, 256, (64, size), dtype=torch.uint8, generator=gen)
         _sane_scales(raw, qtype)
         expected = dequantize_rows(raw, qtype, block, native=False)
-        got = torch.empty(64, block)
+        got, portable = torch.empty(64, block), torch.empty(64, block)
         native.into(raw, qtype, got)
-        if not torch.equal(got.view(torch.int32), expected.view(torch.int32)):
+        native.into(raw, qtype, portable, portable=True)
+        if not (torch.equal(got.view(torch.int32), expected.view(torch.int32))
+                and torch.equal(portable.view(torch.int32), expected.view(torch.int32))):
             log.warning("native dequantization of %s disagrees with torch's; using torch", qtype.name)
             return False
     return True

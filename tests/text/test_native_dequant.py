@@ -38,8 +38,10 @@ def _random_blocks(qtype: Q, n_blocks: int, seed: int) -> np.ndarray:
 def test_native_equals_torch_and_gguf_py(lib, qtype):
     block, _ = GGML_QUANT_SIZES[qtype]
     raw = _random_blocks(qtype, 512, int(qtype))
-    got = torch.empty(512 * block)
+    got, portable = torch.empty(512 * block), torch.empty(512 * block)
     lib.into(torch.from_numpy(raw), qtype, got)
+    lib.into(torch.from_numpy(raw), qtype, portable, portable=True)  # the plain C loop, not the SIMD one
+    assert torch.equal(got.view(torch.int32), portable.view(torch.int32))
     reference = dequantize_rows(torch.from_numpy(raw), qtype, block, native=False).reshape(-1)
     independent = torch.from_numpy(dequantize(raw, qtype).astype(np.float32).reshape(-1))
     assert torch.equal(got.view(torch.int32), reference.view(torch.int32))
