@@ -78,7 +78,7 @@ def build_library(cc: str, target_dir: Path) -> Path:
             cmd.insert(1, "-fPIC")
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.strip().splitlines()[-1:] or ["compiler failed"])
+            raise RuntimeError((proc.stderr.strip().splitlines() or ["compiler failed"])[-1])
         os.replace(tmp, target)  # another process may have built it meanwhile: same bytes
     finally:
         if os.path.exists(tmp):
