@@ -153,6 +153,8 @@ def native_dequantizer() -> NativeDequantizer | None:
     """The compiled dequantizer, built and self-tested on first call; None when unavailable or disabled."""
     if os.environ.get("LORA_BRIDGE_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
         return None
+    if "lib" in _STATE:  # every dequantization asks: no lock once decided
+        return _STATE["lib"]
     with _LOCK:
         if "lib" not in _STATE:
             _STATE["lib"] = _load()
