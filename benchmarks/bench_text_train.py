@@ -134,7 +134,7 @@ def child_ours(gguf_path: Path, steps: int, seq: int, checkpointing: bool) -> di
     tune_heap_for_training()  # as the text engine does before training
     torch.manual_seed(0)
     model = load_text_model(gguf_path)
-    keep_activations_in_heap(seq * model.config.intermediate_size * 4)  # as the engine does for its longest batch
+    keep_activations_in_heap(model.largest_activation_bytes(seq))  # as the engine does for its longest batch
     layers = inject_lora(model, TARGETS, RANK, 2 * RANK)
     model.gradient_checkpointing = checkpointing
     model.train()

@@ -179,7 +179,7 @@ def _train(run: _Run) -> TrainResult:
     )
     batch_size = int(setting(config, "batch_size", 1))
     longest = max(len(s.ids) for s in samples)  # load_text_dataset refuses an empty dataset
-    keep_activations_in_heap(batch_size * longest * max(model.config.intermediate_size, model.config.hidden_size) * 4)
+    keep_activations_in_heap(model.largest_activation_bytes(batch_size * longest))
     run.output_dir.mkdir(parents=True, exist_ok=True)
     base_gguf = _prepare_base_gguf(config, run.output_dir)
     base_dir = Path(setting(config, "base_model", "")) if base_gguf is None else None

@@ -170,6 +170,10 @@ class TextModel(nn.Module):
         logits = head(hidden).to(torch.float32)  # a LoRA on lm_head, or llama.cpp emulation: plain
         return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
 
+    def largest_activation_bytes(self, tokens: int) -> int:
+        """Bytes of the widest float32 activation a step over ``tokens`` tokens makes (for heap.py)."""
+        return int(tokens) * max(self.config.intermediate_size, self.config.hidden_size) * 4
+
     def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
         """The final-norm output (batch, tokens, hidden size) that the output layer turns into logits."""
         x = self.model.embed_tokens(ids)

@@ -45,7 +45,8 @@ class _SlicedCrossEntropy(torch.autograd.Function):
             r1 = min(vocab, r0 + step)
             w = weight.raw[r0:r1] if weight.qtype == GGMLQuantizationType.F32 else dequantize_into(
                 weight.raw[r0:r1], weight.qtype, width, weight_space[:(r1 - r0) * width].view(r1 - r0, width))
-            logits = torch.mm(h, w.to(h.device).t(), out=logits_space[:n * (r1 - r0)].view(n, r1 - r0))
+            w = w.to(h.device)
+            logits = torch.mm(h, w.t(), out=logits_space[:n * (r1 - r0)].view(n, r1 - r0))
             here = (labels >= r0) & (labels < r1)
             if bool(here.any()):
                 rows = here.nonzero().squeeze(1)
@@ -55,7 +56,7 @@ class _SlicedCrossEntropy(torch.autograd.Function):
             logits.sub_(new_max.unsqueeze(1)).exp_()
             running_sum.mul_(rescale).add_(logits.sum(dim=1))
             if acc is not None:
-                acc.mul_(rescale.unsqueeze(1)).addmm_(logits, w.to(h.device))
+                acc.mul_(rescale.unsqueeze(1)).addmm_(logits, w)
             running_max = new_max
         loss = (running_max + running_sum.log() - target).sum()
         if acc is not None:
