@@ -8,7 +8,7 @@ import numpy as np
 
 from .errors import AdapterError
 from .formats import FORMATS, WRITABLE, WriteOptions, detect_format, format_for_destination
-from .model import LoraAdapter, LoraModule
+from .model import LoraAdapter, LoraModule, LycorisModule
 
 
 def load_adapter(path: str | Path, arch: str | None = None, format: str | None = None,
@@ -56,10 +56,56 @@ def save_adapter(
 
 
 def convert(src: str | Path, dst: str | Path, to: str | None = None, base: str | Path | None = None,
-            arch: str | None = None, **options: object) -> Path:
-    """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``."""
+            arch: str | None = None, svd_rank: int | None = None, report: dict | None = None,
+            **options: object) -> Path:
+    """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``.
+
+    ``svd_rank``: replace LoHa/LoKr modules by their best rank-R LoRA (for targets that take plain
+    LoRA only); the worst relative error is put into ``report`` (``svd_worst_rel_error``,
+    ``svd_worst_module``, ``svd_modules``) when a dict is given.
+    """
     adapter = load_adapter(src, arch=arch, base=base)
+    if svd_rank is not None:
+        stats = approximate_as_lora(adapter, svd_rank)
+        if report is not None:
+            report.update(stats)
     return save_adapter(adapter, dst, to=to, base=base, arch=arch, **options)
+
+
+def approximate_as_lora(adapter: LoraAdapter, rank: int) -> dict:
+    """Replace every LoHa/LoKr module of ``adapter`` (in place) by the rank-``rank`` LoRA nearest its delta.
+
+    Truncated SVD of the delta (flattened to (out, rest)) is the best rank-R approximation in the
+    Frobenius norm; the new module has alpha = R, so its scale is 1. Returns the number of modules
+    replaced and the worst relative error ``|D - D_R| / |D|`` with its module.
+    """
+    if rank < 1:
+        raise AdapterError(f"--svd-rank must be at least 1, not {rank}")
+    worst, worst_name, count = 0.0, "", 0
+    for name, module in list(adapter.modules.items()):
+        if not isinstance(module, LycorisModule):
+            continue
+        if module.magnitude is not None:
+            raise AdapterError(f"{name}: a DoRA {module.algo} module has no LoRA approximation; convert --to peft")
+        delta = module.delta().astype(np.float64)
+        flat = delta.reshape(delta.shape[0], -1)
+        u, s, vt = np.linalg.svd(flat, full_matrices=False)
+        r = min(rank, len(s))
+        root = np.sqrt(s[:r])
+        up = (u[:, :r] * root).astype(np.float32)
+        down = (root[:, None] * vt[:r]).astype(np.float32).reshape((r,) + delta.shape[1:])
+        if down.ndim == 4:
+            up = up.reshape(up.shape + (1, 1))
+        approx = (up.reshape(up.shape[0], -1).astype(np.float64) @ down.reshape(r, -1)).reshape(delta.shape)
+        norm = float(np.linalg.norm(delta))
+        error = float(np.linalg.norm(delta - approx)) / norm if norm else 0.0
+        if error >= worst:
+            worst, worst_name = error, name
+        adapter.modules[name] = LoraModule(down=down, up=up, alpha=float(r))
+        count += 1
+    if count == 0:
+        raise AdapterError("--svd-rank applies to LoHa/LoKr adapters; this one is plain LoRA already")
+    return {"svd_modules": count, "svd_worst_rel_error": worst, "svd_worst_module": worst_name}
 
 
 def base_module_shapes(base: str | Path, family: str | None = None) -> tuple[str | None, dict[str, tuple[int, ...]]]:
@@ -69,8 +115,10 @@ def base_module_shapes(base: str | Path, family: str | None = None) -> tuple[str
     return read_base_shapes(Path(base), family)
 
 
-def _expected_shapes(name: str, module: LoraModule) -> tuple[int, ...]:
+def _expected_shapes(name: str, module: LoraModule | LycorisModule) -> tuple[int, ...]:
     """The base weight shape an adapter module implies."""
+    if isinstance(module, LycorisModule):
+        return tuple(module.shape)
     if module.is_embedding:
         return (int(module.down.shape[1]), int(module.up.shape[0]))
     return (int(module.up.shape[0]),) + tuple(int(d) for d in module.down.shape[1:])
@@ -83,7 +131,7 @@ def check_against_base(adapter: LoraAdapter, base: str | Path) -> list[str]:
     if adapter.arch and base_arch and _arch_group(adapter.arch) != _arch_group(base_arch):
         problems.append(f"adapter is for {adapter.arch}, base is {base_arch}")
     for name, module in adapter.modules.items():
-        if module.rank != module.up.shape[1]:
+        if isinstance(module, LoraModule) and module.rank != module.up.shape[1]:
             problems.append(f"{name}: lora_A rank {module.rank} != lora_B rank {module.up.shape[1]}")
             continue
         if name not in shapes:
@@ -119,7 +167,8 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
     for name in adapter.modules:
         prefix = name.split(".", 1)[0] if adapter.family == "sd" else "model"
         components[prefix] = components.get(prefix, 0) + 1
-    dtypes = sorted({str(np.asarray(m.up).dtype) for m in adapter.modules.values()})
+    dtypes = sorted({str(np.asarray(m.up if isinstance(m, LoraModule) else next(iter(m.factors.values()))).dtype)
+                     for m in adapter.modules.values()})
     report = {
         "path": str(path),
         "format": adapter.source_format,
@@ -132,6 +181,8 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
         "targets": targets,
         "dtypes": dtypes,
         "dora": any(m.magnitude is not None for m in adapter.modules.values()),
+        "algos": sorted({m.algo if isinstance(m, LycorisModule) else "lora" for m in adapter.modules.values()}),
+        "alpha_form": adapter.alpha_form,
         "full_weights": sorted(adapter.full_weights),
         "metadata": adapter.metadata,
     }

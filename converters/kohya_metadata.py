@@ -56,6 +56,8 @@ def arch_from_metadata(meta: Mapping[str, str]) -> str | None:
 
 def _uniform(values: Iterable[float]) -> str:
     counted = Counter(values)
+    if not counted:
+        return "0"
     if len(counted) == 1:
         value = float(next(iter(counted)))
         return str(int(value)) if value.is_integer() else str(value)
@@ -71,14 +73,18 @@ def build_metadata(
     source: Mapping[str, str] | None = None,
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """Metadata for a kohya file (no hashes yet); ``extra`` from the caller wins over computed keys."""
+    """Metadata for a kohya file (no hashes yet); ``extra`` from the caller wins over computed keys.
+
+    As in sd-scripts, ``ss_network_dim``/``ss_network_alpha`` describe the linear and 1x1 modules and
+    ``conv_dim``/``conv_alpha`` (in ``ss_network_args``) the ``conv_names`` (kernels larger than 1x1).
+    """
     version, v2, spec, resolution, prediction = ARCH_INFO[arch]
     meta = {k: str(v) for k, v in (source or {}).items()
-            if k.startswith(("ss_", "modelspec.")) and not k.startswith("sshs_")}
+            if k.startswith(("ss_", "modelspec.")) and not k.startswith("sshs_") and k != "ss_network_args"}
     meta.update({
         "ss_network_module": "networks.lora",
-        "ss_network_dim": _uniform(ranks.values()),
-        "ss_network_alpha": _uniform(alphas.values()),
+        "ss_network_dim": _uniform(r for n, r in ranks.items() if n not in conv_names),
+        "ss_network_alpha": _uniform(a for n, a in alphas.items() if n not in conv_names),
         "ss_v2": v2,
         "ss_base_model_version": version,
         "ss_output_name": name,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--dtype", choices=["f32", "f16", "bf16"])
     convert.add_argument("--name", help="output name recorded in the file")
     convert.add_argument("--force", action="store_true", help="overwrite an existing destination")
+    convert.add_argument("--svd-rank", type=int, metavar="R",
+                         help="approximate LoHa/LoKr modules by rank-R LoRA for targets that only take LoRA")
 
     inspect = sub.add_parser("inspect", help="describe an adapter")
     inspect.add_argument("path")
@@ -86,6 +89,10 @@ def _print_inspect(report: dict) -> None:
     print(f"{'components':>10}: " + ", ".join(f"{k} ({v})" for k, v in report["components"].items()))
     if report["dora"]:
         print(f"{'dora':>10}: yes")
+    if report.get("algos", ["lora"]) != ["lora"]:
+        print(f"{'algos':>10}: " + ", ".join(report["algos"]))
+    if report.get("alpha_form"):
+        print(f"{'alpha':>10}: {report['alpha_form']}")
     for key, value in sorted(report["metadata"].items()):
         text = value if len(value) <= 100 else value[:97] + "..."
         print(f"  meta {key} = {text}")
@@ -99,9 +106,13 @@ def _print_inspect(report: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     """Dispatch one parsed command; heavy modules are imported only by the command that needs them."""
     if args.command == "convert":
-        options = {k: v for k, v in (("dtype", args.dtype), ("name", args.name)) if v}
+        options = {k: v for k, v in (("dtype", args.dtype), ("name", args.name), ("svd_rank", args.svd_rank)) if v}
+        report: dict = {}
         out = converters.convert(args.src, args.dst, to=args.to, base=args.base, arch=args.arch,
-                                 force=args.force, **options)
+                                 force=args.force, report=report, **options)
+        if "svd_worst_rel_error" in report:
+            print(f"approximated {report['svd_modules']} module(s) by rank-{args.svd_rank} LoRA; "
+                  f"worst relative error {report['svd_worst_rel_error']:.3g} ({report['svd_worst_module']})")
         print(f"wrote {out}")
         return EXIT_OK
     if args.command == "inspect":
@@ -142,7 +153,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``lora-bridge``; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        code = run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`lora-bridge inspect X | head`): that is not an error. Point stdout at
+        # devnull so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     except converters.AdapterError as exc:
         print(f"lora-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USER

@@ -1,9 +1,10 @@
 """diffusers single-file LoRAs (``pytorch_lora_weights.safetensors``) and the other PEFT-side spellings.
 
-Written form: ``unet.<path>.lora_A.weight`` / ``lora_B``, ``text_encoder.<path>...``,
-``text_encoder_2.<path>...``, with the per-component LoRA config in the header key
-``lora_adapter_metadata`` (JSON of ``{"unet.r": .., "unet.lora_alpha": .., "unet.alpha_pattern": ..}``),
-which is what ``save_lora_weights`` writes and ``load_lora_weights`` reads.
+Written form: ``unet.<path>.lora_A.weight`` / ``lora_B``, ``text_encoder.text_model.<path>...``,
+``text_encoder_2.text_model.<path>...``, with every module's alpha/rank folded into its lora_B and
+ranks padded to one per component (alpha = rank), because diffusers 0.31/0.32 ignore the
+``lora_adapter_metadata`` header that newer versions read; the header is still written (r = alpha)
+and ``lora_bridge.alpha = folded`` records the fold, which the reader undoes for ``inspect``.
 
 Accepted on read: ``lora_A``/``lora_B`` (optionally with an adapter-name infix), ``lora.down/up``,
 ``lora_linear_layer.down/up``, old ``processor.to_q_lora.down`` keys, ``.alpha`` tensors, prefixes
@@ -19,15 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AdapterError
-from ..model import LoraAdapter
+from ..model import LoraAdapter, LoraModule, require_plain_lora
 from ..safetensors_io import SafetensorsFile, read_header, write_safetensors
 from ..sd_names import normalize_te_path
 from .peft import (
     PEFT_PREFIX,
     SD_COMPONENTS,
     _component_files,
-    _module_path,
-    clip_flattened,
+    component_path,
     modules_from_tensors,
     sd_arch_guess,
 )
@@ -35,6 +35,7 @@ from .peft import split_lora_key as _split
 
 NAME = "diffusers"
 META_KEY = "lora_adapter_metadata"
+FOLDED_KEY = "lora_bridge.alpha"
 _UNET_HEADS = ("down_blocks.", "up_blocks.", "mid_block.", "conv_in", "conv_out", "time_embedding.",
                "add_embedding.")
 
@@ -93,38 +94,84 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
                     found[canonical].alpha = float(np.asarray(value, dtype=np.float32))
         modules.update(found)
         full.update(weights)
-    metadata = {k: v for k, v in st.metadata.items() if k not in (META_KEY, "format")}
+    alpha_tensors = any(k.endswith(".alpha") for k in st.header)
+    if st.metadata.get(FOLDED_KEY) == "folded":
+        unpad(modules)
+        alpha_form = "folded into weights (alpha = rank)"
+    elif META_KEY in st.metadata:
+        alpha_form = f"config ({META_KEY})"
+    else:
+        alpha_form = "alpha tensors" if alpha_tensors else "none (alpha = rank)"
+    metadata = {k: v for k, v in st.metadata.items() if k not in (META_KEY, "format", FOLDED_KEY)}
     family_sd = any(n.startswith(tuple(c + "." for c in SD_COMPONENTS)) for n in modules)
     chosen = arch or metadata.get("lora_bridge.arch")
     if chosen is None and family_sd:
         chosen = sd_arch_guess(modules) or "sd1"
-    return LoraAdapter(modules=modules, arch=chosen, metadata=metadata, full_weights=full)
+    return LoraAdapter(modules=modules, arch=chosen, metadata=metadata, full_weights=full, alpha_form=alpha_form)
+
+
+def fold_scale(modules: dict[str, LoraModule]) -> dict[str, LoraModule]:
+    """The same deltas with scale 1 everywhere: alpha/rank folded into lora_B, every rank padded to the
+    component's largest with zero rows, alpha = rank.
+
+    diffusers <= 0.32 ignores ``lora_adapter_metadata`` and gives every module of a component
+    ``lora_alpha`` = the first rank it meets; with one rank and alpha = rank, that is exact in
+    every diffusers version, with or without the header.
+    """
+    top = max(m.rank for m in modules.values())
+    out = {}
+    for name, m in modules.items():
+        scale = m.scale
+        down, up = np.asarray(m.down, dtype=np.float32), np.asarray(m.up, dtype=np.float32) * scale
+        if m.rank < top:
+            pad = top - m.rank
+            down = np.concatenate([down, np.zeros((pad,) + down.shape[1:], np.float32)])
+            up = np.concatenate([up, np.zeros((up.shape[0], pad) + up.shape[2:], np.float32)], axis=1)
+        bias = None if m.bias is None else np.asarray(m.bias, dtype=np.float32) * scale
+        out[name] = LoraModule(down=down, up=up, alpha=float(top), magnitude=m.magnitude, bias=bias,
+                               is_embedding=m.is_embedding)
+    return out
+
+
+def unpad(modules: dict[str, LoraModule]) -> None:
+    """Drop rank components that are zero in both factors (the padding ``fold_scale`` adds), in place."""
+    for m in modules.values():
+        down, up = np.asarray(m.down), np.asarray(m.up)
+        live = [i for i in range(m.rank)
+                if np.any(down[i] != 0) or np.any(up[:, i] != 0)] or [0]
+        if len(live) < m.rank:
+            m.alpha = float(m.alpha) * len(live) / m.rank  # keep alpha / rank
+            m.down, m.up = down[live], up[:, live]
 
 
 def write(adapter: LoraAdapter, path: Path, options) -> Path:
-    """Write one diffusers LoRA file that ``load_lora_weights`` loads with the exact per-module alphas."""
+    """Write one diffusers LoRA file whose deltas are exact in diffusers 0.31, 0.32 and current.
+
+    Scales are folded into the weights (``fold_scale``) and the header says so
+    (``lora_bridge.alpha = folded``); CLIP modules keep ``text_model.`` in their names.
+    """
     path = Path(path)
     if adapter.family != "sd":
         raise AdapterError(f"{path}: diffusers LoRA files are for Stable Diffusion pipelines; use --to peft or gguf")
-    flatten = clip_flattened()
+    require_plain_lora(adapter, path, "diffusers LoRA files")
     groups: dict[str, tuple[dict, dict]] = {}
     for name, module in adapter.modules.items():
         component, _, rest = name.partition(".")
-        groups.setdefault(component, ({}, {}))[0][_module_path(component, rest, flatten)] = module
+        groups.setdefault(component, ({}, {}))[0][component_path(component, rest)] = module
     for name, weight in adapter.full_weights.items():
         component, _, rest = name.partition(".")
-        groups.setdefault(component, ({}, {}))[1][_module_path(component, rest, flatten)] = weight
+        groups.setdefault(component, ({}, {}))[1][component_path(component, rest)] = weight
     tensors: list[tuple[str, np.ndarray]] = []
     packed: dict[str, object] = {}
     for component, (mods, full) in sorted(groups.items()):
         if component not in SD_COMPONENTS or not mods:
             raise AdapterError(f"{path}: cannot write component {component!r} to a diffusers LoRA file")
-        config, comp_tensors = _component_files(mods, full, None, path)
+        config, comp_tensors = _component_files(fold_scale(mods), full, None, path, te=component != "unet")
         for key in ("peft_type", "task_type", "base_model_name_or_path", "inference_mode"):
             config.pop(key, None)
         packed.update({f"{component}.{k}": v for k, v in config.items()})
         tensors += [(component + "." + k[len(PEFT_PREFIX):], v) for k, v in comp_tensors]
-    metadata = {"format": "pt", META_KEY: json.dumps(packed, indent=2, sort_keys=True)}
+    metadata = {"format": "pt", META_KEY: json.dumps(packed, indent=2, sort_keys=True), FOLDED_KEY: "folded"}
     if adapter.arch:
         metadata["lora_bridge.arch"] = adapter.arch
     metadata.update({k: str(v) for k, v in options.metadata.items()})

@@ -15,15 +15,13 @@ import numpy as np
 
 from ..errors import AdapterError
 from ..kohya_metadata import arch_from_metadata, build_metadata, dtype_name, hashes, safetensors_order
-from ..model import SD_ARCHES, LoraAdapter, LoraModule
+from ..lycoris_parts import module_from_parts, split_part
+from ..model import SD_ARCHES, LoraAdapter, LoraModule, LycorisModule, require_plain_lora
 from ..safetensors_io import SafetensorsFile, read_header, write_safetensors
 from ..sd_names import canonical_from_kohya, kohya_name, unet_from_diffusers_style_kohya
 
 NAME = "kohya"
 _PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
-_PARTS = {".lora_down.weight": "down", ".lora_up.weight": "up", ".alpha": "alpha"}
-_LYCORIS = frozenset({"hada_w1_a", "hada_w2_a", "lokr_w1", "lokr_w1_a", "lokr_w2", "oft_blocks", "oft_diag", "diff",
-                      "diff_b", "b_norm", "w_norm"})
 _OPENCLIP = re.compile(r"^(?P<head>.+\.encoder\.layers\.\d+\.self_attn\.)(?P<proj>[qkv]_proj|out_proj)$")
 
 
@@ -48,56 +46,43 @@ def detect_arch(names: list[str], shapes: dict[str, tuple[int, ...]], metadata: 
                          "lora_unet_label_emb")) for n in names):
         return "sdxl"
     for name, shape in shapes.items():
-        if name.startswith(("lora_te_", "lora_te1_")) and name.endswith("q_proj.lora_down.weight"):
+        if name.startswith(("lora_te_", "lora_te1_")) and name.endswith(("q_proj.lora_down.weight",
+                                                                        "q_proj.hada_w1_b")):
             return "sd2" if shape[1] == 1024 else "sd1"
     return "sd1"
 
 
-def _split(key: str) -> tuple[str, str] | None:
-    for suffix, part in _PARTS.items():
-        if key.endswith(suffix):
-            return key[: -len(suffix)], part
-    return None
+def group_parts(keys, get, path: Path, prefixes: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """Tensors grouped per module; any tensor that is not a part this tool understands stops the read."""
+    found: dict[str, dict[str, np.ndarray]] = {}
+    for key in keys:
+        split = split_part(key)
+        if split is None or not key.startswith(prefixes):
+            raise AdapterError(f"{path}: tensor {key} is not part of a LoRA/LoCon/LoHa/LoKr module this tool "
+                               "understands; nothing was converted")
+        found.setdefault(split[0], {})[split[1]] = get(key)
+    return found
 
 
 def read(path: Path, arch: str | None = None) -> LoraAdapter:
-    """Read a kohya LoRA into canonical names, building the reverse name table for ``arch``."""
+    """Read a kohya LoRA (LoCon, Tucker LoCon, DoRA, LoHa, LoKr) into canonical names for ``arch``."""
     path = Path(path)
     st = SafetensorsFile(path)
     keys = st.keys()
-    if any(".dora_scale" in k for k in keys):
-        raise AdapterError(f"{path}: kohya DoRA (dora_scale) files are not supported; export plain LoRA")
-    if any(k.rsplit(".", 1)[-1] in _LYCORIS for k in keys):
-        raise AdapterError(f"{path}: LyCORIS (LoHa/LoKr/OFT) files are not supported; only plain LoRA converts")
-    found: dict[str, dict[str, np.ndarray]] = {}
-    for key in keys:
-        split = _split(key)
-        if split is None or not key.startswith(_PREFIXES):
-            continue
-        found.setdefault(split[0], {})[split[1]] = st.get(key)
+    found = group_parts(keys, st.get, path, _PREFIXES)
     if not found:
         raise AdapterError(f"{path}: no kohya LoRA tensors (lora_down/lora_up) found")
     shapes = {k: st.shape(k) for k in keys}
     chosen = arch or detect_arch(list(found), shapes, st.metadata)
     if chosen not in SD_ARCHES:
         raise AdapterError(f"{path}: kohya files are Stable Diffusion LoRAs; --arch {chosen} does not apply")
-    modules: dict[str, LoraModule] = {}
+    modules: dict[str, LoraModule | LycorisModule] = {}
     for name, parts in found.items():
-        if "down" not in parts or "up" not in parts:
-            raise AdapterError(f"{path}: {name} has only one of lora_down/lora_up (truncated or corrupt file)")
         canonical = _canonical(name, chosen)
         if canonical is None:
             raise AdapterError(f"{path}: {name} is not a module of an {chosen} model; pass the right --arch")
-        down, up = parts["down"], parts["up"]
-        rank = int(down.shape[0])
-        if up.shape[1] != rank:
-            raise AdapterError(f"{path}: {name}: lora_down rank {rank} != lora_up rank {up.shape[1]}")
-        # kohya's convention when alpha is missing: alpha = rank (scale 1), as diffusers loads it too.
-        alpha = float(np.asarray(parts["alpha"], dtype=np.float32)) if "alpha" in parts else float(rank)
-        if up.ndim == 4 and down.ndim == 2:  # a linear module stored with conv-shaped up (some tools)
-            up = up.reshape(up.shape[:2])
-        modules[canonical] = LoraModule(down=down, up=up, alpha=alpha)
-    return LoraAdapter(modules=modules, arch=chosen, metadata=dict(st.metadata))
+        modules[canonical] = module_from_parts(name, parts, path)
+    return LoraAdapter(modules=modules, arch=chosen, metadata=dict(st.metadata), alpha_form="alpha tensors")
 
 
 def _canonical(name: str, arch: str) -> str | None:
@@ -134,6 +119,7 @@ def complete_openclip(modules: dict[str, LoraModule], arch: str) -> dict[str, Lo
 def _refuse(adapter: LoraAdapter, path: Path) -> None:
     if adapter.family != "sd":
         raise AdapterError(f"{path}: kohya files are for Stable Diffusion; this is an LLM adapter (use --to gguf/peft)")
+    require_plain_lora(adapter, path, "kohya LoRA files")
     if any(m.magnitude is not None for m in adapter.modules.values()):
         raise AdapterError(f"{path}: DoRA adapters have no faithful kohya form; convert to peft or diffusers instead")
     if adapter.full_weights:
@@ -167,8 +153,8 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
         down, up = np.asarray(module.down), np.asarray(module.up)
         if down.ndim == 4 and up.ndim == 2:
             up = up.reshape(up.shape + (1, 1))
-        if down.ndim == 4:
-            conv.add(name)
+        if down.ndim == 4 and down.shape[2:] != (1, 1):
+            conv.add(name)  # kohya's conv_dim covers kernels > 1x1 only; 1x1 convs count as network_dim
         ranks[name], alphas[name] = module.rank, float(module.alpha)
         items.append((name + ".lora_down.weight", down, dtype_name(down, float_dtype)))
         items.append((name + ".lora_up.weight", up, dtype_name(up, float_dtype)))

@@ -19,14 +19,13 @@ import json
 import math
 import re
 from collections import Counter
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
 
 from ..atomic import atomic_dir
 from ..errors import AdapterError
-from ..model import LoraAdapter, LoraModule
+from ..model import LoraAdapter, LoraModule, lycoris_algos
 from ..safetensors_io import SafetensorsFile, write_safetensors
 from ..sd_names import normalize_te_path
 
@@ -234,6 +233,8 @@ def sd_arch_guess(modules: dict[str, LoraModule]) -> str | None:
     if any(_DEEP_TRANSFORMER.search(n) for n in modules if n.startswith("unet.")):
         return "sdxl"  # SD1/SD2 UNets have one transformer block per attention, SDXL up to ten
     for name, module in modules.items():
+        if not isinstance(module, LoraModule):
+            continue
         if name.endswith(("attn2.to_k", "attn2.to_v")) or (name.startswith("text_encoder.") and
                                                            name.endswith("self_attn.q_proj")):
             width = int(module.down.shape[1])
@@ -281,27 +282,38 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
 
 
 # ------------------------------------------------------------------------------------------ write
-def clip_flattened() -> bool:
-    """True when the installed transformers (>= 5) has no ``text_model.`` level in CLIPTextModel."""
-    try:
-        major = int(importlib_metadata.version("transformers").split(".")[0])
-    except (importlib_metadata.PackageNotFoundError, ValueError):
-        return False
-    return major >= 5
+def component_path(component: str, path: str) -> str:
+    """The module path written inside a component's file: canonical, so CLIP keeps ``text_model.``.
+
+    One naming whatever transformers is installed: transformers 4 names CLIP modules
+    ``text_model.encoder...``, and transformers 5 (flattened ``CLIPTextModel``) maps the
+    ``text_model.`` prefix away when it loads weights, as current diffusers does for LoRA files.
+    """
+    return normalize_te_path(path) if component.startswith("text_encoder") else path
 
 
-def _module_path(component: str, path: str, flatten: bool) -> str:
-    """The module path inside the component model PEFT will see."""
-    if component == "text_encoder" and flatten and path.startswith("text_model."):
-        return path[len("text_model."):]
-    return path
+def target_name(module: str, te: bool) -> str:
+    """A ``target_modules`` entry: CLIP paths without ``text_model.``, which PEFT matches as a suffix of
+    ``text_model.encoder...`` (transformers 4) and exactly in a flattened ``encoder...`` (transformers 5)."""
+    return module[len("text_model."):] if te and module.startswith("text_model.") else module
+
+
+def pattern_key(module: str, te: bool) -> str:
+    """A rank/alpha pattern key for exactly ``module`` under PEFT 0.13 and current matching, either CLIP naming."""
+    if te and module.startswith("text_model."):
+        # PEFT 0.13 matches ``.*\.{key}$``, current PEFT ``(.*\.)?({key})$``: both find the one layer.
+        return re.escape(target_name(module, te))
+    return exact_pattern(module)
 
 
 def _component_files(
     modules: dict[str, LoraModule], full: dict[str, np.ndarray], base_name: str | None, source: Path,
-    task_type: str | None = None,
+    task_type: str | None = None, te: bool = False,
 ) -> tuple[dict, list[tuple[str, np.ndarray]]]:
-    """(adapter_config dict, tensors) of one PEFT folder; module names are paths in that model."""
+    """(adapter_config dict, tensors) of one PEFT folder; module names are paths in that model.
+
+    ``te``: a CLIP text encoder (target names and patterns that match both transformers namings).
+    """
     doras = {name for name, m in modules.items() if m.magnitude is not None}
     if doras and len(doras) != len(modules):
         raise AdapterError(f"{source}: PEFT cannot mix DoRA and plain LoRA modules in one adapter")
@@ -312,7 +324,7 @@ def _component_files(
     rank_pattern, alpha_pattern = {}, {}
     for name, m in sorted(modules.items()):
         if m.rank != r or float(m.alpha) != lora_alpha:
-            key = exact_pattern(name)
+            key = pattern_key(name, te)
             rank_pattern[key] = m.rank
             alpha_pattern[key] = _json_number(m.alpha)
     any_bias = any(m.bias is not None for m in modules.values())
@@ -338,7 +350,7 @@ def _component_files(
         "base_model_name_or_path": base_name,
         "r": r,
         "lora_alpha": _json_number(lora_alpha),
-        "target_modules": sorted(modules),
+        "target_modules": sorted(target_name(n, te) for n in modules),
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
         "use_rslora": False,
@@ -375,25 +387,26 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
         raise AdapterError(f"{path}: PEFT output is a folder but a file exists there; choose another name")
     if not adapter.modules:
         raise AdapterError(f"{path}: nothing to write (no LoRA modules)")
+    if lycoris_algos(adapter):
+        raise AdapterError(f"{path}: PEFT LoHa/LoKr output is not written yet")
     base_name = adapter.metadata.get("base_model_name_or_path")
     sidecar = {"arch": adapter.arch, "metadata": {k: str(v) for k, v in {**adapter.metadata,
                                                                             **options.metadata}.items()}}
     if adapter.family == "sd":
-        flatten = clip_flattened()
         groups: dict[str, tuple[dict, dict]] = {}
         for name, m in adapter.modules.items():
             component, _, rest = name.partition(".")
             if component not in SD_COMPONENTS:
                 raise AdapterError(f"{name}: not an SD component module (unet./text_encoder./text_encoder_2.)")
-            groups.setdefault(component, ({}, {}))[0][_module_path(component, rest, flatten)] = m
+            groups.setdefault(component, ({}, {}))[0][component_path(component, rest)] = m
         for name, w in adapter.full_weights.items():
             component, _, rest = name.partition(".")
-            groups.setdefault(component, ({}, {}))[1][_module_path(component, rest, flatten)] = w
+            groups.setdefault(component, ({}, {}))[1][component_path(component, rest)] = w
         plans = {}
         for component, (mods, full) in groups.items():
             if not mods:
                 raise AdapterError(f"{path}: component {component} has full weights but no LoRA modules")
-            plans[component] = _component_files(mods, full, base_name, path)
+            plans[component] = _component_files(mods, full, base_name, path, te=component != "unet")
         with atomic_dir(path, force=options.force) as tmp:
             for component, (config, tensors) in plans.items():
                 _write_folder(tmp / component, config, tensors, options.dtype)

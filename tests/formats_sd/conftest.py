@@ -62,6 +62,19 @@ def peft_deltas(component: str, model) -> dict[str, np.ndarray]:
     return out
 
 
+def load_peft_component(model, folder):
+    """PeftModel.from_pretrained on one component folder we wrote, as a user does on this transformers.
+
+    Our CLIP keys keep ``text_model.``; transformers 5 flattens CLIPTextModel, and PEFT's own
+    ``key_mapping`` (the documented way, peft >= 0.16) maps the prefix away there.
+    """
+    from peft import PeftModel
+
+    if hasattr(model, "encoder") and not hasattr(model, "text_model") and hasattr(model, "embeddings"):
+        return PeftModel.from_pretrained(model, str(folder), key_mapping={r"^text_model\.": ""})
+    return PeftModel.from_pretrained(model, str(folder))
+
+
 def build_case(kind: str, root: Path, uniform: bool = False, seed: int = 0) -> SDCase:
     import torch
     from peft import get_peft_model

@@ -58,7 +58,7 @@ def test_diffusers_file_loads_in_diffusers_with_exact_alphas(sd_cases, tmp_path)
 
 def test_peft_folder_we_write_loads_in_peft(sd_cases, tmp_path):
     """PeftModel.from_pretrained on each component folder we write reproduces the deltas."""
-    from peft import PeftModel
+    from conftest import load_peft_component
 
     from converters import load_adapter, save_adapter
     from extension.tiny.sd import build_tiny_sd
@@ -69,7 +69,7 @@ def test_peft_folder_we_write_loads_in_peft(sd_cases, tmp_path):
     parts = build_tiny_sd("sdxl")
     got = {}
     for component in ("unet", "text_encoder", "text_encoder_2"):
-        model = PeftModel.from_pretrained(parts[component], str(out / component))
+        model = load_peft_component(parts[component], out / component)
         got.update(peft_deltas(component, model))
     assert set(got) == set(case.deltas)
     for name, want in case.deltas.items():

@@ -121,9 +121,9 @@ def test_refusals(tmp_path):
     with pytest.raises(AdapterError, match="LLM"):
         save_adapter(LoraAdapter(modules={"model.layers.0.self_attn.q_proj": module}, arch="llama"),
                      tmp_path / "c.safetensors", to="kohya")
-    lycoris = {"lora_unet_conv_in.hada_w1_a": np.zeros((2, 2), np.float32)}
-    with pytest.raises(AdapterError, match="LyCORIS"):
-        load_adapter(write_safetensors(tmp_path / "l.safetensors", lycoris))
+    oft = {"lora_unet_conv_in.oft_blocks": np.zeros((2, 2), np.float32)}
+    with pytest.raises(AdapterError, match="oft_blocks is not part of"):
+        load_adapter(write_safetensors(tmp_path / "l.safetensors", oft))
     assert not list(tmp_path.glob("[abc].safetensors"))
 
 
