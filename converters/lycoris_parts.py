@@ -26,6 +26,9 @@ LOKR_PARTS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr
 _ALL = tuple(sorted(LORA_PARTS + LOHA_PARTS + LOKR_PARTS, key=len, reverse=True))
 # Leaves of SD UNet modules that are 3x3 convolutions (LoHa/LoKr store their factors flattened).
 _CONV3_LEAVES = ("conv1", "conv2", "conv", "conv_in", "conv_out", "op", "in_layers_2", "out_layers_3")
+# ...and 1x1 convolutions (SD1's attention projections are convs, SD2/SDXL's are linear).
+_CONV1_LEAVES = ("conv_shortcut", "skip_connection")
+_SD1_CONV1_LEAVES = ("proj_in", "proj_out")
 
 
 def split_part(key: str) -> tuple[str, str] | None:
@@ -52,12 +55,13 @@ def _alpha(parts: dict[str, np.ndarray], rank: int) -> float:
     return value if value != 0 else float(rank)
 
 
-def module_from_parts(name: str, parts: dict[str, np.ndarray], source: Path) -> LoraModule | LycorisModule:
-    """One canonical module from its parts (LoRA/LoCon/Tucker/DoRA, LoHa or LoKr)."""
+def module_from_parts(name: str, parts: dict[str, np.ndarray], source: Path,
+                      arch: str | None = None) -> LoraModule | LycorisModule:
+    """One canonical module from its parts (LoRA/LoCon/Tucker/DoRA, LoHa or LoKr) of an ``arch`` model."""
     if any(p in parts for p in LOHA_PARTS):
-        return _loha(name, parts, source)
+        return _loha(name, parts, source, arch)
     if any(p in parts for p in LOKR_PARTS):
-        return _lokr(name, parts, source)
+        return _lokr(name, parts, source, arch)
     if "lora_down.weight" not in parts or "lora_up.weight" not in parts:
         raise AdapterError(f"{source}: {name} has only some of lora_down/lora_up (truncated or corrupt file)")
     down, up = parts["lora_down.weight"], parts["lora_up.weight"]
@@ -98,14 +102,16 @@ def _magnitude(name: str, parts: dict[str, np.ndarray], out: int, down: np.ndarr
                        "neither PEFT nor diffusers can express; re-export with LyCORIS wd_on_out=True")
 
 
-def _conv_shape(name: str, out: int, flat_in: int) -> tuple[int, ...]:
-    """Weight shape of a LoHa/LoKr half stored flattened: 3x3 for the UNet's conv leaves."""
+def _conv_shape(name: str, out: int, flat_in: int, arch: str | None) -> tuple[int, ...]:
+    """Weight shape of a LoHa/LoKr half stored flattened, from the SD UNet's conv leaves."""
     if name.endswith(_CONV3_LEAVES) and flat_in % 9 == 0:
         return (out, flat_in // 9, 3, 3)
+    if name.endswith(_CONV1_LEAVES) or (arch == "sd1" and name.endswith(_SD1_CONV1_LEAVES)):
+        return (out, flat_in, 1, 1)
     return (out, flat_in)
 
 
-def _loha(name: str, parts: dict[str, np.ndarray], source: Path) -> LycorisModule:
+def _loha(name: str, parts: dict[str, np.ndarray], source: Path, arch: str | None) -> LycorisModule:
     needed = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
     missing = [p for p in needed if p not in parts]
     if missing:
@@ -115,12 +121,12 @@ def _loha(name: str, parts: dict[str, np.ndarray], source: Path) -> LycorisModul
     if "hada_t1" in factors:  # Tucker: w_a (r, out), w_b (r, in), t (r, r, kh, kw)
         shape = (factors["hada_w1_a"].shape[1], factors["hada_w1_b"].shape[1]) + tuple(factors["hada_t1"].shape[2:])
     else:
-        shape = _conv_shape(name, factors["hada_w1_a"].shape[0], factors["hada_w1_b"].shape[1])
+        shape = _conv_shape(name, factors["hada_w1_a"].shape[0], factors["hada_w1_b"].shape[1], arch)
     magnitude = _magnitude(name, parts, shape[0], factors["hada_w1_b"], source)
     return LycorisModule("loha", factors, _alpha(parts, rank), tuple(int(d) for d in shape), magnitude)
 
 
-def _lokr(name: str, parts: dict[str, np.ndarray], source: Path) -> LycorisModule:
+def _lokr(name: str, parts: dict[str, np.ndarray], source: Path, arch: str | None) -> LycorisModule:
     factors = {k: _f32(v) for k, v in parts.items() if k in LOKR_PARTS}
     if "lokr_w1" not in factors and not {"lokr_w1_a", "lokr_w1_b"} <= set(factors):
         raise AdapterError(f"{source}: {name} (LoKr) lacks lokr_w1 (truncated or corrupt file)")
@@ -140,7 +146,7 @@ def _lokr(name: str, parts: dict[str, np.ndarray], source: Path) -> LycorisModul
         w2_shape = module.lokr_half(2).shape
     else:
         out_k, flat = factors["lokr_w2_a"].shape[0], factors["lokr_w2_b"].shape[1]
-        w2_shape = _conv_shape(name, out_k, flat)
+        w2_shape = _conv_shape(name, out_k, flat, arch)
     module.shape = (w1.shape[0] * w2_shape[0], w1.shape[1] * w2_shape[1]) + tuple(w2_shape[2:])
     module.shape = tuple(int(d) for d in module.shape)
     module.magnitude = _magnitude(name, parts, module.shape[0], w1, source)

@@ -81,7 +81,7 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
         canonical = _canonical(name, chosen)
         if canonical is None:
             raise AdapterError(f"{path}: {name} is not a module of an {chosen} model; pass the right --arch")
-        modules[canonical] = module_from_parts(name, parts, path)
+        modules[canonical] = module_from_parts(name, parts, path, chosen)
     return LoraAdapter(modules=modules, arch=chosen, metadata=dict(st.metadata), alpha_form="alpha tensors")
 
 

@@ -25,9 +25,10 @@ import numpy as np
 
 from ..atomic import atomic_dir
 from ..errors import AdapterError
-from ..model import LoraAdapter, LoraModule, lycoris_algos
+from ..model import LoraAdapter, LoraModule, LycorisModule, require_plain_lora
 from ..safetensors_io import SafetensorsFile, write_safetensors
 from ..sd_names import normalize_te_path
+from . import peft_lycoris
 
 NAME = "peft"
 CONFIG = "adapter_config.json"
@@ -341,8 +342,9 @@ def _component_files(
         if any_bias:
             bias = m.bias if m.bias is not None else np.zeros(m.up.shape[0], dtype=np.float32)
             tensors.append((key + ".lora_B.bias", bias))
-        if m.magnitude is not None:
-            tensors.append((key + ".lora_magnitude_vector", m.magnitude))
+        if m.magnitude is not None:  # PEFT's conv DoRA keeps it as (1, out, 1, 1)
+            magnitude = m.magnitude.reshape(1, -1, 1, 1) if m.down.ndim == 4 else m.magnitude
+            tensors.append((key + ".lora_magnitude_vector", magnitude))
     tensors += [(PEFT_PREFIX + k, v) for k, v in sorted(full.items())]
     config = {
         "peft_type": "LORA",
@@ -387,8 +389,6 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
         raise AdapterError(f"{path}: PEFT output is a folder but a file exists there; choose another name")
     if not adapter.modules:
         raise AdapterError(f"{path}: nothing to write (no LoRA modules)")
-    if lycoris_algos(adapter):
-        raise AdapterError(f"{path}: PEFT LoHa/LoKr output is not written yet")
     base_name = adapter.metadata.get("base_model_name_or_path")
     sidecar = {"arch": adapter.arch, "metadata": {k: str(v) for k, v in {**adapter.metadata,
                                                                             **options.metadata}.items()}}
@@ -406,12 +406,20 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
         for component, (mods, full) in groups.items():
             if not mods:
                 raise AdapterError(f"{path}: component {component} has full weights but no LoRA modules")
-            plans[component] = _component_files(mods, full, base_name, path, te=component != "unet")
+            te = component != "unet"
+            if any(isinstance(m, LycorisModule) for m in mods.values()):
+                if full:
+                    raise AdapterError(f"{path}: PEFT LoHa/LoKr folders here carry no modules_to_save")
+                plans[component] = peft_lycoris.component_files(
+                    mods, base_name, path, lambda n, te=te: target_name(n, te), lambda n, te=te: pattern_key(n, te))
+            else:
+                plans[component] = _component_files(mods, full, base_name, path, te=te)
         with atomic_dir(path, force=options.force) as tmp:
             for component, (config, tensors) in plans.items():
                 _write_folder(tmp / component, config, tensors, options.dtype)
             (tmp / SIDECAR).write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
         return path
+    require_plain_lora(adapter, path, "PEFT folders of LLM adapters")
     config, tensors = _component_files(adapter.modules, adapter.full_weights, base_name, path,
                                        adapter.metadata.get("peft_task_type"))
     with atomic_dir(path, force=options.force) as tmp:
