@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+NO_LORA_LOADER = 3  # exit code: this diffusers has no LoRA loader with these pins
+
 
 def _deltas(component: str, model) -> dict[str, np.ndarray]:
     out = {}
@@ -35,8 +37,12 @@ def main(kind: str, out: str, how: str, source: str) -> None:
     components = ["unet", "text_encoder"] + (["text_encoder_2"] if kind == "sdxl" else [])
     found: dict[str, np.ndarray] = {}
     if how == "diffusers":
+        from diffusers.utils import USE_PEFT_BACKEND
+
+        if not USE_PEFT_BACKEND:  # diffusers needs transformers >= 4.34 for any LoRA loading
+            sys.exit(NO_LORA_LOADER)
         pipe = build_pipeline(kind)
-        pipe.load_lora_weights(source)
+        pipe.load_lora_weights(str(Path(source).parent), weight_name=Path(source).name)
         for component in components:
             found.update(_deltas(component, getattr(pipe, component)))
     else:

@@ -135,3 +135,33 @@ def test_inspect_kohya(capsys, sd_cases, tmp_path):
     assert set(report["components"]) == {"unet", "text_encoder", "text_encoder_2"}
     code, out, err = _run(capsys, "inspect", path, "--base", sd_cases["sd1"].checkpoint, "--json")
     assert code == 2 and json.loads(out)["base_problems"]
+
+
+def test_inspect_into_closed_pipe(kohya_file):
+    """`lora-bridge inspect X | head -1`: the reader leaves early; no BrokenPipe traceback, exit 0."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "extension", "inspect", str(kohya_file)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=root)
+    proc.stdout.close()  # like `head` exiting before the output arrives
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_inspect_says_how_alpha_is_carried(capsys, sd_cases, tmp_path):
+    from converters import convert
+
+    file = convert(sd_cases["sd1"].peft_dir, tmp_path / "d.safetensors", to="diffusers")
+    code, out, err = _run(capsys, "inspect", file)
+    assert code == 0, err
+    assert "alpha: folded into weights (alpha = rank)" in out
+    code, out, _ = _run(capsys, "inspect", file, "--json")
+    assert json.loads(out)["alpha_form"] == "folded into weights (alpha = rank)"
+    kohya = convert(sd_cases["sd1"].peft_dir, tmp_path / "k.safetensors", to="kohya")
+    code, out, _ = _run(capsys, "inspect", kohya)
+    assert "alpha: alpha tensors" in out

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from consumer_load import NO_LORA_LOADER
+
 from converters import convert
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,6 +43,8 @@ def _load_with(python: str, kind: str, how: str, source: Path, tmp_path: Path) -
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     run = subprocess.run([python, str(LOADER), kind, str(out), how, str(source)], env=env, capture_output=True,
                          text=True, timeout=600)
+    if run.returncode == NO_LORA_LOADER:
+        pytest.skip("diffusers in this venv has no LoRA loader (its PEFT backend needs transformers >= 4.34)")
     assert run.returncode == 0, run.stderr[-3000:]
     with np.load(out) as data:
         return {k: data[k] for k in data.files}
