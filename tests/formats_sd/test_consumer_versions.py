@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from consumer_load import NO_LORA_LOADER
 
 from converters import convert

@@ -133,14 +133,14 @@ def check_peft_folder(net, folder, tolerance: float = 1e-3) -> float:
 def test_locon_and_tucker_locon_read_exactly(tmp_path, tucker):
     """Tucker LoCon (lora_mid beside a 1x1 lora_down) folds into a plain conv LoRA: exact in us and in PEFT."""
     net, path = lycoris_kohya_file(tmp_path, "locon", use_tucker=tucker)
-    assert any(k.endswith(".lora_mid.weight") for k in SafetensorsFile(path).keys()) == tucker
+    assert any(k.endswith(".lora_mid.weight") for k in SafetensorsFile(path).header) == tucker
     adapter = load_adapter(path)
     matched, total, _ = check_against_lycoris(net, adapter)
     assert matched == total == len(adapter.modules)
     folder = convert(path, tmp_path / "peft", to="peft")
     check_peft_folder(net, folder)
     kohya = load_adapter(convert(path, tmp_path / "plain.safetensors", to="kohya"))
-    assert not any(k.endswith("lora_mid.weight") for k in SafetensorsFile(tmp_path / "plain.safetensors").keys())
+    assert not any(k.endswith("lora_mid.weight") for k in SafetensorsFile(tmp_path / "plain.safetensors").header)
     check_against_lycoris(net, kohya)
 
 
@@ -220,7 +220,7 @@ def test_native_lycoris_file(tmp_path, algo):
             p.copy_((0.1 * torch.randn(p.shape, generator=generator)).half().float())
     path = tmp_path / "native.safetensors"
     net.save_weights(str(path), torch.float16, {})
-    assert all(k.startswith("lycoris_") for k in SafetensorsFile(path).keys())
+    assert all(k.startswith("lycoris_") for k in SafetensorsFile(path).header)
     adapter = load_adapter(path)
     assert adapter.source_format == "lycoris" and adapter.arch == "sd1"
     worst = 0.0
