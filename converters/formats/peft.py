@@ -39,6 +39,8 @@ SD_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
 PEFT_PREFIX = "base_model.model."
 _TAGS = {"lora_A": "down", "lora_B": "up", "lora_embedding_A": "down", "lora_embedding_B": "up",
          "lora_magnitude_vector": "magnitude"}
+# Parts of other methods that end like weights but must not pass for modules_to_save.
+_FOREIGN_PARTS = (".lora_down.", ".lora_up.", ".lora_mid.", ".hada_", ".lokr_", ".oft_", ".dora_scale")
 _UNET_HEADS = ("down_blocks.", "up_blocks.", "mid_block.", "conv_in", "conv_out", "time_embedding.",
                "add_embedding.")
 
@@ -160,7 +162,10 @@ def modules_from_tensors(
         if parsed is None:
             if raw.endswith(".alpha") or ".base_layer." in raw:
                 continue  # alphas live in the config; base_layer copies are base weights, not adapter
-            full[raw] = value
+            if not raw.endswith((".weight", ".bias")) or any(t in raw for t in _FOREIGN_PARTS):
+                raise AdapterError(f"{source}: tensor {key} is not a LoRA part or a full weight this tool "
+                                   "understands; nothing was converted")
+            full[raw] = value  # modules_to_save: a full replacement weight
             continue
         module, part, param, is_emb = parsed
         slot = part if param == "weight" else "bias" if part == "up" else f"{part}_bias"

@@ -104,3 +104,18 @@ def test_reads_diffusers_convert_state_dict_to_kohya_output(sd_uniform_cases, tm
     assert set(adapter.modules) == set(case.deltas)
     for name, want in case.deltas.items():  # they wrote alpha = rank (4) where PEFT had lora_alpha 2
         np.testing.assert_allclose(adapter.modules[name].delta().reshape(want.shape), 2 * want, rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_tensor_in_a_diffusers_file_stops_the_read(tmp_path):
+    """Neither a LoRA part nor a full weight: one line naming it, instead of a silently different adapter."""
+    from converters import AdapterError
+    from converters.safetensors_io import write_safetensors
+
+    rng = np.random.default_rng(0)
+    base = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    tensors = {f"{base}.lora_A.weight": rng.standard_normal((2, 8)).astype(np.float32),
+               f"{base}.lora_B.weight": rng.standard_normal((8, 2)).astype(np.float32),
+               f"{base}.lora_scale_vector": np.ones(8, np.float32)}
+    path = write_safetensors(tmp_path / "odd.safetensors", tensors)
+    with pytest.raises(AdapterError, match="lora_scale_vector is not a LoRA part"):
+        load_adapter(path)
