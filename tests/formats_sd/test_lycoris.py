@@ -129,19 +129,21 @@ def check_peft_folder(net, folder, tolerance: float = 1e-3) -> float:
     return worst
 
 
-@pytest.mark.parametrize("tucker", [False, True])
-def test_locon_and_tucker_locon_read_exactly(tmp_path, tucker):
-    """Tucker LoCon (lora_mid beside a 1x1 lora_down) folds into a plain conv LoRA: exact in us and in PEFT."""
-    net, path = lycoris_kohya_file(tmp_path, "locon", use_tucker=tucker)
-    assert any(k.endswith(".lora_mid.weight") for k in SafetensorsFile(path).header) == tucker
-    adapter = load_adapter(path)
-    matched, total, _ = check_against_lycoris(net, adapter)
-    assert matched == total == len(adapter.modules)
-    folder = convert(path, tmp_path / "peft", to="peft")
-    check_peft_folder(net, folder)
-    kohya = load_adapter(convert(path, tmp_path / "plain.safetensors", to="kohya"))
-    assert not any(k.endswith("lora_mid.weight") for k in SafetensorsFile(tmp_path / "plain.safetensors").header)
-    check_against_lycoris(net, kohya)
+def test_locon_and_tucker_locon_read_exactly(tmp_path):
+    """Tucker LoCon (lora_mid beside a 1x1 lora_down) folds into a plain conv LoRA: exact in us and in PEFT;
+    plain LoCon alike."""
+    for tucker in (True, False):
+        folder = tmp_path / f"tucker_{tucker}"
+        folder.mkdir()
+        net, path = lycoris_kohya_file(folder, "locon", use_tucker=tucker)
+        assert any(k.endswith(".lora_mid.weight") for k in SafetensorsFile(path).header) == tucker
+        adapter = load_adapter(path)
+        matched, total, _ = check_against_lycoris(net, adapter)
+        assert matched == total == len(adapter.modules)
+        check_peft_folder(net, convert(path, folder / "peft", to="peft"))
+        plain = convert(path, folder / "plain.safetensors", to="kohya")
+        assert not any(k.endswith("lora_mid.weight") for k in SafetensorsFile(plain).header)
+        check_against_lycoris(net, load_adapter(plain))
 
 
 def test_lycoris_dora_read_as_dora_and_loads_in_peft(tmp_path):
