@@ -36,6 +36,7 @@ from .peft import split_lora_key as _split
 NAME = "diffusers"
 META_KEY = "lora_adapter_metadata"
 FOLDED_KEY = "lora_bridge.alpha"
+PADDED_KEY = "lora_bridge.padded_ranks"  # {canonical module: its rank before padding}
 _UNET_HEADS = ("down_blocks.", "up_blocks.", "mid_block.", "conv_in", "conv_out", "time_embedding.",
                "add_embedding.")
 
@@ -96,13 +97,17 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
         full.update(weights)
     alpha_tensors = any(k.endswith(".alpha") for k in st.header)
     if st.metadata.get(FOLDED_KEY) == "folded":
-        unpad(modules)
+        try:
+            padded = json.loads(st.metadata.get(PADDED_KEY, "{}"))
+        except ValueError:
+            padded = {}
+        unpad(modules, {str(k): int(v) for k, v in padded.items()} if isinstance(padded, dict) else {})
         alpha_form = "folded into weights (alpha = rank)"
     elif META_KEY in st.metadata:
         alpha_form = f"config ({META_KEY})"
     else:
         alpha_form = "alpha tensors" if alpha_tensors else "none (alpha = rank)"
-    metadata = {k: v for k, v in st.metadata.items() if k not in (META_KEY, "format", FOLDED_KEY)}
+    metadata = {k: v for k, v in st.metadata.items() if k not in (META_KEY, "format", FOLDED_KEY, PADDED_KEY)}
     family_sd = any(n.startswith(tuple(c + "." for c in SD_COMPONENTS)) for n in modules)
     chosen = arch or metadata.get("lora_bridge.arch")
     if chosen is None and family_sd:
@@ -133,15 +138,17 @@ def fold_scale(modules: dict[str, LoraModule]) -> dict[str, LoraModule]:
     return out
 
 
-def unpad(modules: dict[str, LoraModule]) -> None:
-    """Drop rank components that are zero in both factors (the padding ``fold_scale`` adds), in place."""
-    for m in modules.values():
+def unpad(modules: dict[str, LoraModule], ranks: dict[str, int]) -> None:
+    """Cut padded modules back to their recorded ranks (the zero rows ``fold_scale`` added), in place."""
+    for name, rank in ranks.items():
+        m = modules.get(name)
+        if m is None or not 0 < rank < m.rank:
+            continue
         down, up = np.asarray(m.down), np.asarray(m.up)
-        live = [i for i in range(m.rank)
-                if np.any(down[i] != 0) or np.any(up[:, i] != 0)] or [0]
-        if len(live) < m.rank:
-            m.alpha = float(m.alpha) * len(live) / m.rank  # keep alpha / rank
-            m.down, m.up = down[live], up[:, live]
+        if np.any(down[rank:]) or np.any(up[:, rank:]):
+            continue  # not our padding: keep every component
+        m.alpha = float(m.alpha) * rank / m.rank  # keep alpha / rank
+        m.down, m.up = down[:rank], up[:, :rank]
 
 
 def write(adapter: LoraAdapter, path: Path, options) -> Path:
@@ -163,6 +170,7 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
         groups.setdefault(component, ({}, {}))[1][component_path(component, rest)] = weight
     tensors: list[tuple[str, np.ndarray]] = []
     packed: dict[str, object] = {}
+    top_rank = {c: max(m.rank for m in mods.values()) for c, (mods, _) in groups.items() if mods}
     for component, (mods, full) in sorted(groups.items()):
         if component not in SD_COMPONENTS or not mods:
             raise AdapterError(f"{path}: cannot write component {component!r} to a diffusers LoRA file")
@@ -172,6 +180,9 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
         packed.update({f"{component}.{k}": v for k, v in config.items()})
         tensors += [(component + "." + k[len(PEFT_PREFIX):], v) for k, v in comp_tensors]
     metadata = {"format": "pt", META_KEY: json.dumps(packed, indent=2, sort_keys=True), FOLDED_KEY: "folded"}
+    padded = {n: m.rank for n, m in adapter.modules.items() if m.rank < top_rank[n.partition(".")[0]]}
+    if padded:
+        metadata[PADDED_KEY] = json.dumps(padded, sort_keys=True)
     if adapter.arch:
         metadata["lora_bridge.arch"] = adapter.arch
     metadata.update({k: str(v) for k, v in options.metadata.items()})
