@@ -116,8 +116,8 @@ def _read_config(folder: Path) -> dict:
     if not isinstance(config, dict):
         raise AdapterError(f"{folder / CONFIG}: expected a JSON object")
     peft_type = str(config.get("peft_type") or "LORA").upper()
-    if peft_type != "LORA":
-        raise AdapterError(f"{folder}: PEFT method {peft_type} is not supported; only LoRA adapters convert")
+    if peft_type not in ("LORA", "LOHA", "LOKR"):
+        raise AdapterError(f"{folder}: PEFT method {peft_type} is not supported; LoRA, LoHa and LoKr adapters convert")
     return config
 
 
@@ -265,13 +265,20 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
     if components:
         for component, sub in components:
             config = _read_config(sub)
-            found, weights = modules_from_tensors(load_tensors(sub), config, sub, component + ".",
-                                                  te=component != "unet")
+            if str(config.get("peft_type") or "LORA").upper() != "LORA":
+                found, weights = peft_lycoris.read_modules(load_tensors(sub), config, sub, component + ".",
+                                                           te=component != "unet"), {}
+            else:
+                found, weights = modules_from_tensors(load_tensors(sub), config, sub, component + ".",
+                                                      te=component != "unet")
             modules.update(found)
             full.update(weights)
         family = "sd"
     else:
         config = _read_config(folder)
+        if str(config.get("peft_type") or "LORA").upper() != "LORA":
+            raise AdapterError(f"{folder}: PEFT LoHa/LoKr folders are read as SD component folders "
+                               "(unet/, text_encoder/); put this one in such a folder")
         found, weights = modules_from_tensors(load_tensors(folder), config, folder)
         if found and all(n.startswith(_UNET_HEADS) for n in found):
             found = {"unet." + n: m for n, m in found.items()}

@@ -106,3 +106,36 @@ def _lokr(modules, base_name, source, targets, key_of):
     config.update(r=r, alpha=alpha, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
                   use_effective_conv2d=False, decompose_both=False, decompose_factor=-1)
     return config, tensors
+
+
+def read_modules(tensors: dict[str, np.ndarray], config: dict, source: Path, prefix: str,
+                 te: bool) -> dict[str, LycorisModule]:
+    """Canonical LoHa/LoKr modules of one PEFT LoHa/LoKr component folder (scale = alpha / r per module)."""
+    from ..lycoris_parts import LOHA_PARTS, LOKR_PARTS, module_from_parts
+    from ..sd_names import normalize_te_path
+    from .peft import pattern_lookup
+
+    algo = str(config.get("peft_type")).upper()
+    known = LOHA_PARTS if algo == "LOHA" else LOKR_PARTS
+    grouped: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in tensors.items():
+        raw = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        module, _, part = raw.rpartition(".")
+        if part not in known:
+            raise AdapterError(f"{source}: tensor {key} is not a {algo} part this tool understands")
+        grouped.setdefault(module, {})[part] = value
+    out: dict[str, LycorisModule] = {}
+    for module, parts in grouped.items():
+        r = pattern_lookup(config.get("rank_pattern"), module) or config.get("r", 8)
+        alpha = pattern_lookup(config.get("alpha_pattern"), module) or config.get("alpha", 8)
+        name = prefix + (normalize_te_path(module) if te else module)
+        found = module_from_parts(name, {**parts, "alpha": np.asarray(float(alpha), np.float32)}, source)
+        # PEFT's scale is alpha / r for every layer, also when both LoKr halves are full.
+        if found.rank != int(r):
+            w2 = "lokr_w2" if "lokr_w2" in found.factors else None
+            if w2 is None or found.rank != 0:
+                raise AdapterError(f"{source}: {module}: factor rank {found.rank} != configured r {r}")
+            found.factors[w2] = found.factors[w2] * (float(alpha) / float(r))
+            found.alpha = 1.0
+        out[name] = found
+    return out

@@ -169,6 +169,8 @@ def test_loha_lokr_read_exactly_into_peft(tmp_path, algo, tucker):
     peft_type = json.loads((folder / "unet" / "adapter_config.json").read_text())["peft_type"]
     assert peft_type == algo.upper()
     check_peft_folder(net, folder)
+    back = load_adapter(folder)  # our PEFT LoHa/LoKr folders read back to the same deltas
+    assert check_against_lycoris(net, back)[0] == len(back.modules)
 
 
 def test_loha_to_plain_lora_needs_svd_rank(tmp_path, capsys):
