@@ -93,8 +93,12 @@ def test_bin_adapter_read_with_weights_only(tmp_path):
 def test_unsupported_peft_method_is_one_line(tmp_path):
     from converters import AdapterError
 
-    folder = tmp_path / "loha"
+    folder = tmp_path / "oft"
     folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "OFT", "r": 4}))
+    with pytest.raises(AdapterError, match="OFT is not supported"):
+        load_adapter(folder)
+    # LoHa/LoKr folders are read as SD component folders (what the writer makes), not as a bare folder.
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA", "r": 4}))
-    with pytest.raises(AdapterError, match="LOHA is not supported"):
+    with pytest.raises(AdapterError, match="SD component folders"):
         load_adapter(folder)
