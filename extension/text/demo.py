@@ -50,6 +50,8 @@ def run_text_demo(workdir: Path) -> None:
     print(f"  trained {result.steps} steps, final loss {result.final_loss:.3f}")
     for path in result.output_files:
         print(f"  wrote {path}")
+    for line in result.message.splitlines():
+        print(f"  {line}")
     if have_llama:
         adapter = Path(result.output_files[0])
         print(f"  llama.cpp after:  {_generate(base, adapter, tokenizer)!r}")

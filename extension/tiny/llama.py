@@ -179,6 +179,16 @@ def _kv_heads(model) -> int:
     return model.model.layers[0].self_attn.k_proj.out_features // head_dim
 
 
+def weight_items(model) -> list[tuple[str, object]]:
+    """(name, tensor) of the model's weights: its state dict without buffers such as ``rotary_emb.inv_freq``.
+
+    transformers < 4.31 (A1111's 4.30.2) keeps ``inv_freq`` as a persistent buffer, so it is in
+    the state dict there; it is derived from the config and no file format stores it.
+    """
+    buffers = {name for name, _ in model.named_buffers()}
+    return [(name, tensor) for name, tensor in model.state_dict().items() if name not in buffers]
+
+
 def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
     """(GGUF tensor name, float32 array) for every weight, Q/K rows permuted the llama.cpp way."""
     names = converters.llm_names
@@ -186,7 +196,7 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
     arch = config.model_type
     n_kv = _kv_heads(model)
     out = []
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, tensor in weight_items(model):
         module, suffix = hf_name.rsplit(".", 1)
         array = tensor.detach().float().cpu().numpy()
         if names.is_permuted(arch, module):
