@@ -57,6 +57,11 @@ def _stamp_of(path: Path) -> str | None:
         return None
 
 
+def _size(path: Path) -> str:
+    size = path.stat().st_size
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
 def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
@@ -81,7 +86,7 @@ def make_readable(path: Path) -> None:
 
 def prepare_base_gguf(config: Any, output_dir: Path, log: Callable[[str], None]) -> Path | None:
     """The GGUF file llama.cpp uses with the adapter (None for an HF folder base); says once which copy it uses."""
-    base = Path(setting(config, "base_model", ""))
+    base = Path(setting(config, "base_model", "")).expanduser()
     if base.is_dir():
         return None
     if not is_ggml(base):
@@ -90,8 +95,9 @@ def prepare_base_gguf(config: Any, output_dir: Path, log: Callable[[str], None])
 
     options = ggml_options(config)
     stamp = source_stamp(base, options)
-    beside = base.with_suffix(".gguf")
-    candidates = [beside, output_dir / beside.name] if _writable(base.parent) else [output_dir / beside.name]
+    beside = base.resolve().with_suffix(".gguf")
+    in_output = output_dir.resolve() / beside.name
+    candidates = [beside, in_output] if _writable(beside.parent) else [in_output]
     for target in candidates:
         if target.exists():
             found = _stamp_of(target)
@@ -101,12 +107,11 @@ def prepare_base_gguf(config: Any, output_dir: Path, log: Callable[[str], None])
                 return target
             if found is None:
                 continue  # a file we did not write: leave it alone
-        size = base.stat().st_size / 1e9
         upgrade_ggml(base, target, force=True, source_stamp=stamp, **options)
-        log(f"legacy GGML base: wrote its GGUF copy {target} ({size:.1f} GB) for llama.cpp, which no longer loads "
-            "GGML files; later runs on this base reuse it")
+        log(f"legacy GGML base: wrote its GGUF copy {target} ({_size(target)}) for llama.cpp, which no longer "
+            "loads GGML files; later runs on this base reuse it")
         return target
-    target = output_dir / f"{base.stem}.lora-bridge.gguf"  # both names taken by files we did not write
+    target = output_dir.resolve() / f"{base.stem}.lora-bridge.gguf"  # both names taken by files we did not write
     upgrade_ggml(base, target, force=True, source_stamp=stamp, **options)
     log(f"legacy GGML base: wrote its GGUF copy {target} for llama.cpp")
     return target
