@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .._converters import converters
-from .llama import _kv_heads, weight_items
+from .llama import kv_heads, weight_items
 
 MAGICS = {"ggml": 0x67676D6C, "ggmf": 0x67676D66, "ggjt": 0x67676A74}
 _LAYER = {
@@ -50,7 +50,7 @@ def write_ggml(model, vocab, path: Path, qtype: str = "F32", kind: str = "ggjt",
 
     cfg = model.config
     heads = cfg.num_attention_heads
-    kv = _kv_heads(model)
+    kv = kv_heads(model)
     head_dim = cfg.hidden_size // heads
     ftype = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9}[qtype]
     out = bytearray(struct.pack("<I", MAGICS[kind]))

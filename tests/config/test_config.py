@@ -187,7 +187,8 @@ def test_warnings_for_settings_that_do_nothing():
     assert config_warnings(TrainConfig()) == []
 
 
-@pytest.mark.parametrize("name", ["sd15_example.yaml", "sdxl_example.yaml", "text_example.yaml"])
+@pytest.mark.parametrize("name", ["sd15_example.yaml", "sdxl_example.yaml", "text_example.yaml",
+                                  "lora_scripts_image.yaml", "lora_scripts_text.yaml"])
 def test_example_configs_load_cleanly(name):
     cfg = load_config(ROOT / "configs" / name)
     assert config_warnings(cfg) == []

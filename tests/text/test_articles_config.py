@@ -6,24 +6,16 @@ from __future__ import annotations
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from gguf import GGUFReader
 
 from extension.cli import main
 
-# As the articles publish it; the paths are where the test puts a tiny model and data.
-ARTICLE_TEXT_YAML = """\
-task_type: "text-generation"             # the articles' name for text LoRA
-train_data_dir: "./data/customer_service.jsonl"
-base_model: "./models/llama-2-7b-chat.ggmlv3.q4_0.bin"
-lora_rank: 16
-batch_size: 4
-epochs: 15
-learning_rate: 1.5e-4
-output_dir: "./output/cs_lora"
-save_steps: 50
-"""
+ROOT = Path(__file__).resolve().parents[2]
+# As the articles publish it (configs/lora_scripts_text.yaml); the test puts a tiny model and data at its paths.
+ARTICLE_TEXT_YAML = (ROOT / "configs" / "lora_scripts_text.yaml").read_text()
 
 QA = [("How do I return an item?", "Send it back within 30 days with the receipt."),
       ("Where is my order?", "Check the tracking link in your email."),
