@@ -143,7 +143,13 @@ class TrainConfig:
         "the WebUI's Lora folder), a diffusers file or a PEFT folder; for text also a GGUF adapter. Its modules, "
         "ranks and alphas come from the file; lora_rank, lora_alpha and the target lists left at their defaults "
         "follow it, other values must agree with it. Target modules the file lacks start fresh. Unlike resume, "
-        "the optimizer, schedule and step count start anew.")
+        "the optimizer, schedule and step count start anew.",
+        task_docs={"text-generation": "Start the LoRA from an existing text adapter: a GGUF adapter (llama.cpp "
+                                      "--lora) or a PEFT folder, checked against the base. Its modules, ranks and "
+                                      "alphas come from the file; lora_rank, lora_alpha and lora_target_modules left "
+                                      "at their defaults follow it, other values must agree with it. Target modules "
+                                      "the file lacks start fresh. Unlike resume, the optimizer, schedule and step "
+                                      "count start anew."})
     logging_dir: str | None = _f(None, "TensorBoard folder. Default: `output_dir/logs`.")
 
     # --- image: model ---
@@ -206,8 +212,13 @@ class TrainConfig:
     bucket_reso_steps: int = _f(64, "Bucket sides are multiples of this.", group="image", minimum=8)
     num_repeats: int = _f(1, "Repeats of images in folders without an `N_` prefix.", group="image", minimum=1)
     bad_data: str = _f("fail", "What to do with unreadable images, missing captions or CSV rows naming missing "
-                       "files: fail (stop with a report) or skip (train without them, with a report).",
-                       choices=("fail", "skip"))
+                       "files: fail (stop with a report) or skip (train without them, with a report). Image runs "
+                       "only.", choices=("fail", "skip"),
+                       task_docs={"text-to-image": "What to do with unreadable images, missing captions or CSV rows "
+                                                   "naming missing files: fail (stop with a report) or skip (train "
+                                                   "without them, with a report).",
+                                  "text-generation": "Not used by text runs: a bad data row stops the run with its "
+                                                     "line number."})
     max_image_pixels: int = _f(50_000_000, "Images with more pixels are reported as absurdly large.",
                                group="image", minimum=1)
 
@@ -587,9 +598,10 @@ def config_warnings(cfg: TrainConfig) -> list[str]:
         if cfg.sample_prompts and not cfg.sample_every_n_steps:
             out.append("sample_prompts are set but sample_every_n_steps is 0; no samples are rendered during training")
     else:
-        unused = [n for n in ("save_every_n_epochs", "save_last_n") if getattr(cfg, n) != getattr(defaults, n)]
+        unused = [n for n in ("save_every_n_epochs", "save_last_n", "bad_data")
+                  if getattr(cfg, n) != getattr(defaults, n)]
         if unused:
-            out.append(f"ignored for task_type text-generation: {', '.join(unused)} (text runs save with save_steps)")
+            out.append(f"ignored for task_type text-generation: {', '.join(unused)} (image-run settings)")
     return out
 
 

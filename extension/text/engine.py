@@ -152,6 +152,7 @@ def _train(run: _Run) -> TrainResult:
     longest = max(len(s.ids) for s in samples)  # load_text_dataset refuses an empty dataset
     keep_activations_in_heap(model.largest_activation_bytes(batch_size * longest))
     run.output_dir.mkdir(parents=True, exist_ok=True)
+
     def log(line: str) -> None:
         run.emit(TrainingEvent("log", message=line))
 

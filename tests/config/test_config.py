@@ -218,11 +218,12 @@ def test_help_texts_per_task():
     assert ".gguf" in text["save_steps"] and ".safetensors" not in text["save_steps"]
     assert ".safetensors" in image["save_steps"] and ".gguf" not in image["save_steps"]
     assert "<lora:" not in text["output_name"] and ".gguf" in text["output_name"]
-    assert "Not used by text runs" in text["save_every_n_epochs"]
+    assert "Not used by text runs" in text["save_every_n_epochs"] and "Not used by text runs" in text["bad_data"]
+    assert "GGUF adapter" in text["init_lora"] and "kohya" not in text["init_lora"]
     both = {s.name: s.doc for s in schema()}
     assert ".gguf" in both["save_steps"] and ".safetensors" in both["save_steps"]
 
 
 def test_text_runs_warn_about_image_only_save_keys():
     cfg = config_from_dict({"task_type": "text-generation", "save_every_n_epochs": 2})
-    assert any("save_every_n_epochs" in w and "save_steps" in w for w in config_warnings(cfg))
+    assert any("ignored for task_type text-generation: save_every_n_epochs" in w for w in config_warnings(cfg))

@@ -51,10 +51,17 @@ cfg = config_from_dict({"task_type": "text-generation", "base_model": str(files[
                         "lora_rank": 4, "llama_cpp_check": "off", "ggml_rms_eps": 1e-5})
 result = train_text(cfg, callback=lambda e: None)
 assert result.status == "done" and (out / "run" / "my_lora.gguf").is_file(), result
+
+# The image half of the demo: the tiny SD1 checkpoint as A1111 stores it, loaded by our single-file loader.
+from extension.demo import build_demo_base
+from extension.models.sd_loader import load_sd_base
+sd = load_sd_base(build_demo_base(out / "sd"))
+assert sd.arch == "sd1" and sum(p.numel() for p in sd.unet.parameters()) > 0
 print("ok")
 """
 
 
+@pytest.mark.slow
 @needs_venv
 def test_tiny_builders_and_a_ggml_run_under_a1111_pins(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

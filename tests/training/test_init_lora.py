@@ -93,6 +93,11 @@ def test_continue_from_a_kohya_file_made_by_another_tool(bases, shapes, tmp_path
     assert any(f"{n} modules loaded from the file, 0 fresh; rank 4" in line for line in _logs(events)), _logs(events)
     got, want = load_file(str(tmp_path / "o" / "t.safetensors")), load_file(str(source))
     assert got.keys() == want.keys()
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "o" / "t.safetensors"), "pt") as fh:
+        meta = fh.metadata()
+    assert (meta["ss_network_dim"], meta["ss_network_alpha"]) == ("4", "2")  # the file's, not lora_rank's default
     for key in want:
         assert torch.equal(got[key].half(), want[key]), key
 
