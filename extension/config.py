@@ -34,6 +34,8 @@ from typing import Any
 from .errors import UserError
 
 TASKS = ("text-to-image", "text-generation")
+# Other spellings of a choice: the lora-scripts articles call the image task "image-generation".
+CHOICE_ALIASES: dict[str, dict[str, str]] = {"task_type": {"image-generation": "text-to-image"}}
 
 DEFAULT_UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 DEFAULT_TEXT_ENCODER_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
@@ -41,9 +43,14 @@ DEFAULT_LLM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 
 
 def _f(default: Any, doc: str, *, group: str = "common", choices: tuple | None = None, minimum: float | None = None,
-       maximum: float | None = None, commas: bool = False) -> Any:
-    """A dataclass field with its documentation and validation rules attached."""
-    meta = {"doc": doc, "group": group, "choices": choices, "min": minimum, "max": maximum, "commas": commas}
+       maximum: float | None = None, commas: bool = False, task_docs: dict[str, str] | None = None) -> Any:
+    """A dataclass field with its documentation and validation rules attached.
+
+    ``task_docs`` maps a task type to the help text shown for that task when it differs from ``doc``
+    (which is written for both tasks, as in the README).
+    """
+    meta = {"doc": doc, "group": group, "choices": choices, "min": minimum, "max": maximum, "commas": commas,
+            "task_docs": dict(task_docs or {})}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -63,7 +70,8 @@ class TrainConfig:
     base_model: str | None = _f(
         None, "Base model: WebUI checkpoint (.safetensors/.ckpt) or diffusers folder for images; .gguf, legacy "
         "GGML .bin or HF folder for text.")
-    task_type: str = _f("text-to-image", "What to train.", choices=TASKS)
+    task_type: str = _f("text-to-image", "What to train: an image LoRA (`text-to-image`; `image-generation`, the "
+                        "lora-scripts name, is accepted) or a text LoRA (`text-generation`).", choices=TASKS)
     lora_rank: int = _f(16, "LoRA rank (kohya `network_dim`).", minimum=1)
     lora_alpha: float = _f(8.0, "LoRA alpha (kohya `network_alpha`); the update is scaled by alpha/rank.", minimum=0)
     unet_target_modules: list[str] = _f(
@@ -73,12 +81,24 @@ class TrainConfig:
     epochs: int = _f(10, "Passes over the data (kohya `max_train_epochs`); ignored when max_train_steps is set.",
                      minimum=1)
     learning_rate: float = _f(1e-4, "Learning rate of the LoRA weights (kohya `unet_lr`).", minimum=0)
-    output_dir: str = _f("output", "Folder for the LoRA files, training state, samples and logs.")
-    save_steps: int = _f(0, "Also save `name-000100.safetensors` every N optimizer steps (0: off).", minimum=0)
+    output_dir: str = _f("output", "Folder for the LoRA files, training state, samples and logs.",
+                         task_docs={"text-generation": "Folder for the GGUF adapter, the PEFT folder, the training "
+                                                       "state and logs."})
+    save_steps: int = _f(0, "Also save the LoRA every N optimizer steps (0: off): `name-000100.safetensors` for "
+                         "images, `name-000100.gguf` for text.", minimum=0,
+                         task_docs={"text-to-image": "Also save `name-000100.safetensors` every N optimizer steps "
+                                                     "(0: off).",
+                                    "text-generation": "Also save the GGUF adapter `name-000100.gguf` (and the "
+                                                       "training state) every N optimizer steps (0: off)."})
 
     # --- common run settings ---
     output_name: str = _f("my_lora", "File name of the LoRA without extension; `<lora:output_name:0.7>` in the "
-                          "WebUI. No path parts.")
+                          "WebUI (images) or `output_name.gguf` plus a PEFT folder (text). No path parts.",
+                          task_docs={"text-to-image": "File name of the LoRA without extension; "
+                                                      "`<lora:output_name:0.7>` in the WebUI. No path parts.",
+                                     "text-generation": "Name of the outputs: the GGUF adapter `output_name.gguf` "
+                                                        "for llama.cpp and the PEFT folder `output_name/`. No path "
+                                                        "parts."})
     seed: int = _f(42, "Random seed for initialisation, noise and data order.", minimum=0)
     mixed_precision: str = _f("no", "Mixed precision of the forward pass (fp16/bf16 need a GPU that supports them).",
                               choices=("no", "fp16", "bf16"))
@@ -100,13 +120,36 @@ class TrainConfig:
     lr_scheduler_num_cycles: int = _f(1, "Restarts of cosine_with_restarts.", minimum=1)
     lr_scheduler_power: float = _f(1.0, "Power of the polynomial schedule.", minimum=0)
     lora_dropout: float = _f(0.0, "Dropout inside the LoRA layers.", minimum=0, maximum=1)
-    save_every_n_epochs: int = _f(0, "Also save `name-000100.safetensors` (step number) every N epochs (0: off).",
-                                  minimum=0)
+    save_every_n_epochs: int = _f(0, "Also save `name-000100.safetensors` (step number) every N epochs (0: off). "
+                                  "Image runs only.", minimum=0,
+                                  task_docs={"text-to-image": "Also save `name-000100.safetensors` (step number) "
+                                                              "every N epochs (0: off).",
+                                             "text-generation": "Not used by text runs (use save_steps)."})
     save_last_n: int = _f(0, "Keep only the newest N intermediate saves (0: keep all). The final file is always "
-                          "kept.", minimum=0)
-    save_precision: str = _f("fp16", "Precision of the saved LoRA weights.", choices=("fp16", "bf16", "fp32"))
+                          "kept. Image runs only.", minimum=0,
+                          task_docs={"text-to-image": "Keep only the newest N intermediate saves (0: keep all). "
+                                                      "The final file is always kept.",
+                                     "text-generation": "Not used by text runs: every `name-000100.gguf` is kept."})
+    save_precision: str = _f("fp16", "Precision of the saved LoRA weights (text: of the PEFT folder; the GGUF "
+                             "adapter uses gguf_adapter_dtype).", choices=("fp16", "bf16", "fp32"),
+                             task_docs={"text-to-image": "Precision of the saved LoRA weights.",
+                                        "text-generation": "Precision of the PEFT folder's weights; the GGUF "
+                                                           "adapter uses gguf_adapter_dtype."})
     resume: str | None = _f(None, "Resume from a training-state folder, `auto` (newest state in output_dir, or "
-                            "start fresh if none) or none.")
+                            "start fresh if none) or none. Restores optimizer, schedule and data order; to start "
+                            "a new run from an existing LoRA use init_lora.")
+    init_lora: str | None = _f(
+        None, "Start the LoRA from an existing adapter (kohya `network_weights`): a kohya .safetensors (e.g. from "
+        "the WebUI's Lora folder), a diffusers file or a PEFT folder; for text also a GGUF adapter. Its modules, "
+        "ranks and alphas come from the file; lora_rank, lora_alpha and the target lists left at their defaults "
+        "follow it, other values must agree with it. Target modules the file lacks start fresh. Unlike resume, "
+        "the optimizer, schedule and step count start anew.",
+        task_docs={"text-generation": "Start the LoRA from an existing text adapter: a GGUF adapter (llama.cpp "
+                                      "--lora) or a PEFT folder, checked against the base. Its modules, ranks and "
+                                      "alphas come from the file; lora_rank, lora_alpha and lora_target_modules left "
+                                      "at their defaults follow it, other values must agree with it. Target modules "
+                                      "the file lacks start fresh. Unlike resume, the optimizer, schedule and step "
+                                      "count start anew."})
     logging_dir: str | None = _f(None, "TensorBoard folder. Default: `output_dir/logs`.")
 
     # --- image: model ---
@@ -169,8 +212,13 @@ class TrainConfig:
     bucket_reso_steps: int = _f(64, "Bucket sides are multiples of this.", group="image", minimum=8)
     num_repeats: int = _f(1, "Repeats of images in folders without an `N_` prefix.", group="image", minimum=1)
     bad_data: str = _f("fail", "What to do with unreadable images, missing captions or CSV rows naming missing "
-                       "files: fail (stop with a report) or skip (train without them, with a report).",
-                       choices=("fail", "skip"))
+                       "files: fail (stop with a report) or skip (train without them, with a report). Image runs "
+                       "only.", choices=("fail", "skip"),
+                       task_docs={"text-to-image": "What to do with unreadable images, missing captions or CSV rows "
+                                                   "naming missing files: fail (stop with a report) or skip (train "
+                                                   "without them, with a report).",
+                                  "text-generation": "Not used by text runs: a bad data row stops the run with its "
+                                                     "line number."})
     max_image_pixels: int = _f(50_000_000, "Images with more pixels are reported as absurdly large.",
                                group="image", minimum=1)
 
@@ -218,6 +266,7 @@ ALIASES: dict[str, str] = {
     "caption_tag_dropout_rate": "tag_dropout_rate",
     "pretrained_model_name_or_path": "base_model",
     "save_every_n_steps": "save_steps",
+    "network_weights": "init_lora",
 }
 
 _NAME_BAD = re.compile(r'[\x00-\x1f\x7f<>:"|?*]')
@@ -250,20 +299,37 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def schema() -> list[FieldSpec]:
-    """All keys in declaration order with type, default and documentation."""
+def field_doc(name: str, task_type: str | None = None) -> str:
+    """The help text of key ``name``; with ``task_type``, the text written for that task when there is one."""
+    meta = FIELDS[name].metadata
+    return meta["task_docs"].get(canonical_task(task_type), meta["doc"]) if task_type else meta["doc"]
+
+
+def canonical_task(task_type: str | None) -> str | None:
+    """``task_type`` with aliases resolved (``image-generation`` -> ``text-to-image``)."""
+    if task_type is None:
+        return None
+    return CHOICE_ALIASES["task_type"].get(str(task_type).strip().lower(), task_type)
+
+
+def schema(task_type: str | None = None) -> list[FieldSpec]:
+    """All keys in declaration order with type, default and documentation.
+
+    With ``task_type`` the documentation is the one written for that task (e.g. text runs save
+    ``.gguf`` files); without it, the text that covers both (the README's).
+    """
     specs = []
     default_cfg = TrainConfig()
     for name, f in FIELDS.items():
         m = f.metadata
-        specs.append(FieldSpec(name, _type_name(_TYPES[name]), getattr(default_cfg, name), m["doc"], m["choices"],
-                               m["group"], m["min"], m["max"]))
+        specs.append(FieldSpec(name, _type_name(_TYPES[name]), getattr(default_cfg, name), field_doc(name, task_type),
+                               m["choices"], m["group"], m["min"], m["max"]))
     return specs
 
 
 def fields_for_task(task_type: str) -> list[str]:
     """Names of the keys that matter for ``task_type`` (common keys plus that task's group)."""
-    own = "image" if task_type == "text-to-image" else "text"
+    own = "image" if canonical_task(task_type) == "text-to-image" else "text"
     return [name for name, f in FIELDS.items() if f.metadata["group"] in ("common", own)]
 
 
@@ -365,6 +431,7 @@ def _coerce(source: str, name: str, value: Any) -> Any:
     if choices is not None:
         norm = out.strip().lower().replace("-", "_") if isinstance(out, str) else out
         lookup = {c.replace("-", "_"): c for c in choices}
+        lookup.update({a.replace("-", "_"): c for a, c in CHOICE_ALIASES.get(name, {}).items()})
         if norm not in lookup:
             raise UserError(f"{source}: '{name}' must be one of {', '.join(choices)}, got {value!r}")
         out = lookup[norm]
@@ -530,6 +597,11 @@ def config_warnings(cfg: TrainConfig) -> list[str]:
             out.append("keep_tokens only matters with shuffle_caption or tag_dropout_rate")
         if cfg.sample_prompts and not cfg.sample_every_n_steps:
             out.append("sample_prompts are set but sample_every_n_steps is 0; no samples are rendered during training")
+    else:
+        unused = [n for n in ("save_every_n_epochs", "save_last_n", "bad_data")
+                  if getattr(cfg, n) != getattr(defaults, n)]
+        if unused:
+            out.append(f"ignored for task_type text-generation: {', '.join(unused)} (image-run settings)")
     return out
 
 

@@ -40,8 +40,9 @@ def config_reference_markdown() -> str:
     """The config reference block, markers included, ending with a newline."""
     lines = [START, "", "Keys of the training config (YAML for `lora-bridge train --config`, `--set key=value`, the "
              "WebUI tab's import/export and the REST API). Unknown keys are rejected with the nearest valid name.",
-             f"`task_type` is one of {', '.join(f'`{t}`' for t in TASKS)}; keys of the other task are ignored "
-             "with a warning. `max_train_steps`, when set, overrides `epochs`.", ""]
+             f"`task_type` is one of {', '.join(f'`{t}`' for t in TASKS)} (`image-generation`, the lora-scripts "
+             "name, means `text-to-image`); keys of the other task are ignored with a warning. "
+             "`max_train_steps`, when set, overrides `epochs`.", ""]
     specs = schema()
     for group, title in _GROUP_TITLES.items():
         lines += [f"### {title}", "", "| key | type | default | description |", "|---|---|---|---|"]

@@ -21,14 +21,17 @@ def _generate(base: Path, adapter: Path | None, tokenizer: Tokenizer) -> str:
 
 def run_text_demo(workdir: Path) -> None:
     """Build a tiny LLaMA as a Q4_0 GGUF in ``workdir``, train a LoRA on two sentences, show generations."""
-    from ..tiny.llama import build_tiny_llama, tiny_vocab, write_tiny_gguf
+    from ..tiny.ggml import write_ggml
+    from ..tiny.llama import build_tiny_llama, kv_heads, tiny_vocab, write_tiny_gguf
     from .gguf_model import read_gguf_metadata
 
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     vocab = tiny_vocab()
     base = workdir / "tiny-llama-q4_0.gguf"
-    write_tiny_gguf(build_tiny_llama(seed=0, vocab=vocab), base, qtype="Q4_0", vocab=vocab)
+    model = build_tiny_llama(seed=0, vocab=vocab)
+    write_tiny_gguf(model, base, qtype="Q4_0", vocab=vocab)
+    legacy = write_ggml(model, vocab, workdir / "tiny-llama.ggmlv3.q4_0.bin", "Q4_0")
     data = workdir / "text-data.txt"
     data.write_text("\n".join(DEMO_LINES) + "\n", encoding="utf-8")
     tokenizer = Tokenizer.from_metadata(read_gguf_metadata(base)[1], str(base))
@@ -50,6 +53,10 @@ def run_text_demo(workdir: Path) -> None:
     print(f"  trained {result.steps} steps, final loss {result.final_loss:.3f}")
     for path in result.output_files:
         print(f"  wrote {path}")
+    for line in result.message.splitlines():
+        print(f"  {line}")
     if have_llama:
         adapter = Path(result.output_files[0])
         print(f"  llama.cpp after:  {_generate(base, adapter, tokenizer)!r}")
+    print(f"  The same tiny model as a legacy GGML file: {legacy}. Train on it with")
+    print(f"    lora-bridge train --config CONFIG --set base_model={legacy} --set ggml_n_kv_heads={kv_heads(model)}")

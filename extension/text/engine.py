@@ -5,8 +5,10 @@ LoRA; train with the shared optimizer/scheduler/checkpoint pieces; write
 ``<output_dir>/<output_name>/`` (PEFT) and ``<output_dir>/<output_name>.gguf`` (llama.cpp) through
 the format layer, validated against the base; optionally compare llama.cpp's logits with torch's.
 
-A legacy GGML base is first upgraded to ``<output_dir>/<base stem>.gguf`` (llama.cpp no longer
-loads GGML files, so that is the file the adapter is used with).
+A legacy GGML base is first upgraded to GGUF (llama.cpp no longer loads GGML files, so that is the
+file the adapter is used with); the copy is kept and reused, see ``base_gguf.py``.
+
+``init_lora`` starts the LoRA from an existing adapter (``training/init_lora.py``).
 
 Exact resume: the data order of each epoch comes from ``seed + epoch``, and the training state
 (LoRA, optimizer, scheduler, RNG, position) is saved every ``save_steps`` steps and at the end,
@@ -27,9 +29,11 @@ from .._converters import converters
 from ..errors import UserError
 from ..training.checkpoint import latest_state, load_training_state, restore_rng, save_training_state
 from ..training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult
+from ..training.init_lora import load_text_init, text_layout
 from ..training.optimizers import build_optimizer, setting
 from ..training.progress import NonFiniteLoss, TensorBoardSink, Throughput, TqdmSink, check_finite, fan_out
 from ..training.schedulers import build_scheduler
+from .base_gguf import ggml_options, prepare_base_gguf
 from .data import IGNORE, Sample, collate, load_text_dataset
 from .gguf_model import TextModel, load_text_model
 from .heap import keep_activations_in_heap, restore_heap_after_training, tune_heap_for_training
@@ -39,31 +43,13 @@ from .tokenizer import HFTokenizer, Tokenizer
 _SAVE_DTYPES = {"fp16": "f16", "bf16": "bf16", "fp32": "f32"}
 
 
-def _ggml_options(config: Any) -> dict:
-    return {k: v for k, v in (
-        ("n_kv_heads", setting(config, "ggml_n_kv_heads", None)),
-        ("rms_eps", setting(config, "ggml_rms_eps", None)),
-        ("context_length", setting(config, "ggml_context_length", None)),
-        ("rope_base", setting(config, "ggml_rope_base", None)),
-    ) if v is not None}
-
-
-def _is_ggml(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    from .ggml_legacy import GGML_MAGICS
-
-    with open(path, "rb") as fh:
-        return int.from_bytes(fh.read(4), "little") in GGML_MAGICS
-
-
 def load_base(config: Any) -> tuple[TextModel, Tokenizer | HFTokenizer, Path | None]:
     """(model, tokenizer, GGUF file for export/llama.cpp or None for HF folders)."""
     base = setting(config, "base_model", None)
     if not base:
         raise UserError("config: base_model is not set; give a .gguf, legacy GGML .bin or HF folder")
     base = Path(base)
-    model = load_text_model(base, _ggml_options(config))
+    model = load_text_model(base, ggml_options(config))
     if base.is_dir():
         return model, HFTokenizer(str(base)), None
     tokenizer = Tokenizer.from_metadata(model.config.tokenizer, str(base))
@@ -132,21 +118,6 @@ class _Run:
         return [Path(p) for p in out]
 
 
-def _prepare_base_gguf(config: Any, output_dir: Path) -> Path | None:
-    """The GGUF file llama.cpp uses with the adapter: the base itself, or an upgraded GGML base."""
-    base = Path(setting(config, "base_model", ""))
-    if base.is_dir():
-        return None
-    if not _is_ggml(base):
-        return base
-    from .ggml_upgrade import upgrade_ggml
-
-    target = output_dir / f"{base.stem}.gguf"
-    if not target.exists():
-        upgrade_ggml(base, target, **_ggml_options(config))
-    return target
-
-
 def train_text(config: Any, callback: EventCallback | None = None,
                control: TrainingControl | None = None) -> TrainResult:
     """Train a text LoRA as ``config`` says; see the module docstring for what is written."""
@@ -181,13 +152,21 @@ def _train(run: _Run) -> TrainResult:
     longest = max(len(s.ids) for s in samples)  # load_text_dataset refuses an empty dataset
     keep_activations_in_heap(model.largest_activation_bytes(batch_size * longest))
     run.output_dir.mkdir(parents=True, exist_ok=True)
-    base_gguf = _prepare_base_gguf(config, run.output_dir)
+
+    def log(line: str) -> None:
+        run.emit(TrainingEvent("log", message=line))
+
+    base_gguf = prepare_base_gguf(config, run.output_dir, log)
     base_dir = Path(setting(config, "base_model", "")) if base_gguf is None else None
 
     torch.manual_seed(seed)
     rank = int(setting(config, "lora_rank", 16))
-    layers = inject_lora(model, list(setting(config, "lora_target_modules", ["q_proj", "v_proj"])), rank,
-                         float(setting(config, "lora_alpha", rank)), float(setting(config, "lora_dropout", 0.0)))
+    layout, init = text_layout(config, model, base_gguf or base_dir, log)
+    layers = inject_lora(model, layout.names, rank, float(setting(config, "lora_alpha", rank)),
+                         float(setting(config, "lora_dropout", 0.0)), module_ranks=layout.ranks)
+    if init is not None:
+        load_text_init(layout, layers)
+    ranks = "/".join(str(r) for r in sorted({layer.rank for layer in layers.values()}))
     model.gradient_checkpointing = bool(setting(config, "gradient_checkpointing", False))
     params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     optimizer = build_optimizer(params, config)
@@ -217,7 +196,7 @@ def _train(run: _Run) -> TrainResult:
     max_norm = float(setting(config, "max_grad_norm", 0.0))
     meter = Throughput(total)
     run.emit(TrainingEvent("start", step=step, total_steps=total, epoch=epoch,
-                           message=f"text LoRA: {len(samples)} samples, {len(layers)} layers, rank {rank}, "
+                           message=f"text LoRA: {len(samples)} samples, {len(layers)} layers, rank {ranks}, "
                                    f"base {model.config.arch} ({setting(config, 'base_model', '')})"))
     model.train()
     loss_value = None
@@ -253,19 +232,28 @@ def _train(run: _Run) -> TrainResult:
     _save_state(run, layers, optimizer, scheduler, step, epoch, batch_in_epoch)
     paths = run.export(layers, model.config.arch, base_gguf, base_dir)
     run.emit(TrainingEvent("saved", step=step, total_steps=total, paths=[str(p) for p in paths]))
-    message = _usage_lines(base_gguf, paths[0])
-    check = str(setting(config, "llama_cpp_check", "auto"))
-    if base_gguf is not None and check != "off":
-        from .llama_check import check_adapter_in_llama_cpp
-
-        report = check_adapter_in_llama_cpp(model, base_gguf, paths[0], samples[:3],
-                                            float(setting(config, "llama_cpp_tolerance", 1e-3)), required=check == "on")
-        if report:
-            message += "\n" + report
-    run.emit(TrainingEvent("log", step=step, total_steps=total, message=message))
-    run.emit(TrainingEvent("done", step=step, total_steps=total, loss=loss_value, paths=[str(p) for p in paths]))
+    message = _usage_lines(base_gguf, paths[0]) + "\n" + _llama_cpp_result(config, model, base_gguf, paths[0],
+                                                                           samples)
+    # The usage lines and the check result travel once: in the done event and the result (the CLI
+    # prints the result, the WebUI shows it), not also in a log event.
+    run.emit(TrainingEvent("done", step=step, total_steps=total, loss=loss_value, paths=[str(p) for p in paths],
+                           message=message))
     return TrainResult(status, output_files=[str(p) for p in paths], final_loss=loss_value, steps=step,
                        message=message)
+
+
+def _llama_cpp_result(config: Any, model: TextModel, base_gguf: Path | None, adapter: Path,
+                      samples: list[Sample]) -> str:
+    """The llama.cpp check's report line, or why it did not run."""
+    check = str(setting(config, "llama_cpp_check", "auto"))
+    if check == "off":
+        return "not checked in llama.cpp (llama_cpp_check: off)"
+    if base_gguf is None:
+        return "not checked in llama.cpp (the base is an HF folder; convert it to GGUF to run the adapter there)"
+    from .llama_check import check_adapter_in_llama_cpp
+
+    return check_adapter_in_llama_cpp(model, base_gguf, adapter, samples[:3],
+                                      float(setting(config, "llama_cpp_tolerance", 1e-3)), required=check == "on")
 
 
 def _save_state(run: _Run, layers, optimizer, scheduler, step: int, epoch: int, batch_in_epoch: int) -> None:

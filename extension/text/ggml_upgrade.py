@@ -15,6 +15,7 @@ from gguf import GGMLQuantizationType
 
 from .._converters import converters
 from ..errors import UserError
+from .base_gguf import SOURCE_KEY, make_readable
 from .ggml_legacy import GGMLFile, gguf_metadata, gguf_tensor_name, read_ggml
 
 
@@ -41,6 +42,8 @@ def _write_metadata(writer, meta: dict) -> None:
     writer.add_unk_token_id(meta["tokenizer.ggml.unknown_token_id"])
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
+    if meta.get(SOURCE_KEY):
+        writer.add_string(SOURCE_KEY, meta[SOURCE_KEY])
 
 
 def _tensor_args(tensor) -> tuple[np.ndarray, GGMLQuantizationType | None]:
@@ -77,13 +80,21 @@ def write_gguf_from_ggml(ggml: GGMLFile, dst: Path, meta: dict, force: bool = Fa
 
 
 def upgrade_ggml(src: str | Path, dst: str | Path, n_kv_heads: int | None = None, rms_eps: float | None = None,
-                 context_length: int | None = None, rope_base: float | None = None, force: bool = False) -> Path:
-    """Convert legacy GGML ``src`` to GGUF ``dst``; returns ``dst``."""
+                 context_length: int | None = None, rope_base: float | None = None, force: bool = False,
+                 source_stamp: str | None = None) -> Path:
+    """Convert legacy GGML ``src`` to GGUF ``dst`` (readable like any file the user writes); returns ``dst``.
+
+    ``source_stamp`` is stored as ``lora_bridge.ggml_source`` so training runs can reuse the copy.
+    """
     dst = Path(dst)
     converters.atomic.check_destination(dst, force)
     ggml = read_ggml(src)
     meta = gguf_metadata(ggml, n_kv_heads, rms_eps, context_length, rope_base)
-    return write_gguf_from_ggml(ggml, dst, meta, force=force)
+    if source_stamp:
+        meta[SOURCE_KEY] = source_stamp
+    write_gguf_from_ggml(ggml, dst, meta, force=force)
+    make_readable(dst)
+    return dst
 
 
 def upgrade_ggml_cli(args: argparse.Namespace) -> int:

@@ -26,6 +26,8 @@ from .data import Sample
 from .lora import LoraLinear
 from .quant import ggml_activation_rounding
 
+NOT_INSTALLED = "not checked in llama.cpp (llama-cpp-python not installed)"
+
 _SCRIPT = r"""
 import json, sys
 import numpy as np
@@ -115,13 +117,13 @@ def check_adapter_in_llama_cpp(model: torch.nn.Module, base: Path, adapter: Path
                                tolerance: float, required: bool = False) -> str:
     """Compare llama.cpp and torch on ``samples``; a report line, or UserError above tolerance.
 
-    Returns "" (and does nothing) when llama-cpp-python is missing and ``required`` is False.
+    When llama-cpp-python is missing and ``required`` is False, says so (``NOT_INSTALLED``).
     """
     if not llama_cpp_available():
         if required:
             raise UserError("llama_cpp_check is on but llama-cpp-python is not installed: pip install "
                             "llama-cpp-python, or set llama_cpp_check: off")
-        return ""
+        return NOT_INSTALLED
     worst = compare(model, base, adapter, [s.ids for s in samples])
     limit = tolerance + 2 * worst["base"]
     report = (f"llama.cpp check: max |Δlogit| {worst['lora']:.2e} with adapter (limit {limit:.2e}), "

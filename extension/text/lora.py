@@ -51,28 +51,40 @@ class LoraLinear(nn.Module):
         return flat.addmm_(down.to(base.dtype), up, alpha=self.scale).view(base.shape)
 
 
-def inject_lora(model: nn.Module, targets: list[str], rank: int, alpha: float,
-                dropout: float = 0.0) -> dict[str, LoraLinear]:
-    """Wrap every linear layer whose name ends with one of ``targets``; returns {module name: LoraLinear}.
+def target_names(model: nn.Module, targets: list[str]) -> list[str]:
+    """Full names of the linear layers whose name equals or ends with one of ``targets``, in model order.
 
-    Targets are HF names such as ``q_proj`` or ``self_attn.q_proj``; the order of creation (and so
-    of the seeded initialisation) is the model's module order.
+    Targets are HF names such as ``q_proj`` or ``self_attn.q_proj``; UserError when none matches.
     """
     wanted = [t.strip() for t in targets if t.strip()]
-    found: dict[str, LoraLinear] = {}
-    for name, module in list(model.named_modules()):
+    found = []
+    for name, module in model.named_modules():
         if not hasattr(module, "in_features") or isinstance(module, LoraLinear) or name.endswith(".base"):
             continue
-        if not any(name == t or name.endswith("." + t) for t in wanted):
-            continue
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        wrapped = LoraLinear(module, rank, alpha, dropout)
-        setattr(parent, child, wrapped)
-        found[name] = wrapped
+        if any(name == t or name.endswith("." + t) for t in wanted):
+            found.append(name)
     if not found:
         names = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "in_features")})
         raise UserError(f"lora_target_modules {wanted} match no layer of the model; use some of: {', '.join(names)}")
+    return found
+
+
+def inject_lora(model: nn.Module, targets: list[str], rank: int, alpha: float, dropout: float = 0.0,
+                module_ranks: dict[str, tuple[int, float]] | None = None) -> dict[str, LoraLinear]:
+    """Wrap every linear layer whose name ends with one of ``targets``; returns {module name: LoraLinear}.
+
+    The order of creation (and so of the seeded initialisation) is the model's module order.
+    ``module_ranks`` gives (rank, alpha) of single modules (full names) that differ from ``rank``/``alpha``.
+    """
+    found: dict[str, LoraLinear] = {}
+    for name in target_names(model, targets):
+        module = model.get_submodule(name)
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        r, a = (module_ranks or {}).get(name, (rank, alpha))
+        wrapped = LoraLinear(module, r, a, dropout)
+        setattr(parent, child, wrapped)
+        found[name] = wrapped
     return found
 
 

@@ -172,11 +172,21 @@ def _quantize(array: np.ndarray, qtype: str):
     return gguf.quants.quantize(np.ascontiguousarray(array, dtype=np.float32), ggml_type), ggml_type
 
 
-def _kv_heads(model) -> int:
+def kv_heads(model) -> int:
     """KV heads as built (transformers < 4.31 ignores ``num_key_value_heads`` and builds full K/V)."""
     config = model.config
     head_dim = config.hidden_size // config.num_attention_heads
     return model.model.layers[0].self_attn.k_proj.out_features // head_dim
+
+
+def weight_items(model) -> list[tuple[str, object]]:
+    """(name, tensor) of the model's weights: its state dict without buffers such as ``rotary_emb.inv_freq``.
+
+    transformers < 4.31 (A1111's 4.30.2) keeps ``inv_freq`` as a persistent buffer, so it is in
+    the state dict there; it is derived from the config and no file format stores it.
+    """
+    buffers = {name for name, _ in model.named_buffers()}
+    return [(name, tensor) for name, tensor in model.state_dict().items() if name not in buffers]
 
 
 def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
@@ -184,9 +194,9 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
     names = converters.llm_names
     config = model.config
     arch = config.model_type
-    n_kv = _kv_heads(model)
+    n_kv = kv_heads(model)
     out = []
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, tensor in weight_items(model):
         module, suffix = hf_name.rsplit(".", 1)
         array = tensor.detach().float().cpu().numpy()
         if names.is_permuted(arch, module):
@@ -221,7 +231,7 @@ def write_tiny_gguf(model, path: str | Path, qtype: str = "F32", vocab: TinyVoca
         writer.add_block_count(config.num_hidden_layers)
         writer.add_feed_forward_length(config.intermediate_size)
         writer.add_head_count(config.num_attention_heads)
-        writer.add_head_count_kv(_kv_heads(model))
+        writer.add_head_count_kv(kv_heads(model))
         writer.add_layer_norm_rms_eps(config.rms_norm_eps)
         writer.add_rope_freq_base(_rope_theta(config))
         writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)

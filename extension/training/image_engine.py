@@ -22,15 +22,8 @@ from ..errors import UserError
 from . import checkpoint as ckpt
 from .events import EventCallback, TrainingControl, TrainingEvent, TrainResult
 from .image_data import ImageData
-from .lora_export import (
-    conv_targets,
-    export_adapter,
-    inject_lora,
-    load_lora_state,
-    lora_parameters,
-    lora_state,
-    resolve_targets,
-)
+from .init_lora import image_layout, load_image_init
+from .lora_export import export_adapter, inject_lora, load_lora_state, lora_parameters, lora_state
 from .metadata import training_metadata
 from .noise import diffusion_loss, sample_noise, sample_timesteps, step_generator, target_for
 from .optimizers import build_optimizer, setting
@@ -124,18 +117,13 @@ class _ImageRun:
             module.requires_grad_(False)
         torch.manual_seed(seed)  # LoRA init is the same in every process and every resumed run
         rank_r, alpha = int(config.lora_rank), float(config.lora_alpha)
-        conv_rank = int(setting(config, "conv_rank", 0))
-        inject_lora(base.unet, resolve_targets(base.unet, config.unet_target_modules, "unet"), rank_r, alpha,
-                    float(setting(config, "lora_dropout", 0.0)),
-                    conv_names=conv_targets(base.unet) if conv_rank else None, conv_rank=conv_rank,
-                    conv_alpha=setting(config, "conv_alpha", None))
-        components = {"unet": base.unet}
-        if train_te:
-            for i, encoder in enumerate(base.text_encoders):
-                key = "text_encoder" if i == 0 else "text_encoder_2"
-                inject_lora(encoder, resolve_targets(encoder, config.text_encoder_target_modules, key), rank_r,
-                            alpha, float(setting(config, "lora_dropout", 0.0)))
-                components[key] = encoder
+        layouts, init = image_layout(config, base, lambda line: self.emit(TrainingEvent("log", message=line)))
+        own = {"unet": base.unet, "text_encoder": base.text_encoders[0],
+               "text_encoder_2": base.text_encoders[-1]}
+        components = {key: own[key] for key in layouts}
+        for key, layout in layouts.items():
+            inject_lora(components[key], layout.names, rank_r, alpha, float(setting(config, "lora_dropout", 0.0)),
+                        module_ranks=layout.ranks)
         if setting(config, "gradient_checkpointing", False):
             base.unet.enable_gradient_checkpointing()
             if train_te:
@@ -153,6 +141,8 @@ class _ImageRun:
         for module in components.values():
             for p in lora_parameters(module):
                 p.data = p.data.float()
+        if init is not None:
+            load_image_init(layouts, components)
 
         te_lr = setting(config, "text_encoder_lr", None)
         groups = [{"params": lora_parameters(base.unet), "lr": float(config.learning_rate)}]

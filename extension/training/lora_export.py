@@ -46,14 +46,21 @@ def conv_targets(unet: torch.nn.Module) -> list[str]:
 
 
 def inject_lora(model: torch.nn.Module, names: list[str], rank: int, alpha: float, dropout: float = 0.0,
-                conv_names: list[str] | None = None, conv_rank: int = 0, conv_alpha: float | None = None) -> None:
-    """Add LoRA layers named ``default`` to ``model`` in place (lora_B starts at zero)."""
+                conv_names: list[str] | None = None, conv_rank: int = 0, conv_alpha: float | None = None,
+                module_ranks: dict[str, tuple[int, float]] | None = None) -> None:
+    """Add LoRA layers named ``default`` to ``model`` in place (lora_B starts at zero).
+
+    ``module_ranks`` gives (rank, alpha) of single modules (full names) that differ from ``rank``/``alpha``.
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
     conv_names = list(conv_names or []) if conv_rank > 0 else []
     # Plain full names: peft 0.13 falls back to an exact lookup, newer peft matches them as patterns.
     rank_pattern = {n: conv_rank for n in conv_names}
     alpha_pattern = {n: float(conv_alpha if conv_alpha is not None else conv_rank) for n in conv_names}
+    for n, (r, a) in (module_ranks or {}).items():
+        if (int(r), float(a)) != (int(rank), float(alpha)):
+            rank_pattern[n], alpha_pattern[n] = int(r), float(a)
     all_names = list(dict.fromkeys(list(names) + conv_names))
     if not all_names:
         raise UserError("no modules to adapt: the target module lists are empty")

@@ -95,6 +95,11 @@ def training_metadata(config: Any, base, data, *, step: int, epoch: int, started
         "modelspec.prediction_type": "v" if base.prediction_type == "v_prediction" else "epsilon",
     }
     meta.update({k: str(v) for k, v in data.metadata().items()})
+    if setting(config, "init_lora", None):
+        # Ranks and alphas came from the init file, not from lora_rank/lora_alpha: the kohya writer
+        # states them from the modules themselves.
+        for key in ("ss_network_dim", "ss_network_alpha", "ss_network_args"):
+            meta.pop(key)
     return meta
 
 

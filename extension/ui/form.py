@@ -42,7 +42,7 @@ def schema_fields(task_type: str = "text-to-image") -> list[FormField]:
 
     keep = set(fields_for_task(task_type))
     out = []
-    for spec in schema():
+    for spec in schema(task_type):
         if spec.name not in keep or spec.name in OWNED_ELSEWHERE:
             continue
         kind = "choice" if spec.choices else KINDS.get(spec.type_name, "text")

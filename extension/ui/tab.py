@@ -25,11 +25,14 @@ SEND_JS = ("(name, weight) => (window.loraBridgeSendToTxt2img ? window.loraBridg
 REFRESH_JS = "() => { if (window.loraBridgeRefreshCards) { window.loraBridgeRefreshCards(); } return []; }"
 
 
-def _field_widget(field: FormField, prefix: str) -> Any:
-    """One input for a schema field."""
+def _field_widget(field: FormField, prefix: str, picks: dict[str, list[str]] | None = None) -> Any:
+    """One input for a schema field; a field in ``picks`` is a dropdown of those paths that also takes any path."""
     label = field.name
     value = to_widget(field, field.default)
     common = {"label": label, "info": field.help[:160], "elem_id": f"{ELEM}_{prefix}_{field.name}"}
+    if picks and field.name in picks:
+        return compat.make("Dropdown", choices=picks[field.name], value=value or None, allow_custom_value=True,
+                           **common)
     if field.kind == "bool":
         return compat.make("Checkbox", value=bool(value), **common)
     if field.kind in ("int", "float"):
@@ -41,7 +44,16 @@ def _field_widget(field: FormField, prefix: str) -> Any:
     return compat.make("Textbox", value=value, lines=1, **common)
 
 
-def _fields(fields: list[FormField], prefix: str) -> list[Any]:
+def _lora_files(folder: Path) -> list[str]:
+    """The kohya LoRA files of the Lora folder (``init_lora`` picks), newest first."""
+    try:
+        files = sorted(Path(folder).rglob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    return [str(p) for p in files]
+
+
+def _fields(fields: list[FormField], prefix: str, picks: dict[str, list[str]] | None = None) -> list[Any]:
     """Basic fields in two columns, the rest in an Advanced accordion; returns widgets in field order."""
     gr = compat.gradio()
     widgets: dict[str, Any] = {}
@@ -51,12 +63,12 @@ def _fields(fields: list[FormField], prefix: str) -> list[Any]:
         for column in (basic[::2], basic[1::2]):
             with gr.Column():
                 for f in column:
-                    widgets[f.name] = _field_widget(f, prefix)
+                    widgets[f.name] = _field_widget(f, prefix, picks)
     with gr.Accordion("Advanced", open=False), gr.Row():
         for column in (advanced[::2], advanced[1::2]):
             with gr.Column():
                 for f in column:
-                    widgets[f.name] = _field_widget(f, prefix)
+                    widgets[f.name] = _field_widget(f, prefix, picks)
     return [widgets[f.name] for f in fields]
 
 
@@ -110,7 +122,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     preset = compat.make("Radio", choices=list(PRESETS), value=default_preset or next(iter(PRESETS)),
                                          label="Preset", scale=3)
                     preset_btn = compat.make("Button", "Apply preset", scale=1)
-                image_widgets = _fields(h.image_fields, "img")
+                image_widgets = _fields(h.image_fields, "img", {"init_lora": _lora_files(host.lora_dir())})
                 with gr.Accordion("YAML (shared config schema: same file as `lora-bridge train --config`)",
                                   open=False):
                     yaml_box = compat.make("Textbox", label="YAML, or the path of a .yaml file", lines=10,

@@ -187,7 +187,43 @@ def test_warnings_for_settings_that_do_nothing():
     assert config_warnings(TrainConfig()) == []
 
 
-@pytest.mark.parametrize("name", ["sd15_example.yaml", "sdxl_example.yaml", "text_example.yaml"])
+@pytest.mark.parametrize("name", ["sd15_example.yaml", "sdxl_example.yaml", "text_example.yaml",
+                                  "lora_scripts_image.yaml", "lora_scripts_text.yaml"])
 def test_example_configs_load_cleanly(name):
     cfg = load_config(ROOT / "configs" / name)
     assert config_warnings(cfg) == []
+
+
+def test_image_generation_is_the_image_task(tmp_path):
+    """The lora-scripts articles write task_type "image-generation" for image LoRAs."""
+    cfg = load_config(write(tmp_path, SEED_YAML.replace("task_type: text-to-image", 'task_type: "image-generation"')))
+    assert cfg.task_type == "text-to-image"
+    assert "metadata_path" in fields_for_task("image-generation")
+    with pytest.raises(UserError, match="must be one of"):
+        config_from_dict({"task_type": "image-generator"})
+
+
+def test_init_lora_and_its_kohya_alias():
+    assert config_from_dict({"init_lora": "models/Lora/a.safetensors"}).init_lora == "models/Lora/a.safetensors"
+    assert config_from_dict({"network_weights": "a.safetensors"}).init_lora == "a.safetensors"
+    with pytest.raises(UserError, match="both set init_lora"):
+        config_from_dict({"network_weights": "a.safetensors", "init_lora": "b.safetensors"})
+    assert "init_lora" in fields_for_task("text-generation") and "init_lora" in fields_for_task("text-to-image")
+
+
+def test_help_texts_per_task():
+    """Text runs save .gguf files: the text form's help says so, the image form's says .safetensors."""
+    text = {s.name: s.doc for s in schema("text-generation")}
+    image = {s.name: s.doc for s in schema("text-to-image")}
+    assert ".gguf" in text["save_steps"] and ".safetensors" not in text["save_steps"]
+    assert ".safetensors" in image["save_steps"] and ".gguf" not in image["save_steps"]
+    assert "<lora:" not in text["output_name"] and ".gguf" in text["output_name"]
+    assert "Not used by text runs" in text["save_every_n_epochs"] and "Not used by text runs" in text["bad_data"]
+    assert "GGUF adapter" in text["init_lora"] and "kohya" not in text["init_lora"]
+    both = {s.name: s.doc for s in schema()}
+    assert ".gguf" in both["save_steps"] and ".safetensors" in both["save_steps"]
+
+
+def test_text_runs_warn_about_image_only_save_keys():
+    cfg = config_from_dict({"task_type": "text-generation", "save_every_n_epochs": 2})
+    assert any("ignored for task_type text-generation: save_every_n_epochs" in w for w in config_warnings(cfg))

@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from ggml_writer import write_ggml  # noqa: E402
+from extension.tiny.ggml import write_ggml  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from ggml_writer import write_ggml
 from gguf import GGUFReader
 from textutil import GGML_CONVERTER, needs_ggml_converter
 
@@ -22,6 +21,7 @@ from extension.cli import main
 from extension.errors import UserError
 from extension.text.ggml_legacy import read_ggml
 from extension.text.gguf_model import load_text_model
+from extension.tiny.ggml import write_ggml
 
 VARIANTS = [("ggml", 0), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2)]
 VARIANT_IDS = [f"{kind}{version}" for kind, version in VARIANTS]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +32,16 @@ def _mmapped_bytes_for(nbytes: int) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or heap._LIBC is None, reason="glibc only")
 def test_activation_sized_blocks_stay_in_heap_until_restored():
+    """Run in a fresh interpreter: free chunks that earlier in-process training left in glibc's bins would serve
+    the probe allocations from the heap whatever the thresholds are."""
+    if os.environ.get("LORA_BRIDGE_HEAP_CHILD") != "1":
+        root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "LORA_BRIDGE_HEAP_CHILD": "1",
+               "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+        proc = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k",
+                               "stay_in_heap"], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        return
     six_mb = 6 << 20
     try:
         assert heap.tune_heap_for_training()

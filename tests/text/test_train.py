@@ -42,7 +42,7 @@ def test_overfit_and_llama_cpp_agrees(tiny, tmp_path, base_key):
     assert losses[-1] < 0.3 * losses[0], losses
     adapter = out / "tl.gguf"
     assert adapter.exists() and (out / "tl" / "adapter_config.json").exists()
-    base_gguf = out / f"{tiny[base_key].stem}.gguf" if base_key.startswith("ggml") else tiny[base_key]
+    base_gguf = tiny[base_key].with_suffix(".gguf") if base_key.startswith("ggml") else tiny[base_key]
     assert f"llama-cli -m {base_gguf} --lora {adapter}" in result.message
     if not HAS_LLAMA_CPP:
         pytest.skip("llama-cpp-python is not installed: llama.cpp comparison skipped")

@@ -1,7 +1,8 @@
-"""Test helper: write a legacy GGML LLaMA file (ggml, ggmf v1, ggjt v1-v3) from a tiny HF model, as old llama.cpp did.
+"""Write a legacy GGML LLaMA file (ggml, ggmf v1, ggjt v1-v3) from a tiny HF model, as old llama.cpp did.
 
-Layouts as llama.cpp's pre-GGUF ``llama_file_loader`` reads them: ggml has no version field and no
-vocab scores; ggmf v1 adds both; ggjt pads each tensor's data to a 32-byte file offset.
+For tests, the demo and users who want a ``*.ggmlv3.q4_0.bin`` to try the GGML path with.
+Layouts as llama.cpp's pre-GGUF ``llama_file_loader`` reads them: ggml has no version field and
+no vocab scores; ggmf v1 adds both; ggjt pads each tensor's data to a 32-byte file offset.
 """
 
 from __future__ import annotations
@@ -10,6 +11,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
+
+from .._converters import converters
+from .llama import kv_heads, weight_items
 
 MAGICS = {"ggml": 0x67676D6C, "ggmf": 0x67676D66, "ggjt": 0x67676A74}
 _LAYER = {
@@ -45,7 +49,8 @@ def write_ggml(model, vocab, path: Path, qtype: str = "F32", kind: str = "ggjt",
     import gguf
 
     cfg = model.config
-    heads, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    heads = cfg.num_attention_heads
+    kv = kv_heads(model)
     head_dim = cfg.hidden_size // heads
     ftype = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9}[qtype]
     out = bytearray(struct.pack("<I", MAGICS[kind]))
@@ -55,7 +60,7 @@ def write_ggml(model, vocab, path: Path, qtype: str = "F32", kind: str = "ggjt",
     for token, score, token_type in zip(vocab.tokens, vocab.scores, vocab.types, strict=False):
         data = _vocab_bytes(token, token_type)
         out += struct.pack("<I", len(data)) + data + (struct.pack("<f", score) if kind != "ggml" else b"")
-    for hf_name, tensor in model.state_dict().items():
+    for hf_name, tensor in weight_items(model):
         module, suffix = hf_name.rsplit(".", 1)
         array = tensor.detach().float().numpy()
         if module in _TOP:
@@ -80,5 +85,6 @@ def write_ggml(model, vocab, path: Path, qtype: str = "F32", kind: str = "ggjt",
         if kind == "ggjt":
             out += b"\0" * (-len(out) % 32)
         out += raw
-    path.write_bytes(bytes(out))
-    return path
+    with converters.atomic.atomic_file(path) as tmp:
+        tmp.write_bytes(bytes(out))
+    return Path(path)

@@ -1,0 +1,117 @@
+"""The GGUF file llama.cpp runs a text adapter with: the base itself, or the GGUF copy of a legacy GGML base.
+
+llama.cpp no longer loads GGML files, so a GGML base is upgraded once (3.8 GB at 7B Q4_0) and the
+copy is kept where the user finds it: beside the base (``<stem>.gguf``) when that folder is
+writable, else in the run's output_dir. The copy records what it was made from (file size, mtime
+and the GGML options) in ``lora_bridge.ggml_source``; a later run on the same base and options
+reuses it instead of writing it again. A file of that name we did not write is never replaced.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..training.optimizers import setting
+
+SOURCE_KEY = "lora_bridge.ggml_source"
+
+
+def ggml_options(config: Any) -> dict:
+    """The legacy-GGML hparams a config sets (GGML files do not store them)."""
+    return {k: v for k, v in (
+        ("n_kv_heads", setting(config, "ggml_n_kv_heads", None)),
+        ("rms_eps", setting(config, "ggml_rms_eps", None)),
+        ("context_length", setting(config, "ggml_context_length", None)),
+        ("rope_base", setting(config, "ggml_rope_base", None)),
+    ) if v is not None}
+
+
+def is_ggml(path: Path) -> bool:
+    """Whether ``path`` is a legacy GGML/GGMF/GGJT file (by its magic)."""
+    if not path.is_file():
+        return False
+    from .ggml_legacy import GGML_MAGICS
+
+    with open(path, "rb") as fh:
+        return int.from_bytes(fh.read(4), "little") in GGML_MAGICS
+
+
+def source_stamp(base: Path, options: dict) -> str:
+    """What a GGUF copy is made from: name, size and mtime of the GGML file plus the options."""
+    st = base.stat()
+    opts = ",".join(f"{k}={options[k]}" for k in sorted(options))
+    return f"{base.name}|{st.st_size}|{st.st_mtime_ns}|{opts}"
+
+
+def _stamp_of(path: Path) -> str | None:
+    """The ``lora_bridge.ggml_source`` of a GGUF file, or None (not ours, or unreadable)."""
+    try:
+        from gguf import GGUFReader
+
+        field = GGUFReader(str(path)).fields.get(SOURCE_KEY)
+        return None if field is None else str(field.contents())
+    except Exception:  # a truncated or foreign file: not a copy we can reuse
+        return None
+
+
+def _size(path: Path) -> str:
+    size = path.stat().st_size
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (another thread may create files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: Path) -> None:
+    """Give ``path`` the permissions a plain ``open()`` would (temp files are created owner-only)."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def prepare_base_gguf(config: Any, output_dir: Path, log: Callable[[str], None]) -> Path | None:
+    """The GGUF file llama.cpp uses with the adapter (None for an HF folder base); says once which copy it uses."""
+    base = Path(setting(config, "base_model", "")).expanduser()
+    if base.is_dir():
+        return None
+    if not is_ggml(base):
+        return base
+    from .ggml_upgrade import upgrade_ggml
+
+    options = ggml_options(config)
+    stamp = source_stamp(base, options)
+    beside = base.resolve().with_suffix(".gguf")
+    in_output = output_dir.resolve() / beside.name
+    candidates = [beside, in_output] if _writable(beside.parent) else [in_output]
+    for target in candidates:
+        if target.exists():
+            found = _stamp_of(target)
+            if found == stamp:
+                log(f"legacy GGML base: using its GGUF copy {target} (made by an earlier run); llama.cpp runs the "
+                    "adapter with that file")
+                return target
+            if found is None:
+                continue  # a file we did not write: leave it alone
+        upgrade_ggml(base, target, force=True, source_stamp=stamp, **options)
+        log(f"legacy GGML base: wrote its GGUF copy {target} ({_size(target)}) for llama.cpp, which no longer "
+            "loads GGML files; later runs on this base reuse it")
+        return target
+    target = output_dir.resolve() / f"{base.stem}.lora-bridge.gguf"  # both names taken by files we did not write
+    upgrade_ggml(base, target, force=True, source_stamp=stamp, **options)
+    log(f"legacy GGML base: wrote its GGUF copy {target} for llama.cpp")
+    return target
