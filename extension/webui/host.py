@@ -54,12 +54,12 @@ class WebUIHost(Host):
 
     # ---- models --------------------------------------------------------------------------
     def checkpoints(self) -> list[str]:
-        """Titles of the WebUI's checkpoint dropdown."""
+        """The WebUI's checkpoint dropdown: titles in A1111, names (no ``[hash]``) in Forge."""
         sd_models = _modules("sd_models")
         try:
             return list(sd_models.checkpoint_tiles())
         except TypeError:  # Forge's signature differs between releases
-            return list(sd_models.checkpoints_list)
+            return [getattr(info, "name", title) for title, info in sd_models.checkpoints_list.items()]
 
     def refresh_checkpoints(self) -> list[str]:
         """Re-scan the WebUI's model folders."""
@@ -67,14 +67,27 @@ class WebUIHost(Host):
         return self.checkpoints()
 
     def current_checkpoint(self) -> str | None:
-        """The checkpoint selected in the WebUI's top bar."""
-        return getattr(_modules("shared").opts, "sd_model_checkpoint", None)
+        """The entry of ``checkpoints()`` for the checkpoint selected in the WebUI's top bar.
+
+        ``opts.sd_model_checkpoint`` holds a title (``name [hash]`` once hashed) while Forge's
+        dropdown lists names: both are mapped through the WebUI's own lookup.
+        """
+        selected = getattr(_modules("shared").opts, "sd_model_checkpoint", None)
+        info = _checkpoint_info(selected)
+        if info is None:
+            return selected
+        tiles = self.checkpoints()
+        for candidate in (getattr(info, "title", None), getattr(info, "name", None),
+                          getattr(info, "short_title", None)):
+            if candidate in tiles:
+                return candidate
+        return selected
 
     def checkpoint_path(self, title: str) -> str:
-        """File behind a checkpoint title."""
+        """File behind an entry of the checkpoint dropdown (title, name or alias; or a full path)."""
         if not title:
             raise UserError("no base model chosen; pick a checkpoint in Model")
-        info = _modules("sd_models").checkpoints_list.get(title)
+        info = _checkpoint_info(title)
         if info is not None:
             return str(info.filename)
         return super().checkpoint_path(title)
@@ -223,6 +236,24 @@ class WebUIHost(Host):
         matched = len(getattr(net, "modules", {}))
         verdict = "all keys match" if matched == total else f"{total - matched} module(s) did NOT match"
         return f"{Path(path).name}: WebUI Lora loader matched {matched}/{total} modules ({verdict})"
+
+
+def _checkpoint_info(title: str | None) -> Any:
+    """The WebUI's ``CheckpointInfo`` for a dropdown entry, through the WebUI's own lookup.
+
+    ``checkpoint_aliases`` knows a checkpoint by title, name, hashes and short names in both
+    hosts (``checkpoints_list`` is keyed by the title, which gains `` [hash]`` once hashed); a
+    full path is never matched by substring.
+    """
+    if not title:
+        return None
+    sd_models = _modules("sd_models")
+    aliases = getattr(sd_models, "checkpoint_aliases", None) or getattr(sd_models, "checkpoint_alisases", {})
+    info = aliases.get(title) or sd_models.checkpoints_list.get(title)
+    if info is not None or Path(title).expanduser().exists():
+        return info
+    match = getattr(sd_models, "get_closet_checkpoint_match", None)
+    return match(title) if match is not None else None
 
 
 def count_lora_modules(path: str | Path) -> int:

@@ -13,7 +13,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FAKE_WEBUI = HERE / "fake_webui"
-FAKE_NAMES = ("modules", "network", "networks")
+FAKE_FORGE = HERE / "fake_forge"
+FAKE_NAMES = ("modules", "network", "networks", "backend")
 
 
 def _purge_fake() -> None:
@@ -27,14 +28,31 @@ def fake_webui(tmp_path, monkeypatch):
     """The stand-in WebUI API on sys.path, fresh for each test, paths under tmp_path."""
     _purge_fake()
     monkeypatch.syspath_prepend(str(FAKE_WEBUI))
-    from modules import paths, shared
+    from modules import paths, sd_models, shared
 
     paths.models_path = str(tmp_path / "models")
     paths.data_path = str(tmp_path)
+    sd_models.model_path = str(tmp_path / "models" / "Stable-diffusion")
     (tmp_path / "models" / "Lora").mkdir(parents=True)
     shared.cmd_opts.lora_dir = None
     yield sys.modules["modules"]
     _purge_fake()
+
+
+@pytest.fixture
+def fake_forge(fake_webui, monkeypatch):
+    """``fake_webui`` as Forge: names in the checkpoint dropdown, ``backend.memory_management`` present."""
+    from modules import sd_models
+
+    monkeypatch.syspath_prepend(str(FAKE_FORGE))
+    sd_models.FLAVOR = "forge"
+    yield fake_webui
+
+
+@pytest.fixture(params=["a1111", "forge"])
+def any_webui(request):
+    """Each test runs once against the A1111 fake and once against the Forge fake."""
+    return request.getfixturevalue("fake_webui" if request.param == "a1111" else "fake_forge")
 
 
 @pytest.fixture(scope="session")

@@ -16,24 +16,22 @@ def webui_host(fake_webui, runner_factory, tiny_base):
 
     from extension.webui.host import WebUIHost
 
-    sd_models.checkpoints_list.clear()
-    sd_models.checkpoints_list["tiny-sd1.safetensors [abc]"] = sd_models.CheckpointInfo(
-        str(tiny_base), "tiny-sd1.safetensors [abc]")
+    sd_models.list_models([str(tiny_base)])
     sd_models.model_data.sd_model = sd_models.FakeModel()
     sd_models.CALLS.clear()
     return WebUIHost(jobs=JobManager(runner=runner_factory(steps=4)))
 
 
 def start_config(host, dataset, name="webui_lora"):
-    return {"base_model": host.checkpoint_path("tiny-sd1.safetensors [abc]"), "train_data_dir": str(dataset),
+    return {"base_model": host.checkpoint_path("tiny-sd1.safetensors"), "train_data_dir": str(dataset),
             "output_name": name, "output_dir": str(host.work_dir(name, "text-to-image"))}
 
 
 def test_models_and_folders(webui_host, tmp_path, tiny_base):
     from modules import shared
 
-    assert webui_host.checkpoints() == ["tiny-sd1.safetensors [abc]"]
-    assert webui_host.checkpoint_path("tiny-sd1.safetensors [abc]") == str(tiny_base)
+    assert webui_host.checkpoints() == ["tiny-sd1.safetensors"]
+    assert webui_host.checkpoint_path("tiny-sd1.safetensors") == str(tiny_base)
     assert webui_host.lora_dir() == tmp_path / "models" / "Lora"
     shared.cmd_opts.lora_dir = str(tmp_path / "elsewhere")
     assert webui_host.lora_dir() == tmp_path / "elsewhere"
@@ -78,7 +76,7 @@ def test_failure_still_restores(fake_webui, runner_factory, dataset, tiny_base):
 
     from extension.webui.host import WebUIHost
 
-    sd_models.checkpoints_list["t"] = sd_models.CheckpointInfo(str(tiny_base), "t")
+    sd_models.list_models([str(tiny_base)])
     host = WebUIHost(jobs=JobManager(runner=runner_factory(fail=True)))
     model = sd_models.model_data.sd_model
     host.start_job({"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_dir": "unused"})
@@ -182,3 +180,29 @@ def test_webui_interrupt_button_stops_and_saves(fake_webui, runner_factory, data
     shared.state.interrupted = True
     st = host.jobs.wait(30)
     assert st["state"] == "stopped" and st["saved"] and st["step"] < 400
+
+
+@pytest.mark.parametrize("hashed", [False, True])
+def test_preselected_checkpoint_resolves_in_both_hosts(any_webui, tiny_base, dataset, runner_factory, hashed):
+    """#10.1: the entry the tab pre-selects is found again at Start, also after the host hashed the file."""
+    from modules import sd_models, shared
+
+    from extension.ui.handlers import Handlers
+    from extension.webui.host import WebUIHost
+
+    sd_models.list_models([str(tiny_base)])
+    info = sd_models.checkpoint_aliases["tiny-sd1.safetensors"]
+    if hashed:  # what both hosts do at the first generation with the model
+        info.calculate_shorthash()
+        assert list(sd_models.checkpoints_list) == [f"tiny-sd1.safetensors [{info.shorthash}]"]
+    shared.opts.data["sd_model_checkpoint"] = info.title
+    host = WebUIHost(jobs=JobManager(runner=runner_factory(steps=2)))
+    tile = host.current_checkpoint()
+    assert tile in host.checkpoints()
+    assert tile == (info.name if sd_models.FLAVOR == "forge" else info.title)
+    assert host.checkpoint_path(tile) == str(tiny_base)
+    h = Handlers(host)
+    values = h.apply_preset("SD1.5")
+    message = h.start(str(dataset), tile, "picked", *values)
+    assert message.startswith("started training picked"), message
+    assert host.jobs.wait(30)["state"] == "done"
