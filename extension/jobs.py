@@ -21,6 +21,7 @@ log = logging.getLogger("lora_bridge.jobs")
 Runner = Callable[[Any, Callable[[TrainingEvent], None], TrainingControl], TrainResult]
 
 RUNNING_STATES = ("starting", "running", "stopping", "cancelling")
+LOADING = "loading base model…"
 MAX_LOSS_POINTS = 2000
 
 
@@ -173,6 +174,7 @@ class JobManager:
             with self._lock:
                 if self._status["state"] == "starting":
                     self._status["state"] = "running"
+                    self._status["message"] = LOADING
 
             def callback(event: TrainingEvent) -> None:
                 self._on_event(event, hooks)
@@ -185,8 +187,12 @@ class JobManager:
                 if result.final_loss is not None:
                     self._status["loss"] = result.final_loss
         except BaseException as exc:  # a failing run must never take the WebUI down
-            log.exception("LoRA Bridge training failed")
-            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, UserError):  # the user's input: one line, no traceback
+                log.warning("LoRA Bridge training refused: %s", exc)
+                message = str(exc)
+            else:
+                log.exception("LoRA Bridge training failed")
+                message = f"{type(exc).__name__}: {exc}"
         finally:
             try:
                 hooks.after_run()
@@ -227,6 +233,8 @@ class JobManager:
                 st["saved"].extend(event.paths)
                 if check:
                     st["checks"].append(check)
+            if event.kind == "start" and st["message"] == LOADING:
+                st["message"] = ""
             if event.message:
                 st["log"].append(event.message)
                 st["log"] = st["log"][-200:]
@@ -246,7 +254,7 @@ class JobManager:
             self._status["state"] = state
             self._status["message"] = message
             self._status["finished_at"] = time.time()
-            self._status["eta_seconds"] = 0 if state == "done" else self._status["eta_seconds"]
+            self._status["eta_seconds"] = 0 if state == "done" else None  # a stopped run has no ETA
 
 
 JOBS = JobManager()

@@ -31,7 +31,8 @@ IMAGE_TASK, TEXT_TASK = "text-to-image", "text-generation"
 
 
 def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, converters.AdapterError):
+    if isinstance(exc, converters.AdapterError):  # the user's input: one WARNING line, no traceback
+        log.warning("LoRA Bridge: %s", exc)
         return f"⚠️ {exc}"
     log.exception("LoRA Bridge tab error")
     return f"⚠️ {type(exc).__name__}: {exc}"
@@ -227,8 +228,9 @@ class Handlers:
         if not str(data_dir or "").strip():
             raise UserError("no image folder given; set it in Dataset")
         data = self.config_dict(IMAGE_TASK, data_dir, base, output_name, values)
-        self.host.start_job(data)
-        return f"started training {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name}"
+        started = self.host.start_job(data)
+        return (f"started training {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name} "
+                f"({started.get('dataset', '')})")
 
     @friendly(lambda msg: msg)
     def start_text(self, base: str, data_path: str, output_name: str, *values: Any) -> str:
@@ -238,8 +240,9 @@ class Handlers:
         if not str(data_path or "").strip():
             raise UserError("no text dataset given; give a .txt/.jsonl file or folder")
         data = self.config_dict(TEXT_TASK, data_path, base, output_name, values)
-        self.host.start_job(data)
-        return f"started text LoRA {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name}"
+        started = self.host.start_job(data)
+        return (f"started text LoRA {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name} "
+                f"({started.get('dataset', '')})")
 
     def stop(self) -> str:
         """Stop and save."""

@@ -116,16 +116,28 @@ class Host:
 
     # ---- jobs ----------------------------------------------------------------------------
     def start_job(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Start a training job for a config dict in the shared schema (UI and REST API)."""
-        if self.jobs.running:  # refuse before touching the per-job fields below
-            from ..jobs import JobBusyError
+        """Check ``config`` (shared schema), then start it; a refused start changes nothing.
 
+        Config, base model and dataset are checked before the job slot, the WebUI's lock or its
+        model are touched (``preflight``); the tab's per-job fields change only once it started.
+        """
+        from ..jobs import JobBusyError
+        from .preflight import check_start
+
+        if self.jobs.running:
             raise JobBusyError("a training job is already running; stop or cancel it first")
-        self.base_model = str(config.get("base_model") or "") or None
-        self.last_output_name = str(config.get("output_name") or "my_lora")
-        self.task_type = str(config.get("task_type") or "text-to-image")
+        cfg, dataset = check_start(config)
+        previous = (self.base_model, self.last_output_name, self.task_type, self.published)
+        self.base_model = str(cfg.base_model or "") or None
+        self.last_output_name = str(cfg.output_name or "my_lora")
+        self.task_type = str(cfg.task_type or "text-to-image")
         self.published = []
-        return self.jobs.start(config, hooks=self)
+        try:
+            status = self.jobs.start(cfg, hooks=self)
+        except BaseException:
+            self.base_model, self.last_output_name, self.task_type, self.published = previous
+            raise
+        return {**status, "dataset": dataset}
 
     def before_run(self) -> None:
         """Nothing to free standalone."""

@@ -89,20 +89,29 @@ def tiny_lora(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> Path:
-    """Three small captioned PNGs (one without caption) in a kohya repeat folder."""
+def _write_dataset(root: Path, captioned: int) -> Path:
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("data")
     folder = root / "2_cat"
     folder.mkdir()
     rng = np.random.default_rng(1)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-        if i < 2:
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        if i < captioned:
             (folder / f"img{i}.txt").write_text(f"a cat number {i}\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """Three small captioned PNGs in a kohya repeat folder (a clean dataset: training starts)."""
+    return _write_dataset(tmp_path_factory.mktemp("data"), captioned=3)
+
+
+@pytest.fixture(scope="session")
+def uncaptioned_dataset(tmp_path_factory) -> Path:
+    """The same, with img2.png left without a caption (lint, captioners, bad_data)."""
+    return _write_dataset(tmp_path_factory.mktemp("data_missing"), captioned=2)
 
 
 def make_fake_runner(lora_file: Path, steps: int = 6, delay: float = 0.05, fail: bool = False):
@@ -150,3 +159,13 @@ def fake_runner(tiny_lora):
 def runner_factory(tiny_lora):
     """make_fake_runner bound to the tiny LoRA: ``runner_factory(steps=..., delay=..., fail=...)``."""
     return lambda **kw: make_fake_runner(tiny_lora, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny LLaMA GGUF base (Q8_0), built in code."""
+    from extension.tiny.llama import build_tiny_llama, tiny_vocab, write_tiny_gguf
+
+    vocab = tiny_vocab()
+    model = build_tiny_llama(vocab=vocab)
+    return write_tiny_gguf(model, tmp_path_factory.mktemp("llm") / "tiny-q8_0.gguf", qtype="Q8_0", vocab=vocab)

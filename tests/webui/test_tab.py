@@ -15,13 +15,13 @@ from extension.ui.tab import build_tab
 
 
 @pytest.fixture
-def models_dir(tmp_path, tiny_base):
+def models_dir(tmp_path, tiny_base, tiny_gguf):
     folder = tmp_path / "models"
     folder.mkdir()
     shutil.copy(tiny_base, folder / tiny_base.name)
     shutil.copy(tiny_base.with_suffix(".yaml"), folder / tiny_base.with_suffix(".yaml").name)
     (folder / "llm").mkdir()
-    (folder / "llm" / "tiny.gguf").write_bytes(b"GGUF")
+    shutil.copy(tiny_gguf, folder / "llm" / "tiny.gguf")
     return folder
 
 
@@ -42,10 +42,10 @@ def test_tab_builds_with_model_lists(built, tiny_base):
     assert "ggml_rms_eps" in [f.name for f in h.text_fields]
 
 
-def test_dataset_gallery_and_caption_editing(built, dataset, tmp_path):
+def test_uncaptioned_dataset_gallery_and_caption_editing(built, uncaptioned_dataset, tmp_path):
     _, h, _ = built
     data = tmp_path / "data"
-    shutil.copytree(dataset, data)
+    shutil.copytree(uncaptioned_dataset, data)
     gallery, summary, first, caption = h.load_dataset(str(data))
     assert len(gallery) == 3 and "3 image(s), 1 without caption" in summary
     assert first.endswith("img0.png") and caption == "a cat number 0"
@@ -149,8 +149,8 @@ def test_text_start_goes_through_the_same_job(built, tmp_path):
     assert host.published == []  # text adapters are not copied into the image Lora folder
 
 
-def test_lint_report_names_the_uncaptioned_image(built, dataset):
+def test_lint_report_names_the_uncaptioned_image(built, uncaptioned_dataset):
     _, h, _ = built
-    report = h.lint(str(dataset))
+    report = h.lint(str(uncaptioned_dataset))
     assert "3 image(s)" in report and "img2.png" in report
-    assert h.lint(str(dataset / "nope")).startswith("⚠️")
+    assert h.lint(str(uncaptioned_dataset / "nope")).startswith("⚠️")

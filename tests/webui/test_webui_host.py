@@ -109,17 +109,17 @@ def test_no_loaded_model_is_not_loaded_for_unloading(webui_host, dataset):
     assert st["checks"][0].endswith("4/4 modules match tiny-sd1.safetensors (all keys match) (format-layer check)")
 
 
-def test_webui_captioners(webui_host, dataset, tmp_path):
+def test_webui_captioners(webui_host, uncaptioned_dataset, tmp_path):
     import shutil
 
     from extension.ui.handlers import Handlers
 
     data = tmp_path / "d"
-    shutil.copytree(dataset, data)
+    shutil.copytree(uncaptioned_dataset, data)
     h = Handlers(webui_host)
     assert webui_host.captioners() == ["BLIP (WebUI)", "DeepBooru (WebUI)"]
     assert h.auto_caption(str(data), "BLIP (WebUI)", False).startswith("captioned 1 image(s)")
-    assert (data / "2_cat" / "img2.txt").read_text().strip() == "a photo 32x32"
+    assert (data / "2_cat" / "img2.txt").read_text().strip() == "a photo 64x64"
     assert h.auto_caption(str(data), "DeepBooru (WebUI)", True).startswith("captioned 3 image(s)")
     assert (data / "2_cat" / "img0.txt").read_text().strip() == "1girl, solo"
 
@@ -206,3 +206,67 @@ def test_preselected_checkpoint_resolves_in_both_hosts(any_webui, tiny_base, dat
     message = h.start(str(dataset), tile, "picked", *values)
     assert message.startswith("started training picked"), message
     assert host.jobs.wait(30)["state"] == "done"
+
+
+def _webui_client(host):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from extension.api import register
+
+    app = FastAPI()
+    register(app, host)
+    return TestClient(app)
+
+
+def test_bad_starts_are_refused_before_anything_is_touched(webui_host, dataset, uncaptioned_dataset, tmp_path,
+                                                           tiny_gguf, tiny_lora, caplog):
+    """#10.2: config, base and dataset are checked first: 400 + one line; no lock, unload, folder or state."""
+    import logging
+
+    from modules import call_queue, sd_models, shared
+
+    client = _webui_client(webui_host)
+    good = start_config(webui_host, dataset, name="refused")
+    bad_inputs = {
+        "missing dataset": ({**good, "train_data_dir": str(tmp_path / "nope")}, "nope"),
+        "missing base": ({**good, "base_model": str(tmp_path / "gone.safetensors")}, "gone.safetensors"),
+        "text model as image base": ({**good, "base_model": str(tiny_gguf)}, "not a Stable Diffusion checkpoint"),
+        "a LoRA as image base": ({**good, "base_model": str(tiny_lora)}, "not a Stable Diffusion checkpoint"),
+        "bad_data fail": ({**good, "train_data_dir": str(uncaptioned_dataset)}, "without caption"),
+        "unknown key": ({**good, "lora_rnak": 4}, "lora_rank"),
+    }
+    shared.CALLS.clear()
+    for label, (body, expected) in bad_inputs.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="lora_bridge"):
+            answer = client.post("/lora-bridge/v1/start", json=body)
+        assert answer.status_code == 400, (label, answer.text)
+        error = answer.json()["error"]
+        assert expected in error and "\n" not in error, (label, error)
+        assert [r.levelname for r in caplog.records] == ["WARNING"] and not caplog.records[0].exc_info, label
+    malformed = client.post("/lora-bridge/v1/start", content=b"{not json",
+                            headers={"content-type": "application/json"})
+    assert malformed.status_code == 400 and "not valid JSON" in malformed.json()["error"]
+    assert sd_models.CALLS == [] and not call_queue.queue_lock.locked()  # nothing unloaded or locked
+    assert not any(c[0] == "state.begin" for c in shared.CALLS)
+    assert not (tmp_path / "outputs").exists()  # no run folder
+    assert webui_host.jobs.status()["state"] == "idle"
+    assert webui_host.last_output_name is None and webui_host.base_model is None
+
+
+def test_refused_start_changes_no_tab_state(webui_host, dataset, tmp_path):
+    """#10.3: after a finished run, a refused start leaves name, base and published files as they were."""
+    from extension.ui.handlers import Handlers
+
+    h = Handlers(webui_host)
+    values = h.apply_preset("SD1.5")
+    assert h.start(str(dataset), "tiny-sd1.safetensors", "kept", *values).startswith("started training kept")
+    assert webui_host.jobs.wait(30)["state"] == "done"
+    before = (webui_host.last_output_name, webui_host.base_model, list(webui_host.published), webui_host.task_type)
+    assert before[2]  # published into the Lora folder
+    refused = h.start(str(tmp_path / "missing"), "tiny-sd1.safetensors", "busy", *values)
+    assert refused.startswith("⚠️") and "missing" in refused
+    assert (webui_host.last_output_name, webui_host.base_model, list(webui_host.published),
+            webui_host.task_type) == before
+    assert h.lora_tag(webui_host.last_output_name, 0.7) == "<lora:kept:0.7>"
