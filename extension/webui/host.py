@@ -205,8 +205,8 @@ class WebUIHost(Host):
         state.sampling_step = event.step
         loss = f", loss {event.loss:.4f}" if event.loss is not None else ""
         state.textinfo = f"LoRA training: step {event.step}/{event.total_steps}{loss}"
-        if getattr(state, "interrupted", False):  # the WebUI's own Interrupt button: stop and save
-            self.jobs.stop()
+        # shared.state.interrupted is not read: the WebUI's Interrupt button is for the generation
+        # queued behind this run; training stops only from the tab or the API.
 
     # ---- Lora folder and loader ------------------------------------------------------------
     def refresh_loras(self) -> str:
