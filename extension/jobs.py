@@ -209,7 +209,8 @@ class JobManager:
                 try:
                     check = hooks.after_save(path)
                 except Exception as exc:
-                    check = f"{path}: could not check with the WebUI loader: {exc}"
+                    log.warning("LoRA Bridge: could not check %s: %s", path, exc)
+                    check = f"{path}: could not check: {exc}"
         with self._lock:
             st = self._status
             if event.total_steps:

@@ -308,9 +308,12 @@ class Handlers:
     @friendly(lambda msg: msg)
     def check_file(self, path: str) -> str:
         """Run the loader check on any LoRA file."""
-        if not path:
-            raise UserError("give the path of a .safetensors LoRA to check")
-        return self.host.check_lora(str(Path(path).expanduser()))
+        if not str(path or "").strip():
+            raise UserError("give the path of a LoRA to check (.safetensors, .gguf or a PEFT folder)")
+        target = Path(str(path).strip()).expanduser()
+        if not target.exists():
+            raise UserError(f"{target}: no such file; give the path of a LoRA (.safetensors, .gguf or a PEFT folder)")
+        return self.host.check_lora(str(target), image=target.suffix.lower() == ".safetensors")
 
     # ---- Convert -------------------------------------------------------------------------
     @friendly(lambda msg: msg)
@@ -321,6 +324,8 @@ class Handlers:
         options = {"dtype": dtype} if dtype else {}
         out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
                                  arch=arch or None, force=bool(force), **options)
+        if _inside(Path(out), self.host.lora_dir()):
+            return f"wrote {out}; {self.host.refresh_loras() or 'Lora list refreshed'}"
         return f"wrote {out}"
 
     @friendly(lambda msg: msg)
@@ -356,6 +361,15 @@ class Handlers:
         llm.eval(tokens)
         del llm
         return f"llama.cpp loaded {Path(base_path).name} + {Path(adapter).name} and evaluated {len(tokens)} tokens"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or below it."""
+    try:
+        path.resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def publish(src: str | Path, lora_dir: str | Path) -> Path:

@@ -210,26 +210,30 @@ class WebUIHost(Host):
 
     # ---- Lora folder and loader ------------------------------------------------------------
     def refresh_loras(self) -> str:
-        """Re-list the Lora folder so the cards (refreshed by javascript) show the new file."""
+        """Re-list the Lora folder (what ``/sdapi/v1/loras`` and the Lora cards read)."""
         networks = sys.modules.get("networks")
         if networks is not None and hasattr(networks, "list_available_networks"):
             networks.list_available_networks()
             return "Lora list refreshed"
         return "Lora built-in not loaded; press the Lora tab's refresh button"
 
-    def check_lora(self, path: str, base: str | None = None) -> str:
-        """Load ``path`` through the WebUI's ``networks.load_network``; count modules that matched.
+    def check_lora(self, path: str, base: str | None = None, image: bool = True) -> str:
+        """Load an image LoRA through the WebUI's ``networks.load_network``; count modules that matched.
 
-        Falls back to the format layer's check where the A1111 loader is absent (Forge's differs).
+        Only a ``.safetensors`` image LoRA is handed to the WebUI's loader (it would unpickle
+        anything else). Text adapters, other files, Forge (whose loader differs) and a WebUI
+        with no model loaded get the format layer's check.
         """
         networks = sys.modules.get("networks")
         network = getattr(networks, "network", None) or sys.modules.get("network")  # networks.py imports it
         check = _modules("shared").opts.data.get("lora_bridge_check_with_loader", True)
         loaded = getattr(_modules("sd_models").model_data, "sd_model", None) is not None  # never load one to check
-        if not (check and loaded) or is_forge() or networks is None or not hasattr(network, "NetworkOnDisk"):
+        safetensors_file = Path(path).is_file() and Path(path).suffix.lower() == ".safetensors"
+        if (not (check and loaded and image and safetensors_file) or is_forge() or networks is None
+                or not hasattr(network, "NetworkOnDisk")):
             if base is None and self.base_model:
                 base = self.base_model
-            return super().check_lora(path, base) + " (format-layer check)"
+            return super().check_lora(path, base, image=image) + " (format-layer check)"
         name = Path(path).stem
         net = networks.load_network(name, network.NetworkOnDisk(name, str(path)))
         total = count_lora_modules(path)

@@ -169,3 +169,20 @@ def tiny_gguf(tmp_path_factory) -> Path:
     vocab = tiny_vocab()
     model = build_tiny_llama(vocab=vocab)
     return write_tiny_gguf(model, tmp_path_factory.mktemp("llm") / "tiny-q8_0.gguf", qtype="Q8_0", vocab=vocab)
+
+
+@pytest.fixture(scope="session")
+def text_adapters(tmp_path_factory, tiny_gguf) -> tuple[Path, Path]:
+    """(GGUF adapter, PEFT folder) from a real 2-step text run on ``tiny_gguf``."""
+    from extension.config import config_from_dict
+    from extension.training.runner import run_training
+
+    root = tmp_path_factory.mktemp("text_run")
+    (root / "t.txt").write_text("hello world\n" * 20)
+    cfg = config_from_dict({"task_type": "text-generation", "base_model": str(tiny_gguf), "output_name": "tl",
+                            "train_data_dir": str(root / "t.txt"), "output_dir": str(root / "run"),
+                            "max_train_steps": 2, "llama_cpp_check": "off"})
+    result = run_training(cfg)
+    gguf = next(Path(p) for p in result.output_files if p.endswith(".gguf"))
+    peft = next(Path(p) for p in result.output_files if Path(p).is_dir())
+    return gguf, peft

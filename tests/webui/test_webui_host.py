@@ -67,7 +67,7 @@ def test_training_frees_vram_holds_lock_and_restores(webui_host, dataset, tmp_pa
     published = tmp_path / "models" / "Lora" / "webui_lora.safetensors"
     assert published.is_file() and webui_host.published == [str(published)]
     assert st["checks"] == ["webui_lora.safetensors: WebUI Lora loader matched 2/4 modules (2 module(s) did NOT match)"]
-    assert ("load_network", "webui_lora") in networks.CALLS
+    assert ("load_network", "webui_lora", str(published)) in networks.CALLS
     assert webui_host.refresh_loras() == "Lora list refreshed"
 
 
@@ -105,7 +105,7 @@ def test_no_loaded_model_is_not_loaded_for_unloading(webui_host, dataset):
     webui_host.start_job(start_config(webui_host, dataset))
     st = webui_host.jobs.wait(30)
     assert st["state"] == "done"
-    assert sd_models.CALLS == [] and networks.CALLS == []  # no model is loaded just to check the file
+    assert sd_models.CALLS == [] and not any(c[0] == "load_network" for c in networks.CALLS)  # no model loaded to check
     assert st["checks"][0].endswith("4/4 modules match tiny-sd1.safetensors (all keys match) (format-layer check)")
 
 
@@ -281,3 +281,42 @@ def test_refused_start_changes_no_tab_state(webui_host, dataset, tmp_path):
     assert (webui_host.last_output_name, webui_host.base_model, list(webui_host.published),
             webui_host.task_type) == before
     assert h.lora_tag(webui_host.last_output_name, 0.7) == "<lora:kept:0.7>"
+
+
+def test_published_lora_is_listed_at_once(any_webui, runner_factory, dataset, tiny_base, tiny_lora, tmp_path):
+    """#10.5: training and Convert into the Lora folder re-list it (what /sdapi/v1/loras and the cards read)."""
+    import networks
+    from modules import sd_models
+
+    from extension.ui.handlers import Handlers
+    from extension.webui.host import WebUIHost
+
+    sd_models.list_models([str(tiny_base)])
+    host = WebUIHost(jobs=JobManager(runner=runner_factory(steps=2)))
+    networks.list_available_networks()  # the WebUI's startup scan
+    assert "listed" not in networks.available_networks
+    host.start_job({"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_name": "listed",
+                    "output_dir": str(host.work_dir("listed", "text-to-image"))})
+    assert host.jobs.wait(30)["state"] == "done"
+    assert networks.available_networks["listed"].filename == str(host.lora_dir() / "listed.safetensors")
+    h = Handlers(host)
+    message = h.convert(str(tiny_lora), str(host.lora_dir() / "converted.safetensors"), "kohya", "", "", "", False)
+    assert message.startswith("wrote") and "converted" in networks.available_networks, message
+
+
+def test_text_adapters_never_reach_the_webui_loader(fake_webui, tiny_gguf, text_adapters):
+    """#15.2: a GGUF or PEFT text adapter is checked against its base only; the WebUI's loader never opens it."""
+    import networks
+
+    from extension.ui.handlers import Handlers
+    from extension.webui.host import WebUIHost
+
+    gguf, peft = text_adapters
+    host = WebUIHost(jobs=JobManager())
+    host.base_model, host.task_type = str(tiny_gguf), "text-generation"
+    for path in (gguf, peft):
+        line = host.after_save(str(path))
+        assert "modules match tiny-q8_0.gguf (all keys match)" in line, line
+        checked = Handlers(host).check_file(str(path))
+        assert "modules match tiny-q8_0.gguf" in checked and "WebUI Lora loader" not in checked, checked
+    assert networks.CALLS == []
