@@ -77,6 +77,11 @@ def poll(blocks: Any, fn: Callable[..., Any], inputs: Sequence[Any], outputs: Se
     return blocks.load(fn, list(inputs), list(outputs), every=seconds, show_progress=False)
 
 
+def hidden_progress() -> Any:
+    """``show_progress`` value that hides the loading status: False in 3.x, "hidden" from 4.0."""
+    return False if major() < 4 else "hidden"
+
+
 def _on_launch(name: str) -> bool:
     """gradio 6 takes ``css``/``head`` in ``launch()``; 3.41 and 4.x in ``Blocks()``."""
     return name in inspect.signature(gradio().Blocks.launch).parameters

@@ -20,6 +20,7 @@ import yaml
 
 from .._converters import converters
 from ..errors import UserError
+from ..jobs import RUNNING_STATES
 from . import chart, dataset_view
 from .form import FormField, from_widget, schema_fields, to_widget
 from .host import Host
@@ -28,6 +29,7 @@ from .presets import preset_values
 log = logging.getLogger("lora_bridge.ui")
 
 IMAGE_TASK, TEXT_TASK = "text-to-image", "text-generation"
+LOADING = "loading base model…"
 
 
 def _error_text(exc: BaseException) -> str:
@@ -245,44 +247,117 @@ class Handlers:
                 f"({started.get('dataset', '')})")
 
     def stop(self) -> str:
-        """Stop and save."""
+        """Stop and save (says so when no run is in progress)."""
+        st = self.host.jobs.status()
+        if st["state"] not in RUNNING_STATES:
+            return self._nothing_running(st)
         return f"{self.host.jobs.stop()['state']}: the run saves after the current step"
 
     def cancel(self) -> str:
-        """Cancel without a final file."""
+        """Cancel without a final file (says so when no run is in progress)."""
+        st = self.host.jobs.status()
+        if st["state"] not in RUNNING_STATES:
+            return self._nothing_running(st)
         return f"{self.host.jobs.cancel()['state']}: the run ends without a final file"
 
-    def poll(self, seen: Any = "") -> list[Any]:
-        """[progress html, status markdown, loss chart, samples gallery, output markdown, lora name, seen].
+    def _nothing_running(self, st: dict[str, Any]) -> str:
+        if st["state"] == "idle":
+            return "no run in progress"
+        return f"no run in progress; the last run ({self.host.last_output_name}) ended: {st['state']}"
 
-        ``seen`` ("job/samples") keeps the gallery and the LoRA name box from being re-sent every poll.
+    # ---- live view (polled) --------------------------------------------------------------
+    def ticks(self) -> list[str]:
+        """[view tick, samples tick, result tick]: short strings that change only when what they stand for does.
+
+        The poll writes only these (hidden) boxes and has no inputs: gradio 3.41's ``every=``
+        re-sends the inputs captured at page load, and an output that is also edited by the user
+        would be overwritten every tick. Their ``change`` events redraw the visible parts.
+        """
+        st = self.host.jobs.status()
+        job = st["job_id"]
+        view = "|".join(str(v) for v in (job, st["state"], st["step"], st["total_steps"], st["epoch"],
+                                          len(st["losses"]), len(st["saved"]), len(st["checks"]), len(st["log"]),
+                                          st["message"], len(self.host.published)))
+        ended = st["state"] if st["state"] not in RUNNING_STATES and st["state"] != "idle" else ""
+        return [view, f"{job}|{len(st['samples'])}", f"{job}|{ended}"]
+
+    def view(self) -> list[Any]:
+        """[image progress, image status, image loss chart, output markdown, text progress, text status,
+        text loss chart, text result]: each sub-tab shows the job of its own kind."""
+        st = self.host.jobs.status()
+        text_job = self.host.task_type == TEXT_TASK and st["job_id"]
+        image_job = not text_job and st["job_id"]
+        image = self._job_view(st, "image") if image_job else self._other_view("a text LoRA (see Text LoRA)"
+                                                                                if text_job else "")
+        text = self._job_view(st, "text") if text_job else self._other_view("an image LoRA (see Train)"
+                                                                             if image_job else "")
+        return [*image, self.output_markdown(st) if not text_job else self.output_markdown(None),
+                *text, self.text_result_markdown(st) if text_job else ""]
+
+    def _other_view(self, other: str) -> tuple[str, str, str]:
+        note = f"The current job is {other}." if other else ""
+        return chart.progress_html(0, 0, "idle", None), note, chart.loss_svg([])
+
+    def _job_view(self, st: dict[str, Any], kind: str) -> tuple[str, str, str]:
+        running = st["state"] in RUNNING_STATES
+        eta_seconds = st["eta_seconds"] if running else None
+        progress = chart.progress_html(st["step"], st["total_steps"], st["state"], eta_seconds)
+        name = html.escape(str(self.host.last_output_name or ""))
+        if running and not st["total_steps"]:
+            status = f"**{st['state']}** · `{name}` · {html.escape(st['message'] or LOADING)}"
+            return progress, status, chart.loss_svg(st["losses"])
+        loss = "—" if st["loss"] is None else f"{st['loss']:.4f}"
+        speed = "" if not (running and st["it_per_second"]) else f" · {st['it_per_second']:.2f} it/s"
+        eta = "" if eta_seconds is None else f" · ETA {chart.format_eta(eta_seconds)}"
+        epochs = f" · epoch {st['epoch'] + 1}" + (f"/{st['epochs']}" if st.get("epochs") else "") \
+            if st["step"] else ""
+        who = f"`{name}`" if running else f"last run `{name}`"
+        status = (f"**{st['state']}** · {who} · step {st['step']}/{st['total_steps']}{epochs} · "
+                  f"loss {loss}{speed}{eta}")
+        if st["message"]:
+            status += "\n\n" + html.escape(st["message"]).replace("\n", "  \n")
+        return progress, status, chart.loss_svg(st["losses"])
+
+    def samples_view(self) -> Any:
+        """The samples gallery (sent only when a sample was added, see ``ticks``)."""
+        st = self.host.jobs.status()
+        if self.host.task_type == TEXT_TASK:
+            return []
+        return dataset_view.thumbnails([(p, Path(p).name) for p in st["samples"][-12:]], 512)
+
+    def result_view(self) -> list[Any]:
+        """[image LoRA name box, GGUF adapter box] once a job has ended; unchanged otherwise.
+
+        The image Output tab only ever gets an image LoRA's name (one that was published); the
+        Text LoRA tab's check box gets the GGUF adapter.
         """
         from .compat import update
 
         st = self.host.jobs.status()
-        progress = chart.progress_html(st["step"], st["total_steps"], st["state"], st["eta_seconds"])
-        loss = "—" if st["loss"] is None else f"{st['loss']:.4f}"
-        speed = "" if not st["it_per_second"] else f" · {st['it_per_second']:.2f} it/s"
-        eta = "" if st["eta_seconds"] is None else f" · ETA {chart.format_eta(st['eta_seconds'])}"
-        status = (f"**{st['state']}** · step {st['step']}/{st['total_steps']} · epoch {st['epoch']} · "
-                  f"loss {loss}{speed}{eta}")
-        if st["message"]:
-            status += f"\n\n{html.escape(st['message'])}"
-        job, _, count = str(seen or "").partition("/")
-        now_job, now_count = str(st["job_id"]), str(len(st["samples"]))
-        gallery = update()
-        if now_count != count or now_job != job:
-            gallery = update(value=dataset_view.thumbnails([(p, Path(p).name) for p in st["samples"][-12:]], 512))
-        name = update()
-        if now_job != job and self.host.last_output_name:
-            name = update(value=self.host.last_output_name)
-        return [progress, status, chart.loss_svg(st["losses"]), gallery, self.output_markdown(st), name,
-                f"{now_job}/{now_count}"]
+        if st["state"] in RUNNING_STATES or st["state"] == "idle":
+            return [update(), update()]
+        if self.host.task_type == TEXT_TASK:
+            adapters = [p for p in st["output_files"] or st["saved"] if str(p).endswith(".gguf")]
+            return [update(), update(value=adapters[-1]) if adapters else update()]
+        if self.host.published:
+            return [update(value=Path(self.host.published[-1]).stem), update()]
+        return [update(), update()]
+
+    def text_result_markdown(self, st: dict[str, Any]) -> str:
+        """Where a text run's files landed and how they were checked."""
+        lines = [f"- saved `{path}`" for path in st["saved"][-10:]]
+        lines += [f"- ✔ {c}" if "all keys match" in c else f"- ⚠️ {c}" for c in st["checks"][-10:]]
+        return "\n".join(lines)
+
+    def poll(self, seen: Any = "") -> list[Any]:
+        """Everything at once (tests, the REST-free standalone): ``view()`` + samples + result."""
+        return [*self.view(), self.samples_view(), *self.result_view()]
 
     def output_markdown(self, st: dict[str, Any] | None = None) -> str:
-        """Files written by the run and what the WebUI's loader made of them."""
-        st = st or self.host.jobs.status()
+        """Files written by the run and what the WebUI's loader made of them (image runs only)."""
         lines = [f"Lora folder: `{self.host.lora_dir()}`"]
+        if st is None:
+            return lines[0]
         for path in self.host.published:
             lines.append(f"- published `{path}`")
         for path in st["saved"][-10:]:

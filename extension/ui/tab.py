@@ -186,14 +186,20 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     text_start = compat.make("Button", "Start text training", variant="primary")
                     text_stop = compat.make("Button", "Stop & save")
                     text_cancel = compat.make("Button", "Cancel")
-                text_msg = gr.Markdown("")
-                text_progress = gr.HTML(progress_html(0, 0, "idle", None))
+                text_msg = gr.Markdown("", elem_id=f"{ELEM}_text_msg")
+                text_progress = gr.HTML(progress_html(0, 0, "idle", None), elem_id=f"{ELEM}_text_progress")
+                text_status = gr.Markdown("", elem_id=f"{ELEM}_text_status")
+                text_chart = gr.HTML(loss_svg([]), elem_id=f"{ELEM}_text_loss_chart")
+                text_result = gr.Markdown("", elem_id=f"{ELEM}_text_result")
                 with gr.Row():
-                    text_adapter = compat.make("Textbox", label="GGUF adapter to check with llama.cpp", scale=3)
+                    text_adapter = compat.make("Textbox", label="GGUF adapter to check with llama.cpp", scale=3,
+                                               elem_id=f"{ELEM}_text_adapter")
                     text_check = compat.make("Button", "llama.cpp check")
                 text_check_msg = gr.Markdown("")
 
-        shown = gr.State("")
+        # Written by the poll only; hidden by style.css. Their change events redraw the visible parts.
+        ticks = [compat.make("Textbox", value="", show_label=False, container=False, elem_id=f"{ELEM}_tick_{n}",
+                             elem_classes=["lora-bridge-tick"]) for n in ("view", "samples", "result")]
 
         # ---- events ---------------------------------------------------------------------
         compat.on(load_btn.click, h.load_dataset, [data_dir], [gallery, data_summary, image_path, caption])
@@ -228,13 +234,13 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
         compat.on(text_cancel.click, h.cancel, None, [text_msg])
         compat.on(text_check.click, h.llama_cpp_check, [text_base, text_adapter], [text_check_msg])
 
-        def poll(seen: Any) -> list[Any]:
-            values = h.poll(seen)
-            return [*values, values[0]]
-
-        compat.poll(tab, poll, [shown],
-                    [progress, status, loss_chart, samples, output_md, lora_name, shown, text_progress],
-                    POLL_SECONDS)
+        compat.poll(tab, h.ticks, [], ticks, POLL_SECONDS)
+        quiet = {"show_progress": compat.hidden_progress()}
+        compat.on(ticks[0].change, h.view, None, [progress, status, loss_chart, output_md, text_progress,
+                                                  text_status, text_chart, text_result], **quiet)
+        compat.on(ticks[1].change, h.samples_view, None, [samples], **quiet)
+        result_dep = compat.on(ticks[2].change, h.result_view, None, [lora_name, text_adapter], **quiet)
+        compat.on(result_dep.then, None, None, None, js=REFRESH_JS)
     tab.lora_bridge_handlers = h  # tests reach the handlers of a built tab
     return tab
 

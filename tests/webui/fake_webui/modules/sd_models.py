@@ -100,7 +100,7 @@ re_strip_checksum = re.compile(r"\s*\[[^]]+]\s*$")
 def get_closet_checkpoint_match(search_string):
     if not search_string:
         return None
-    checkpoint_info = checkpoint_aliases.get(search_string, None)
+    checkpoint_info = checkpoint_aliases.get(search_string)
     if checkpoint_info is not None:
         return checkpoint_info
     found = sorted([info for info in checkpoints_list.values() if search_string in info.title],
