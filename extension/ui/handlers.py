@@ -149,9 +149,13 @@ class Handlers:
         return f"Detected: **{arch or 'unknown'}** ({len(shapes)} LoRA-able modules) — `{path}`"
 
     # ---- Settings ------------------------------------------------------------------------
+    def preset_dict(self, name: str) -> dict[str, Any]:
+        """The preset's values for the image fields (the rest stay at the schema default)."""
+        return preset_values(name, {f.name for f in self.image_fields})
+
     def apply_preset(self, name: str) -> list[Any]:
         """Widget values of every image field: schema defaults, then the preset."""
-        values = preset_values(name, {f.name for f in self.image_fields})
+        values = self.preset_dict(name)
         return [to_widget(f, values.get(f.name, f.default)) for f in self.image_fields]
 
     def config_dict(self, task: str, data_dir: str, base: str, output_name: str,
@@ -397,8 +401,14 @@ class Handlers:
         if not src or not dst:
             raise UserError("give a source file and a destination")
         options = {"dtype": dtype} if dtype else {}
-        out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
-                                 arch=arch or None, force=bool(force), **options)
+        try:
+            out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
+                                     arch=arch or None, force=bool(force), **options)
+        except converters.AdapterError as exc:
+            if "--force" in str(exc):  # the CLI's wording; here it is a checkbox
+                raise UserError(str(exc).replace("pass --force to overwrite it", "tick Overwrite to replace it")
+                                .replace("--force", "Overwrite")) from None
+            raise
         if _inside(Path(out), self.host.lora_dir()):
             return f"wrote {out}; {self.host.refresh_loras() or 'Lora list refreshed'}"
         return f"wrote {out}"

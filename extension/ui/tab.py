@@ -25,11 +25,28 @@ SEND_JS = ("(name, weight) => (window.loraBridgeSendToTxt2img ? window.loraBridg
 REFRESH_JS = "() => { if (window.loraBridgeRefreshCards) { window.loraBridgeRefreshCards(); } return []; }"
 
 
-def _field_widget(field: FormField, prefix: str) -> Any:
-    """One input for a schema field."""
-    label = field.name
-    value = to_widget(field, field.default)
-    common = {"label": label, "info": field.help[:160], "elem_id": f"{ELEM}_{prefix}_{field.name}"}
+def field_label(name: str) -> str:
+    """A schema key in words: ``lora_rank`` -> "LoRA rank", ``te_lr`` -> "TE lr"."""
+    words = name.split("_")
+    special = {"lora": "LoRA", "lr": "LR", "te": "TE", "snr": "SNR", "ema": "EMA", "vae": "VAE", "gguf": "GGUF",
+               "ggml": "GGML", "cpp": "cpp", "kv": "KV", "rms": "RMS", "eps": "eps", "reso": "resolution",
+               "dir": "folder", "n": "N", "dtype": "dtype", "id": "ID", "fp16": "fp16", "bf16": "bf16"}
+    out = [special.get(w, w) for w in words]
+    text = " ".join(out)
+    return text[0].upper() + text[1:] if text and text[0].islower() else text
+
+
+def help_text(doc: str) -> str:
+    """Help under an input: plain words (gradio shows ``info`` as text, so no Markdown backticks)."""
+    text = doc.replace("`", "")
+    return text if len(text) <= 200 else text[:197].rsplit(" ", 1)[0] + "…"
+
+
+def _field_widget(field: FormField, prefix: str, initial: dict[str, Any] | None = None) -> Any:
+    """One input for a schema field (``initial``: values that replace the schema default, e.g. a preset)."""
+    label = field_label(field.name)
+    value = to_widget(field, (initial or {}).get(field.name, field.default))
+    common = {"label": label, "info": help_text(field.help), "elem_id": f"{ELEM}_{prefix}_{field.name}"}
     if field.kind == "bool":
         return compat.make("Checkbox", value=bool(value), **common)
     if field.kind in ("int", "float"):
@@ -41,7 +58,7 @@ def _field_widget(field: FormField, prefix: str) -> Any:
     return compat.make("Textbox", value=value, lines=1, **common)
 
 
-def _fields(fields: list[FormField], prefix: str) -> list[Any]:
+def _fields(fields: list[FormField], prefix: str, initial: dict[str, Any] | None = None) -> list[Any]:
     """Basic fields in two columns, the rest in an Advanced accordion; returns widgets in field order."""
     gr = compat.gradio()
     widgets: dict[str, Any] = {}
@@ -51,12 +68,12 @@ def _fields(fields: list[FormField], prefix: str) -> list[Any]:
         for column in (basic[::2], basic[1::2]):
             with gr.Column():
                 for f in column:
-                    widgets[f.name] = _field_widget(f, prefix)
+                    widgets[f.name] = _field_widget(f, prefix, initial)
     with gr.Accordion("Advanced", open=False), gr.Row():
         for column in (advanced[::2], advanced[1::2]):
             with gr.Column():
                 for f in column:
-                    widgets[f.name] = _field_widget(f, prefix)
+                    widgets[f.name] = _field_widget(f, prefix, initial)
     return [widgets[f.name] for f in fields]
 
 
@@ -64,6 +81,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
     """Build the tab's ``gr.Blocks`` for ``host``; ``Handlers`` does the work."""
     gr = compat.gradio()
     h = Handlers(host)
+    start_preset = default_preset if default_preset in PRESETS else next(iter(PRESETS))
     with compat.blocks() as tab:
         gr.Markdown("## LoRA Training — LoRA Bridge")
         with gr.Tabs():
@@ -107,10 +125,11 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
             # ---- Settings ---------------------------------------------------------------
             with gr.Tab("Settings"):
                 with gr.Row():
-                    preset = compat.make("Radio", choices=list(PRESETS), value=default_preset or next(iter(PRESETS)),
-                                         label="Preset", scale=3)
+                    preset = compat.make("Radio", choices=list(PRESETS), value=start_preset, label="Preset",
+                                         info="the form below holds this preset's values until you change them",
+                                         scale=3)
                     preset_btn = compat.make("Button", "Apply preset", scale=1)
-                image_widgets = _fields(h.image_fields, "img")
+                image_widgets = _fields(h.image_fields, "img", h.preset_dict(start_preset))
                 with gr.Accordion("YAML (shared config schema: same file as `lora-bridge train --config`)",
                                   open=False):
                     yaml_box = compat.make("Textbox", label="YAML, or the path of a .yaml file", lines=10,

@@ -50,6 +50,7 @@ class WebUIHost(Host):
     def __init__(self, jobs: JobManager | None = None) -> None:
         super().__init__(jobs=jobs)
         self._lock_held = False
+        self._exclusive = True
         self._unloaded_model: Any = None
 
     # ---- models --------------------------------------------------------------------------
@@ -154,8 +155,30 @@ class WebUIHost(Host):
         return super().caption(captioner, image_path)
 
     # ---- VRAM hand-off and progress --------------------------------------------------------
+    def exclusive(self) -> bool:
+        """Whether this run holds the generation queue and frees the WebUI's model.
+
+        Image runs always do. Text runs follow Settings → ``lora_bridge_text_exclusive``: ``auto``
+        (default) only when torch would train on a GPU, where the two may not fit together; on CPU
+        a text run's memory is host RAM next to the WebUI's (README, "Text LoRA inside the WebUI").
+        """
+        if self.task_type != "text-generation":
+            return True
+        mode = str(_modules("shared").opts.data.get("lora_bridge_text_exclusive", "auto"))
+        if mode in ("always", "never"):
+            return mode == "always"
+        try:
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except Exception:
+            return False
+
     def before_run(self) -> None:
-        """Take the generation queue lock (refuse when busy) and free the WebUI's model."""
+        """Take the generation queue lock (refuse when busy) and free the WebUI's model (see ``exclusive``)."""
+        self._exclusive = self.exclusive()
+        if not self._exclusive:
+            return
         lock = _modules("call_queue").queue_lock
         if not lock.acquire(blocking=False):
             raise JobBusyError("the WebUI is busy generating; start training when it has finished")
@@ -187,17 +210,20 @@ class WebUIHost(Host):
             model, self._unloaded_model = self._unloaded_model, None
             if model is not None:
                 _modules("sd_models").send_model_to_device(model)
-            try:
-                _modules("shared").state.end()
-            except Exception:
-                log.debug("shared.state.end failed", exc_info=True)
+            if self._lock_held:
+                try:
+                    _modules("shared").state.end()
+                except Exception:
+                    log.debug("shared.state.end failed", exc_info=True)
         finally:
             if self._lock_held:
                 self._lock_held = False
                 _modules("call_queue").queue_lock.release()
 
     def on_event(self, event: TrainingEvent) -> None:
-        """Feed the WebUI's progress bar (``shared.state``)."""
+        """Mirror progress into ``shared.state`` (``/sdapi/v1/progress``) while this run holds the queue."""
+        if not self._exclusive:
+            return  # a generation may be running: its progress owns shared.state
         state = _modules("shared").state
         if event.total_steps:
             state.sampling_steps = event.total_steps

@@ -1,8 +1,9 @@
 """#10.8 in a real browser: the tab's poll never overwrites a field the user edits, and leaves no
 pending ("generating") border once idle: under gradio 3.41.2 (A1111: ``every=`` re-sends the inputs
-captured at page load) and under this venv's gradio (``gr.Timer``).
+captured at page load), gradio 4.40.0 (Forge) and this venv's gradio (``gr.Timer``).
 
-The gradio 3.41.2 server runs with the side venv .ci/ui-compat builds (or LORA_BRIDGE_GRADIO3_PYTHON);
+The side-stack servers run with the venvs .ci/ui-compat builds (or LORA_BRIDGE_GRADIO3_PYTHON /
+LORA_BRIDGE_GRADIO4_PYTHON);
 the browser is driven from this venv (Playwright + /usr/bin/chromium).
 """
 
@@ -23,8 +24,12 @@ ROOT = HERE.parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]
-GRADIO3_PYTHON = Path(os.environ.get("LORA_BRIDGE_GRADIO3_PYTHON",
-                                     ROOT / ".ci-cache" / "venvs" / "gradio-3.41" / "bin" / "python"))
+SIDE_VENVS = {  # the stacks .ci/ui-compat builds; an env var points elsewhere
+    "gradio-3.41": Path(os.environ.get("LORA_BRIDGE_GRADIO3_PYTHON",
+                                       ROOT / ".ci-cache" / "venvs" / "gradio-3.41" / "bin" / "python")),
+    "gradio-4.40": Path(os.environ.get("LORA_BRIDGE_GRADIO4_PYTHON",
+                                       ROOT / ".ci-cache" / "venvs" / "gradio-4.40" / "bin" / "python")),
+}
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -73,13 +78,14 @@ def _serve(python: str, work: Path, base: Path):
     pytest.fail("tab server did not answer: " + (work / "server.log").read_text()[-3000:])
 
 
-@pytest.fixture(params=["gradio-3.41", "this-venv"])
+@pytest.fixture(params=["gradio-3.41", "gradio-4.40", "this-venv"])
 def server(request, tmp_path, tiny_base):
-    if request.param == "gradio-3.41":
-        if not GRADIO3_PYTHON.exists():
-            pytest.skip(f"no gradio 3.41.2 venv at {GRADIO3_PYTHON} (run .ci/ui-compat, or set "
-                        "LORA_BRIDGE_GRADIO3_PYTHON)")
-        python = str(GRADIO3_PYTHON)
+    if request.param in SIDE_VENVS:
+        python = SIDE_VENVS[request.param]
+        if not python.exists():
+            pytest.skip(f"no {request.param} venv at {python} (run .ci/ui-compat, or set LORA_BRIDGE_GRADIO3_PYTHON"
+                        " / LORA_BRIDGE_GRADIO4_PYTHON)")
+        python = str(python)
     else:
         python = sys.executable
     proc, url, log = _serve(python, tmp_path, tiny_base)

@@ -218,3 +218,24 @@ def test_text_tab_shows_a_failed_run(tmp_path, models_dir, runner_factory):
     assert host.jobs.wait(30)["state"] == "failed"
     text_status = h.view()[5]
     assert "**failed**" in text_status and "boom at step 2" in text_status
+
+
+def test_labels_in_words_and_help_without_backticks(built):
+    """#10.9: field labels are words, not raw config keys; help text has no literal backticks."""
+    tab, h, _ = built
+    fields = {f"lora_bridge_{p}_{f.name}" for p, fs in (("img", h.image_fields), ("txt", h.text_fields)) for f in fs}
+    widgets = [b for b in tab.blocks.values() if getattr(b, "elem_id", None) in fields]
+    assert len(widgets) == len(fields)
+    for widget in widgets:
+        assert "_" not in str(widget.label), widget.label
+        assert "`" not in str(getattr(widget, "info", "") or ""), widget.elem_id
+
+
+def test_convert_hint_matches_the_overwrite_checkbox(built, tiny_lora, tmp_path):
+    _, h, _ = built
+    out = tmp_path / "twice.safetensors"
+    assert h.convert(str(tiny_lora), str(out), "kohya", "", "", "", False).startswith("wrote")
+    again = h.convert(str(tiny_lora), str(out), "kohya", "", "", "", False)
+    assert "tick Overwrite" in again and "--force" not in again
+    assert h.check_file(str(tmp_path / "missing.safetensors")).startswith("⚠️") \
+        and "no such file" in h.check_file(str(tmp_path / "missing.safetensors"))

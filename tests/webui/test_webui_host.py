@@ -320,3 +320,58 @@ def test_text_adapters_never_reach_the_webui_loader(fake_webui, tiny_gguf, text_
         checked = Handlers(host).check_file(str(path))
         assert "modules match tiny-q8_0.gguf" in checked and "WebUI Lora loader" not in checked, checked
     assert networks.CALLS == []
+
+
+def _widget(blocks, elem_id):
+    return next(b for b in blocks.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+@pytest.mark.parametrize("preset", ["SDXL low-VRAM", "SD1.5"])
+def test_settings_preset_category_and_labels(any_webui, preset):
+    """#10.7: the tab starts with the preset chosen in Settings and the form holds its values; the section
+    is in the Training category; the after-save label says what this host does."""
+    from modules import script_callbacks, sd_models, shared
+
+    from extension.ui.presets import PRESETS
+    from extension.webui import callbacks
+
+    script_callbacks.clear_callbacks()
+    callbacks.register()
+    script_callbacks.ui_settings_callback()
+    labels = shared.opts.data_labels
+    assert all(labels[k].category_id == "training" and labels[k].section == ("lora_training", "LoRA Training")
+               for k in labels if k.startswith("lora_bridge_"))
+    forge = sd_models.FLAVOR == "forge"
+    assert ("Forge's Lora loader is not used" in labels["lora_bridge_check_with_loader"].label) == forge
+    assert ("WebUI's Lora loader" in labels["lora_bridge_check_with_loader"].label) != forge
+    shared.opts.data["lora_bridge_default_preset"] = preset
+    tab = script_callbacks.ui_tabs_callback()[0][0]
+    assert _widget(tab, "lora_bridge_img_resolution").value == PRESETS[preset]["resolution"]
+    assert _widget(tab, "lora_bridge_img_optimizer").value == PRESETS[preset]["optimizer"]
+    assert _widget(tab, "lora_bridge_img_lora_rank").label == "LoRA rank"
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_text_run_lock_follows_the_setting(fake_webui, runner_factory, tiny_gguf, tmp_path, mode):
+    """#15.6: on CPU a text run (default "auto") leaves txt2img working: no queue lock, no unload,
+    shared.state untouched; "always" makes it exclusive like an image run."""
+    from modules import call_queue, sd_models, shared
+
+    from extension.webui.host import WebUIHost
+
+    shared.opts.data["lora_bridge_text_exclusive"] = mode
+    host = WebUIHost(jobs=JobManager(runner=runner_factory(steps=20, delay=0.02)))
+    seen = []
+    original = host.on_event
+    host.on_event = lambda event: (seen.append(call_queue.queue_lock.locked()), original(event))
+    data = tmp_path / "t.txt"
+    data.write_text("hello world\n" * 5)
+    shared.CALLS.clear()
+    host.start_job({"task_type": "text-generation", "base_model": str(tiny_gguf), "train_data_dir": str(data),
+                    "output_name": "txt", "output_dir": str(tmp_path / "run")})
+    assert host.jobs.wait(30)["state"] == "done"
+    exclusive = mode == "always"
+    assert all(seen) if exclusive else not any(seen)
+    assert bool(sd_models.CALLS) == exclusive
+    assert any(c[0] == "state.begin" for c in shared.CALLS) == exclusive
+    assert not call_queue.queue_lock.locked()

@@ -6,10 +6,13 @@ CALLS = []
 
 
 class OptionInfo:
+    """Mimics modules/options.py ``OptionInfo`` (A1111 1.10.1, Forge): ``section`` (id, label), ``category_id``."""
+
     def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
-                 **kwargs):
+                 refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
+                 category_id=None):
         self.default, self.label, self.component, self.component_args = default, label, component, component_args
-        self.section = section
+        self.section, self.category_id = section, category_id
 
 
 class Options:
