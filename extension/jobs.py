@@ -7,10 +7,12 @@ the thread that serves the UI.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import UserError
@@ -76,6 +78,20 @@ def _to_config(config: Any) -> Any:
 
         return config_from_dict(config)
     return config
+
+
+def prune_empty_dirs(folder: Any) -> None:
+    """Remove ``folder`` and its sub-folders where they hold no file (a failed or cancelled run's leftovers)."""
+    if not folder:
+        return
+    root = Path(str(folder))
+    if not root.is_dir():
+        return
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only succeeds when empty
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def _empty_status() -> dict[str, Any]:
@@ -199,6 +215,8 @@ class JobManager:
             except Exception as exc:  # restoring the model failed: report, keep serving
                 log.exception("LoRA Bridge could not restore the WebUI model")
                 self._append_log(f"could not restore the WebUI model: {exc}")
+            if state in ("failed", "cancelled"):
+                prune_empty_dirs(getattr(cfg, "output_dir", None))
             self._finish(state, message)
 
     def _on_event(self, event: TrainingEvent, hooks: JobHooks) -> None:

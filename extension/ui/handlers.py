@@ -10,7 +10,6 @@ import functools
 import html
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -313,8 +312,7 @@ class Handlers:
         loss = "—" if st["loss"] is None else f"{st['loss']:.4f}"
         speed = "" if not (running and st["it_per_second"]) else f" · {st['it_per_second']:.2f} it/s"
         eta = "" if eta_seconds is None else f" · ETA {chart.format_eta(eta_seconds)}"
-        epochs = f" · epoch {st['epoch'] + 1}" + (f"/{st['epochs']}" if st.get("epochs") else "") \
-            if st["step"] else ""
+        epochs = f" · epoch {st['epoch'] + 1}" if st["step"] else ""  # 1-based, as ss_epoch
         who = f"`{name}`" if running else f"last run `{name}`"
         status = (f"**{st['state']}** · {who} · step {st['step']}/{st['total_steps']}{epochs} · "
                   f"loss {loss}{speed}{eta}")
@@ -464,7 +462,6 @@ def publish(src: str | Path, lora_dir: str | Path) -> Path:
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     atomic = converters.atomic
-    with atomic.atomic_file(dst) as tmp:
+    with atomic.atomic_file(dst) as tmp:  # readable per the umask, like the WebUI's own files
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # the temp file is 0600; the WebUI may run as another user of the group
     return dst
