@@ -130,7 +130,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                                          scale=3)
                     preset_btn = compat.make("Button", "Apply preset", scale=1)
                 image_widgets = _fields(h.image_fields, "img", h.preset_dict(start_preset))
-                with gr.Accordion("YAML (shared config schema: same file as `lora-bridge train --config`)",
+                with gr.Accordion("YAML (shared config schema: the same file as lora-bridge train --config)",
                                   open=False):
                     yaml_box = compat.make("Textbox", label="YAML, or the path of a .yaml file", lines=10,
                                            elem_id=f"{ELEM}_yaml")

@@ -133,11 +133,27 @@ class WebUIHost(Host):
         return out
 
     def caption(self, captioner: str, image_path: str) -> str:
-        """Caption one image with the WebUI's own models (they download on first use)."""
+        """Caption one image with the WebUI's own models (they download on first use).
+
+        When the WebUI cannot load them (offline, no weights: Forge fails with ``IndexError``),
+        the user gets one line naming the offline alternative.
+        """
         from PIL import Image
 
         with Image.open(image_path) as img:
             pil = img.convert("RGB")
+        try:
+            return self._caption_with_webui(captioner, pil)
+        except UserError:
+            raise
+        except Exception as exc:
+            log.debug("WebUI captioner failed", exc_info=True)
+            raise UserError(f"{captioner} could not run: the WebUI could not load its model weights "
+                            f"({type(exc).__name__}: {exc}); it downloads them on first use. Offline, caption "
+                            "with lora-bridge caption DIR --model LOCAL_DIR (a local BLIP folder)") from None
+
+    def _caption_with_webui(self, captioner: str, pil: Any) -> str:
+        image_path = ""
         if captioner == BLIP:
             interrogator = _modules("shared").interrogator
             interrogator.load()
@@ -152,7 +168,7 @@ class WebUIHost(Host):
                 return str(model.tag_multi(pil)).strip()
             finally:
                 model.stop()
-        return super().caption(captioner, image_path)
+        return super().caption(captioner, image_path)  # refuses an unknown captioner
 
     # ---- VRAM hand-off and progress --------------------------------------------------------
     def exclusive(self) -> bool:

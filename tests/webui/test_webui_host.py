@@ -375,3 +375,22 @@ def test_text_run_lock_follows_the_setting(fake_webui, runner_factory, tiny_gguf
     assert bool(sd_models.CALLS) == exclusive
     assert any(c[0] == "state.begin" for c in shared.CALLS) == exclusive
     assert not call_queue.queue_lock.locked()
+
+
+def test_captioner_without_weights_says_so_in_one_line(webui_host, uncaptioned_dataset, tmp_path, monkeypatch):
+    """#10.9: Forge offline: the interrogator fails inside (IndexError); the tab shows one line naming the CLI."""
+    import shutil
+
+    from modules import shared
+
+    from extension.ui.handlers import Handlers
+
+    def no_weights(pil_image):
+        raise IndexError("list index out of range")
+
+    monkeypatch.setattr(shared.interrogator, "generate_caption", no_weights)
+    data = tmp_path / "d"
+    shutil.copytree(uncaptioned_dataset, data)
+    message = Handlers(webui_host).auto_caption(str(data), "BLIP (WebUI)", False)
+    assert message.startswith("⚠️ BLIP (WebUI) could not run") and "\n" not in message
+    assert "lora-bridge caption DIR --model LOCAL_DIR" in message and "IndexError" in message
