@@ -221,14 +221,14 @@ class JobManager:
 
     def _on_event(self, event: TrainingEvent, hooks: JobHooks) -> None:
         """Fold one engine event into the status; never let a UI problem kill the run."""
-        check = ""
+        checks = []
         if event.kind == "saved":
-            for path in event.paths:
+            for path in event.paths:  # a text run saves a GGUF adapter and a PEFT folder: check each
                 try:
-                    check = hooks.after_save(path)
+                    checks.append(hooks.after_save(path))
                 except Exception as exc:
                     log.warning("LoRA Bridge: could not check %s: %s", path, exc)
-                    check = f"{path}: could not check: {exc}"
+                    checks.append(f"{path}: could not check: {exc}")
         with self._lock:
             st = self._status
             if event.total_steps:
@@ -250,8 +250,7 @@ class JobManager:
                 st["samples"].extend(event.paths)
             if event.kind == "saved":
                 st["saved"].extend(event.paths)
-                if check:
-                    st["checks"].append(check)
+                st["checks"].extend(c for c in checks if c)
             if event.kind == "start" and st["message"] == LOADING:
                 st["message"] = ""
             if event.message:

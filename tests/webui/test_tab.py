@@ -199,6 +199,7 @@ def test_text_tab_shows_its_own_run_result_and_failure(tmp_path, models_dir):
     assert "**done**" in text_status and "last run `text_lora`" in text_status and "llama-cli" in text_status
     assert 'data-points="3"' in text_chart and 'data-step="3"' in text_progress
     assert "text_lora.gguf" in text_result and "modules match tiny.gguf" in text_result
+    assert [c.split(":")[0] for c in st["checks"]] == ["text_lora.gguf", "text_lora"]  # adapter and PEFT folder
     assert "text_lora" not in output
     name, adapter = h.result_view()
     assert "value" not in name and adapter["value"].endswith("text_lora.gguf")
