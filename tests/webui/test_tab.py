@@ -240,3 +240,18 @@ def test_convert_hint_matches_the_overwrite_checkbox(built, tiny_lora, tmp_path)
     assert "tick Overwrite" in again and "--force" not in again
     assert h.check_file(str(tmp_path / "missing.safetensors")).startswith("⚠️") \
         and "no such file" in h.check_file(str(tmp_path / "missing.safetensors"))
+
+
+def test_refusal_after_a_failed_run_shows_only_the_refusal(tmp_path, models_dir, runner_factory, dataset, tiny_base):
+    """#10.9: a new refusal does not show the previous job's failure as its own."""
+    from extension.ui.handlers import Handlers
+
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(fail=True)))
+    h = Handlers(host)
+    values = h.apply_preset("SD1.5")
+    assert h.start(str(dataset), tiny_base.name, "first", *values).startswith("started training first")
+    assert host.jobs.wait(30)["state"] == "failed"
+    refused = h.start(str(tmp_path / "nowhere"), tiny_base.name, "second", *values)
+    assert refused.startswith("⚠️") and "nowhere" in refused and "boom" not in refused
+    status = h.view()[1]
+    assert "**failed** · last run `first`" in status  # the old failure is labelled as the last run's
