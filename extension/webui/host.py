@@ -140,6 +140,8 @@ class WebUIHost(Host):
         """
         from PIL import Image
 
+        if captioner not in (BLIP, DEEPBOORU):
+            return super().caption(captioner, image_path)  # refuses it with the standalone's message
         with Image.open(image_path) as img:
             pil = img.convert("RGB")
         try:
@@ -153,7 +155,7 @@ class WebUIHost(Host):
                             "with lora-bridge caption DIR --model LOCAL_DIR (a local BLIP folder)") from None
 
     def _caption_with_webui(self, captioner: str, pil: Any) -> str:
-        image_path = ""
+        """BLIP through ``shared.interrogator`` or DeepBooru through ``modules.deepbooru``."""
         if captioner == BLIP:
             interrogator = _modules("shared").interrogator
             interrogator.load()
@@ -168,7 +170,7 @@ class WebUIHost(Host):
                 return str(model.tag_multi(pil)).strip()
             finally:
                 model.stop()
-        return super().caption(captioner, image_path)  # refuses an unknown captioner
+        raise UserError(f"captioner {captioner!r} is not the WebUI's BLIP or DeepBooru")
 
     # ---- VRAM hand-off and progress --------------------------------------------------------
     def exclusive(self) -> bool:
@@ -176,7 +178,7 @@ class WebUIHost(Host):
 
         Image runs always do. Text runs follow Settings → ``lora_bridge_text_exclusive``: ``auto``
         (default) only when torch would train on a GPU, where the two may not fit together; on CPU
-        a text run's memory is host RAM next to the WebUI's (README, "Text LoRA inside the WebUI").
+        a text run's memory is host RAM next to the WebUI's (README, The LoRA Training tab → Text LoRA).
         """
         if self.task_type != "text-generation":
             return True
