@@ -17,6 +17,7 @@ from .host import Host
 from .presets import PRESETS
 
 POLL_SECONDS = 1.0
+POLL_BUTTON = "lora_bridge_poll"  # gradio 3.x: javascript/lora_bridge.js clicks it while the tab is shown
 ELEM = "lora_bridge"
 
 # Client side (javascript/lora_bridge.js when loaded; inline fallback otherwise).
@@ -253,7 +254,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
         compat.on(text_cancel.click, h.cancel, None, [text_msg])
         compat.on(text_check.click, h.llama_cpp_check, [text_base, text_adapter], [text_check_msg])
 
-        compat.poll(tab, h.ticks, [], ticks, POLL_SECONDS)
+        compat.poll(tab, h.ticks, [], ticks, POLL_SECONDS, button_id=POLL_BUTTON)
         quiet = {"show_progress": compat.hidden_progress()}
         compat.on(ticks[0].change, h.view, None, [progress, status, loss_chart, output_md, text_progress,
                                                   text_status, text_chart, text_result], **quiet)
