@@ -43,11 +43,16 @@ def help_text(doc: str) -> str:
     return text if len(text) <= 200 else text[:197].rsplit(" ", 1)[0] + "…"
 
 
-def _field_widget(field: FormField, prefix: str, initial: dict[str, Any] | None = None) -> Any:
-    """One input for a schema field (``initial``: values that replace the schema default, e.g. a preset)."""
+def _field_widget(field: FormField, prefix: str, initial: dict[str, Any] | None = None,
+                  picks: dict[str, list[str]] | None = None) -> Any:
+    """One input for a schema field (``initial``: values that replace the schema default, e.g. a preset);
+    a field in ``picks`` is a dropdown of those paths that also takes any path."""
     label = field_label(field.name)
     value = to_widget(field, (initial or {}).get(field.name, field.default))
     common = {"label": label, "info": help_text(field.help), "elem_id": f"{ELEM}_{prefix}_{field.name}"}
+    if picks and field.name in picks:
+        return compat.make("Dropdown", choices=picks[field.name], value=value or None, allow_custom_value=True,
+                           **common)
     if field.kind == "bool":
         return compat.make("Checkbox", value=bool(value), **common)
     if field.kind in ("int", "float"):
@@ -59,7 +64,17 @@ def _field_widget(field: FormField, prefix: str, initial: dict[str, Any] | None 
     return compat.make("Textbox", value=value, lines=1, **common)
 
 
-def _fields(fields: list[FormField], prefix: str, initial: dict[str, Any] | None = None) -> list[Any]:
+def _lora_files(folder: Path) -> list[str]:
+    """The kohya LoRA files of the Lora folder (``init_lora`` picks), newest first."""
+    try:
+        files = sorted(Path(folder).rglob("*.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:
+        return []
+    return [str(p) for p in files]
+
+
+def _fields(fields: list[FormField], prefix: str, initial: dict[str, Any] | None = None,
+            picks: dict[str, list[str]] | None = None) -> list[Any]:
     """Basic fields in two columns, the rest in an Advanced accordion; returns widgets in field order."""
     gr = compat.gradio()
     widgets: dict[str, Any] = {}
@@ -69,12 +84,12 @@ def _fields(fields: list[FormField], prefix: str, initial: dict[str, Any] | None
         for column in (basic[::2], basic[1::2]):
             with gr.Column():
                 for f in column:
-                    widgets[f.name] = _field_widget(f, prefix, initial)
+                    widgets[f.name] = _field_widget(f, prefix, initial, picks)
     with gr.Accordion("Advanced", open=False), gr.Row():
         for column in (advanced[::2], advanced[1::2]):
             with gr.Column():
                 for f in column:
-                    widgets[f.name] = _field_widget(f, prefix, initial)
+                    widgets[f.name] = _field_widget(f, prefix, initial, picks)
     return [widgets[f.name] for f in fields]
 
 
@@ -130,7 +145,8 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                                          info="the form below holds this preset's values until you change them",
                                          scale=3)
                     preset_btn = compat.make("Button", "Apply preset", scale=1)
-                image_widgets = _fields(h.image_fields, "img", h.preset_dict(start_preset))
+                image_widgets = _fields(h.image_fields, "img", h.preset_dict(start_preset),
+                                        {"init_lora": _lora_files(host.lora_dir())})
                 with gr.Accordion("YAML (shared config schema: the same file as lora-bridge train --config)",
                                   open=False):
                     yaml_box = compat.make("Textbox", label="YAML, or the path of a .yaml file", lines=10,
