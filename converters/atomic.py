@@ -12,6 +12,22 @@ from pathlib import Path
 from .errors import AdapterError
 
 
+def _umask() -> int:
+    """The process umask (read by setting it and putting it back: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _readable(path: Path, folder: bool) -> None:
+    """Give a temp file/folder the mode a plain ``open``/``mkdir`` would (0644/0755 under umask 022).
+
+    ``mkstemp``/``mkdtemp`` create 0600/0700 whatever the umask, so without this every output
+    would be private to the user who ran the conversion or the WebUI.
+    """
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def check_destination(path: str | os.PathLike, force: bool) -> Path:
     """Refuse an existing destination unless ``force``; return the destination as a Path."""
     dst = Path(path)
@@ -30,7 +46,10 @@ def atomic_file(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        _readable(tmp, folder=False)
         yield tmp
+        if tmp.exists():
+            _readable(tmp, folder=False)  # a writer may have replaced the temp file with its own
         os.replace(tmp, dst)
     finally:
         if tmp.exists():
@@ -43,6 +62,7 @@ def atomic_dir(path: str | os.PathLike, force: bool = True) -> Iterator[Path]:
     dst = check_destination(path, force)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
     try:
+        _readable(tmp, folder=True)
         yield tmp
         if dst.exists():
             old = dst.with_name(f".{dst.name}.old-{os.getpid()}")

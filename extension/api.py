@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -67,8 +68,10 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
 
     def fail(exc: Exception) -> JSONResponse:
         if isinstance(exc, JobBusyError):
+            log.warning("LoRA Bridge API: %s", exc)
             return JSONResponse({"error": str(exc)}, status_code=409)
-        if isinstance(exc, converters.AdapterError):
+        if isinstance(exc, converters.AdapterError):  # the caller's input: one line, no traceback
+            log.warning("LoRA Bridge API: %s", exc)
             return JSONResponse({"error": str(exc)}, status_code=400)
         log.exception("LoRA Bridge API error")
         return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
@@ -77,7 +80,10 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
         raw = await request.body()
         if not raw.strip():
             return {}
-        data = await request.json()
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise converters.AdapterError(f"request body is not valid JSON ({exc}); send a JSON object") from None
         if not isinstance(data, dict):
             raise converters.AdapterError("request body must be a JSON object")
         return data

@@ -7,10 +7,12 @@ the thread that serves the UI.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from .errors import UserError
@@ -21,6 +23,7 @@ log = logging.getLogger("lora_bridge.jobs")
 Runner = Callable[[Any, Callable[[TrainingEvent], None], TrainingControl], TrainResult]
 
 RUNNING_STATES = ("starting", "running", "stopping", "cancelling")
+LOADING = "loading base model…"
 MAX_LOSS_POINTS = 2000
 
 
@@ -75,6 +78,20 @@ def _to_config(config: Any) -> Any:
 
         return config_from_dict(config)
     return config
+
+
+def prune_empty_dirs(folder: Any) -> None:
+    """Remove ``folder`` and its sub-folders where they hold no file (a failed or cancelled run's leftovers)."""
+    if not folder:
+        return
+    root = Path(str(folder))
+    if not root.is_dir():
+        return
+    for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()  # only succeeds when empty
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def _empty_status() -> dict[str, Any]:
@@ -173,6 +190,7 @@ class JobManager:
             with self._lock:
                 if self._status["state"] == "starting":
                     self._status["state"] = "running"
+                    self._status["message"] = LOADING
 
             def callback(event: TrainingEvent) -> None:
                 self._on_event(event, hooks)
@@ -185,25 +203,32 @@ class JobManager:
                 if result.final_loss is not None:
                     self._status["loss"] = result.final_loss
         except BaseException as exc:  # a failing run must never take the WebUI down
-            log.exception("LoRA Bridge training failed")
-            message = str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, UserError):  # the user's input: one line, no traceback
+                log.warning("LoRA Bridge training refused: %s", exc)
+                message = str(exc)
+            else:
+                log.exception("LoRA Bridge training failed")
+                message = f"{type(exc).__name__}: {exc}"
         finally:
             try:
                 hooks.after_run()
             except Exception as exc:  # restoring the model failed: report, keep serving
                 log.exception("LoRA Bridge could not restore the WebUI model")
                 self._append_log(f"could not restore the WebUI model: {exc}")
+            if state in ("failed", "cancelled"):
+                prune_empty_dirs(getattr(cfg, "output_dir", None))
             self._finish(state, message)
 
     def _on_event(self, event: TrainingEvent, hooks: JobHooks) -> None:
         """Fold one engine event into the status; never let a UI problem kill the run."""
-        check = ""
+        checks = []
         if event.kind == "saved":
-            for path in event.paths:
+            for path in event.paths:  # a text run saves a GGUF adapter and a PEFT folder: check each
                 try:
-                    check = hooks.after_save(path)
+                    checks.append(hooks.after_save(path))
                 except Exception as exc:
-                    check = f"{path}: could not check with the WebUI loader: {exc}"
+                    log.warning("LoRA Bridge: could not check %s: %s", path, exc)
+                    checks.append(f"{path}: could not check: {exc}")
         with self._lock:
             st = self._status
             if event.total_steps:
@@ -225,8 +250,9 @@ class JobManager:
                 st["samples"].extend(event.paths)
             if event.kind == "saved":
                 st["saved"].extend(event.paths)
-                if check:
-                    st["checks"].append(check)
+                st["checks"].extend(c for c in checks if c)
+            if event.kind == "start" and st["message"] == LOADING:
+                st["message"] = ""
             if event.message:
                 st["log"].append(event.message)
                 st["log"] = st["log"][-200:]
@@ -246,7 +272,7 @@ class JobManager:
             self._status["state"] = state
             self._status["message"] = message
             self._status["finished_at"] = time.time()
-            self._status["eta_seconds"] = 0 if state == "done" else self._status["eta_seconds"]
+            self._status["eta_seconds"] = 0 if state == "done" else None  # a stopped run has no ETA
 
 
 JOBS = JobManager()

@@ -47,6 +47,25 @@ function loraBridgeRefreshCards() {
     });
 }
 
+// gradio 3.x (A1111): refresh the tab once a second while it is on screen. The hidden button exists
+// only there (gradio 4+ polls with gr.Timer); a hidden browser tab or another WebUI tab sends nothing.
+function loraBridgePollTick() {
+    var root = loraBridgeRoot();
+    var button = root.querySelector("#lora_bridge_poll");
+    if (!button || document.visibilityState !== "visible") {
+        return;
+    }
+    var tab = root.querySelector("#tab_lora_training");  // the WebUI's tab; absent standalone
+    if (tab && tab.offsetParent === null) {
+        return;
+    }
+    button.click();
+}
+
+if (!window.loraBridgePollTimer) {
+    window.loraBridgePollTimer = setInterval(loraBridgePollTick, 1000);
+}
+
 window.loraBridgeLoraTag = loraBridgeLoraTag;
 window.loraBridgeSendToTxt2img = loraBridgeSendToTxt2img;
 window.loraBridgeRefreshCards = loraBridgeRefreshCards;

@@ -208,7 +208,8 @@ class _ImageRun:
         def save_lora(final: bool, epoch: int) -> list[str]:
             acc.wait_for_everyone()
             meta = training_metadata(config, base, data, step=step, epoch=epoch, started_at=started_at,
-                                     total_steps=total_steps, world=world, cache_latents=cache_latents)
+                                     total_steps=total_steps, world=world, cache_latents=cache_latents,
+                                     num_epochs=epochs)
             adapter = export_adapter(components, base.arch, meta)
             return self.outputs.save(adapter, None if final else step)
 

@@ -22,8 +22,12 @@ _SPEC_ARCH = {
 
 
 def training_metadata(config: Any, base, data, *, step: int, epoch: int, started_at: float, total_steps: int,
-                      world: int = 1, cache_latents: bool = False) -> dict[str, str]:
-    """Every metadata key the WebUIs and LoRA browsers read, for the state of the run at ``step``."""
+                      world: int = 1, cache_latents: bool = False, num_epochs: int | None = None) -> dict[str, str]:
+    """Every metadata key the WebUIs and LoRA browsers read, for the state of the run at ``step``.
+
+    ``epoch`` is 0-based (``ss_epoch`` is 1-based, as kohya writes it); ``num_epochs`` is the number
+    of epochs the run has (``max_train_steps`` may cut it short of ``config.epochs``).
+    """
     name = str(setting(config, "output_name", "my_lora"))
     rank, alpha = int(config.lora_rank), float(config.lora_alpha)
     conv_rank = int(setting(config, "conv_rank", 0))
@@ -58,7 +62,7 @@ def training_metadata(config: Any, base, data, *, step: int, epoch: int, started
         "ss_gradient_accumulation_steps": str(gas),
         "ss_gradient_checkpointing": str(bool(setting(config, "gradient_checkpointing", False))),
         "ss_max_train_steps": str(total_steps),
-        "ss_num_epochs": str(int(setting(config, "epochs", 1))),
+        "ss_num_epochs": str(num_epochs if num_epochs is not None else int(setting(config, "epochs", 1))),
         "ss_epoch": str(epoch + 1),
         "ss_steps": str(step),
         "ss_seed": str(int(setting(config, "seed", 42))),

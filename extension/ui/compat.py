@@ -68,13 +68,27 @@ def on(event: Any, fn: Callable[..., Any], inputs: Sequence[Any] | None, outputs
 
 
 def poll(blocks: Any, fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
-         seconds: float) -> Any:
-    """Call ``fn`` every ``seconds`` while the page is open: ``gr.Timer`` when it exists, else ``every=``."""
+         seconds: float, button_id: str | None = None) -> Any:
+    """Call ``fn`` every ``seconds`` while the page is open.
+
+    ``gr.Timer`` where it exists (4.x and later). On 3.x with ``button_id``: a hidden button that
+    javascript/lora_bridge.js clicks every ``seconds`` while the tab is on screen (``every=``
+    would run a server-side loop, one ``/api/predict`` request per second per open page, shown
+    or not); without ``button_id``, ``every=``.
+    """
     gr = gradio()
     if hasattr(gr, "Timer"):
         timer = gr.Timer(seconds)
         return on(timer.tick, fn, inputs, outputs, show_progress="hidden")
+    if button_id:
+        button = make("Button", "refresh", elem_id=button_id, elem_classes=["lora-bridge-tick"])
+        return on(button.click, fn, inputs, outputs, show_progress=False)
     return blocks.load(fn, list(inputs), list(outputs), every=seconds, show_progress=False)
+
+
+def hidden_progress() -> Any:
+    """``show_progress`` value that hides the loading status: False in 3.x, "hidden" from 4.0."""
+    return False if major() < 4 else "hidden"
 
 
 def _on_launch(name: str) -> bool:
@@ -93,6 +107,16 @@ def blocks(css: str | None = None, title: str | None = None, head: str | None = 
     if head and not _on_launch("head") and "head" in inspect.signature(gr.Blocks.__init__).parameters:
         kwargs["head"] = head
     return gr.Blocks(**kwargs)
+
+
+def takes_head() -> bool:
+    """Whether this gradio can put a <script> in the page head (4.x ``Blocks(head=)``, 6 ``launch(head=)``)."""
+    return _on_launch("head") or "head" in inspect.signature(gradio().Blocks.__init__).parameters
+
+
+def run_on_load(blocks: Any, code: str) -> Any:
+    """Run client-side ``code`` (a JS function) once the page has loaded (gradio 3.x has no ``head=``)."""
+    return blocks.load(None, None, None, **js_kwargs(code))
 
 
 def launch_kwargs(css: str | None = None, head: str | None = None) -> dict[str, Any]:

@@ -10,7 +10,6 @@ import functools
 import html
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 
 from .._converters import converters
 from ..errors import UserError
+from ..jobs import RUNNING_STATES
 from . import chart, dataset_view
 from .form import FormField, from_widget, schema_fields, to_widget
 from .host import Host
@@ -28,10 +28,12 @@ from .presets import preset_values
 log = logging.getLogger("lora_bridge.ui")
 
 IMAGE_TASK, TEXT_TASK = "text-to-image", "text-generation"
+LOADING = "loading base model…"
 
 
 def _error_text(exc: BaseException) -> str:
-    if isinstance(exc, converters.AdapterError):
+    if isinstance(exc, converters.AdapterError):  # the user's input: one WARNING line, no traceback
+        log.warning("LoRA Bridge: %s", exc)
         return f"⚠️ {exc}"
     log.exception("LoRA Bridge tab error")
     return f"⚠️ {type(exc).__name__}: {exc}"
@@ -146,9 +148,13 @@ class Handlers:
         return f"Detected: **{arch or 'unknown'}** ({len(shapes)} LoRA-able modules) — `{path}`"
 
     # ---- Settings ------------------------------------------------------------------------
+    def preset_dict(self, name: str) -> dict[str, Any]:
+        """The preset's values for the image fields (the rest stay at the schema default)."""
+        return preset_values(name, {f.name for f in self.image_fields})
+
     def apply_preset(self, name: str) -> list[Any]:
         """Widget values of every image field: schema defaults, then the preset."""
-        values = preset_values(name, {f.name for f in self.image_fields})
+        values = self.preset_dict(name)
         return [to_widget(f, values.get(f.name, f.default)) for f in self.image_fields]
 
     def config_dict(self, task: str, data_dir: str, base: str, output_name: str,
@@ -227,8 +233,9 @@ class Handlers:
         if not str(data_dir or "").strip():
             raise UserError("no image folder given; set it in Dataset")
         data = self.config_dict(IMAGE_TASK, data_dir, base, output_name, values)
-        self.host.start_job(data)
-        return f"started training {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name}"
+        started = self.host.start_job(data)
+        return (f"started training {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name} "
+                f"({started.get('dataset', '')})")
 
     @friendly(lambda msg: msg)
     def start_text(self, base: str, data_path: str, output_name: str, *values: Any) -> str:
@@ -238,48 +245,121 @@ class Handlers:
         if not str(data_path or "").strip():
             raise UserError("no text dataset given; give a .txt/.jsonl file or folder")
         data = self.config_dict(TEXT_TASK, data_path, base, output_name, values)
-        self.host.start_job(data)
-        return f"started text LoRA {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name}"
+        started = self.host.start_job(data)
+        return (f"started text LoRA {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name} "
+                f"({started.get('dataset', '')})")
 
     def stop(self) -> str:
-        """Stop and save."""
+        """Stop and save (says so when no run is in progress)."""
+        st = self.host.jobs.status()
+        if st["state"] not in RUNNING_STATES:
+            return self._nothing_running(st)
         return f"{self.host.jobs.stop()['state']}: the run saves after the current step"
 
     def cancel(self) -> str:
-        """Cancel without a final file."""
+        """Cancel without a final file (says so when no run is in progress)."""
+        st = self.host.jobs.status()
+        if st["state"] not in RUNNING_STATES:
+            return self._nothing_running(st)
         return f"{self.host.jobs.cancel()['state']}: the run ends without a final file"
 
-    def poll(self, seen: Any = "") -> list[Any]:
-        """[progress html, status markdown, loss chart, samples gallery, output markdown, lora name, seen].
+    def _nothing_running(self, st: dict[str, Any]) -> str:
+        if st["state"] == "idle":
+            return "no run in progress"
+        return f"no run in progress; the last run ({self.host.last_output_name}) ended: {st['state']}"
 
-        ``seen`` ("job/samples") keeps the gallery and the LoRA name box from being re-sent every poll.
+    # ---- live view (polled) --------------------------------------------------------------
+    def ticks(self) -> list[str]:
+        """[view tick, samples tick, result tick]: short strings that change only when what they stand for does.
+
+        The poll writes only these (hidden) boxes and has no inputs: gradio 3.41's ``every=``
+        re-sends the inputs captured at page load, and an output that is also edited by the user
+        would be overwritten every tick. Their ``change`` events redraw the visible parts.
+        """
+        st = self.host.jobs.status()
+        job = st["job_id"]
+        view = "|".join(str(v) for v in (job, st["state"], st["step"], st["total_steps"], st["epoch"],
+                                          len(st["losses"]), len(st["saved"]), len(st["checks"]), len(st["log"]),
+                                          st["message"], len(self.host.published)))
+        ended = st["state"] if st["state"] not in RUNNING_STATES and st["state"] != "idle" else ""
+        return [view, f"{job}|{len(st['samples'])}", f"{job}|{ended}"]
+
+    def view(self) -> list[Any]:
+        """[image progress, image status, image loss chart, output markdown, text progress, text status,
+        text loss chart, text result]: each sub-tab shows the job of its own kind."""
+        st = self.host.jobs.status()
+        text_job = self.host.task_type == TEXT_TASK and st["job_id"]
+        image_job = not text_job and st["job_id"]
+        image = self._job_view(st, "image") if image_job else self._other_view("a text LoRA (see Text LoRA)"
+                                                                                if text_job else "")
+        text = self._job_view(st, "text") if text_job else self._other_view("an image LoRA (see Train)"
+                                                                             if image_job else "")
+        return [*image, self.output_markdown(st) if not text_job else self.output_markdown(None),
+                *text, self.text_result_markdown(st) if text_job else ""]
+
+    def _other_view(self, other: str) -> tuple[str, str, str]:
+        note = f"The current job is {other}." if other else ""
+        return chart.progress_html(0, 0, "idle", None), note, chart.loss_svg([])
+
+    def _job_view(self, st: dict[str, Any], kind: str) -> tuple[str, str, str]:
+        running = st["state"] in RUNNING_STATES
+        eta_seconds = st["eta_seconds"] if running else None
+        progress = chart.progress_html(st["step"], st["total_steps"], st["state"], eta_seconds)
+        name = html.escape(str(self.host.last_output_name or ""))
+        if running and not st["total_steps"]:
+            status = f"**{st['state']}** · `{name}` · {html.escape(st['message'] or LOADING)}"
+            return progress, status, chart.loss_svg(st["losses"])
+        loss = "—" if st["loss"] is None else f"{st['loss']:.4f}"
+        speed = "" if not (running and st["it_per_second"]) else f" · {st['it_per_second']:.2f} it/s"
+        eta = "" if eta_seconds is None else f" · ETA {chart.format_eta(eta_seconds)}"
+        epochs = f" · epoch {st['epoch'] + 1}" if st["step"] else ""  # 1-based, as ss_epoch
+        who = f"`{name}`" if running else f"last run `{name}`"
+        status = (f"**{st['state']}** · {who} · step {st['step']}/{st['total_steps']}{epochs} · "
+                  f"loss {loss}{speed}{eta}")
+        if st["message"]:
+            status += "\n\n" + html.escape(st["message"]).replace("\n", "  \n")
+        return progress, status, chart.loss_svg(st["losses"])
+
+    def samples_view(self) -> Any:
+        """The samples gallery (sent only when a sample was added, see ``ticks``)."""
+        st = self.host.jobs.status()
+        if self.host.task_type == TEXT_TASK:
+            return []
+        return dataset_view.thumbnails([(p, Path(p).name) for p in st["samples"][-12:]], 512)
+
+    def result_view(self) -> list[Any]:
+        """[image LoRA name box, GGUF adapter box] once a job has ended; unchanged otherwise.
+
+        The image Output tab only ever gets an image LoRA's name (one that was published); the
+        Text LoRA tab's check box gets the GGUF adapter.
         """
         from .compat import update
 
         st = self.host.jobs.status()
-        progress = chart.progress_html(st["step"], st["total_steps"], st["state"], st["eta_seconds"])
-        loss = "—" if st["loss"] is None else f"{st['loss']:.4f}"
-        speed = "" if not st["it_per_second"] else f" · {st['it_per_second']:.2f} it/s"
-        eta = "" if st["eta_seconds"] is None else f" · ETA {chart.format_eta(st['eta_seconds'])}"
-        status = (f"**{st['state']}** · step {st['step']}/{st['total_steps']} · epoch {st['epoch']} · "
-                  f"loss {loss}{speed}{eta}")
-        if st["message"]:
-            status += f"\n\n{html.escape(st['message'])}"
-        job, _, count = str(seen or "").partition("/")
-        now_job, now_count = str(st["job_id"]), str(len(st["samples"]))
-        gallery = update()
-        if now_count != count or now_job != job:
-            gallery = update(value=dataset_view.thumbnails([(p, Path(p).name) for p in st["samples"][-12:]], 512))
-        name = update()
-        if now_job != job and self.host.last_output_name:
-            name = update(value=self.host.last_output_name)
-        return [progress, status, chart.loss_svg(st["losses"]), gallery, self.output_markdown(st), name,
-                f"{now_job}/{now_count}"]
+        if st["state"] in RUNNING_STATES or st["state"] == "idle":
+            return [update(), update()]
+        if self.host.task_type == TEXT_TASK:
+            adapters = [p for p in st["output_files"] or st["saved"] if str(p).endswith(".gguf")]
+            return [update(), update(value=adapters[-1]) if adapters else update()]
+        if self.host.published:
+            return [update(value=Path(self.host.published[-1]).stem), update()]
+        return [update(), update()]
+
+    def text_result_markdown(self, st: dict[str, Any]) -> str:
+        """Where a text run's files landed and how they were checked."""
+        lines = [f"- saved `{path}`" for path in st["saved"][-10:]]
+        lines += [f"- ✔ {c}" if "all keys match" in c else f"- ⚠️ {c}" for c in st["checks"][-10:]]
+        return "\n".join(lines)
+
+    def poll(self, seen: Any = "") -> list[Any]:
+        """Everything at once (tests, the REST-free standalone): ``view()`` + samples + result."""
+        return [*self.view(), self.samples_view(), *self.result_view()]
 
     def output_markdown(self, st: dict[str, Any] | None = None) -> str:
-        """Files written by the run and what the WebUI's loader made of them."""
-        st = st or self.host.jobs.status()
+        """Files written by the run and what the WebUI's loader made of them (image runs only)."""
         lines = [f"Lora folder: `{self.host.lora_dir()}`"]
+        if st is None:
+            return lines[0]
         for path in self.host.published:
             lines.append(f"- published `{path}`")
         for path in st["saved"][-10:]:
@@ -305,9 +385,12 @@ class Handlers:
     @friendly(lambda msg: msg)
     def check_file(self, path: str) -> str:
         """Run the loader check on any LoRA file."""
-        if not path:
-            raise UserError("give the path of a .safetensors LoRA to check")
-        return self.host.check_lora(str(Path(path).expanduser()))
+        if not str(path or "").strip():
+            raise UserError("give the path of a LoRA to check (.safetensors, .gguf or a PEFT folder)")
+        target = Path(str(path).strip()).expanduser()
+        if not target.exists():
+            raise UserError(f"{target}: no such file; give the path of a LoRA (.safetensors, .gguf or a PEFT folder)")
+        return self.host.check_lora(str(target), image=target.suffix.lower() == ".safetensors")
 
     # ---- Convert -------------------------------------------------------------------------
     @friendly(lambda msg: msg)
@@ -316,8 +399,16 @@ class Handlers:
         if not src or not dst:
             raise UserError("give a source file and a destination")
         options = {"dtype": dtype} if dtype else {}
-        out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
-                                 arch=arch or None, force=bool(force), **options)
+        try:
+            out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
+                                     arch=arch or None, force=bool(force), **options)
+        except converters.AdapterError as exc:
+            if "--force" in str(exc):  # the CLI's wording; here it is a checkbox
+                raise UserError(str(exc).replace("pass --force to overwrite it", "tick Overwrite to replace it")
+                                .replace("--force", "Overwrite")) from None
+            raise
+        if _inside(Path(out), self.host.lora_dir()):
+            return f"wrote {out}; {self.host.refresh_loras() or 'Lora list refreshed'}"
         return f"wrote {out}"
 
     @friendly(lambda msg: msg)
@@ -355,6 +446,15 @@ class Handlers:
         return f"llama.cpp loaded {Path(base_path).name} + {Path(adapter).name} and evaluated {len(tokens)} tokens"
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` is ``folder`` or below it."""
+    try:
+        path.resolve().relative_to(Path(folder).resolve())
+    except ValueError:
+        return False
+    return True
+
+
 def publish(src: str | Path, lora_dir: str | Path) -> Path:
     """Copy a finished LoRA into the host's Lora folder (atomically); returns the new path."""
     src, dst = Path(src), Path(lora_dir) / Path(src).name
@@ -362,7 +462,6 @@ def publish(src: str | Path, lora_dir: str | Path) -> Path:
         return dst
     dst.parent.mkdir(parents=True, exist_ok=True)
     atomic = converters.atomic
-    with atomic.atomic_file(dst) as tmp:
+    with atomic.atomic_file(dst) as tmp:  # readable per the umask, like the WebUI's own files
         shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # the temp file is 0600; the WebUI may run as another user of the group
     return dst

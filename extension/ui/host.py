@@ -116,16 +116,28 @@ class Host:
 
     # ---- jobs ----------------------------------------------------------------------------
     def start_job(self, config: dict[str, Any]) -> dict[str, Any]:
-        """Start a training job for a config dict in the shared schema (UI and REST API)."""
-        if self.jobs.running:  # refuse before touching the per-job fields below
-            from ..jobs import JobBusyError
+        """Check ``config`` (shared schema), then start it; a refused start changes nothing.
 
+        Config, base model and dataset are checked before the job slot, the WebUI's lock or its
+        model are touched (``preflight``); the tab's per-job fields change only once it started.
+        """
+        from ..jobs import JobBusyError
+        from .preflight import check_start
+
+        if self.jobs.running:
             raise JobBusyError("a training job is already running; stop or cancel it first")
-        self.base_model = str(config.get("base_model") or "") or None
-        self.last_output_name = str(config.get("output_name") or "my_lora")
-        self.task_type = str(config.get("task_type") or "text-to-image")
+        cfg, dataset = check_start(config)
+        previous = (self.base_model, self.last_output_name, self.task_type, self.published)
+        self.base_model = str(cfg.base_model or "") or None
+        self.last_output_name = str(cfg.output_name or "my_lora")
+        self.task_type = str(cfg.task_type or "text-to-image")
         self.published = []
-        return self.jobs.start(config, hooks=self)
+        try:
+            status = self.jobs.start(cfg, hooks=self)
+        except BaseException:
+            self.base_model, self.last_output_name, self.task_type, self.published = previous
+            raise
+        return {**status, "dataset": dataset}
 
     def before_run(self) -> None:
         """Nothing to free standalone."""
@@ -137,25 +149,38 @@ class Host:
         """The standalone has no progress bar besides the tab's own."""
 
     def after_save(self, path: str) -> str:
-        """Publish the final image LoRA into the Lora folder, then check it as the host loads it."""
-        if self.task_type == "text-to-image" and Path(path).stem == self.last_output_name:
+        """Publish the final image LoRA into the Lora folder (and re-list it), then check it.
+
+        Image LoRAs are checked the way the host loads them; text adapters (GGUF, PEFT folder)
+        only against their base, never through an image Lora loader.
+        """
+        image = self.task_type == "text-to-image"
+        if image and Path(path).stem == self.last_output_name:
             from .handlers import publish
 
             path = str(publish(path, self.lora_dir()))
             self.published.append(path)
-        return self.check_lora(path)
+            try:
+                self.refresh_loras()
+            except Exception as exc:  # the file is there; only the host's list is stale
+                log.warning("LoRA Bridge: could not refresh the Lora list: %s", exc)
+        return self.check_lora(path, image=image)
 
     def refresh_loras(self) -> str:
         """Make a new file visible to the host's Lora browser."""
         return ""
 
-    def check_lora(self, path: str, base: str | None = None) -> str:
+    def check_lora(self, path: str, base: str | None = None, image: bool = True) -> str:
         """One line: how many LoRA modules of ``path`` match ``base`` (default: the job's base)."""
+        if not Path(path).exists():
+            raise UserError(f"{path}: no such file; give the path of a LoRA (.safetensors, .gguf or a PEFT folder)")
         adapter = converters.load_adapter(path)
         base = base or self.base_model
         total = len(adapter.modules)
         if not base:
             return f"{Path(path).name}: {total} modules (no base model to check against)"
+        if not image and Path(base).is_file() and Path(base).suffix.lower() != ".gguf":
+            return f"{Path(path).name}: {total} modules (legacy GGML base: checked by the run against its GGUF copy)"
         problems = converters.check_against_base(adapter, base)
         missing = sum(1 for p in problems if "no such module" in p or "implies weight" in p)
         matched = total - missing

@@ -13,20 +13,23 @@ from .tab import build_tab, read_css
 log = logging.getLogger("lora_bridge.ui")
 
 
-def _head_script() -> str:
-    """javascript/lora_bridge.js as a <script> (the WebUI injects it itself)."""
+def _script() -> str:
+    """javascript/lora_bridge.js (the WebUI injects it itself)."""
     path = Path(__file__).resolve().parents[2] / "javascript" / "lora_bridge.js"
-    return f"<script>{path.read_text(encoding='utf-8')}</script>" if path.is_file() else ""
+    return path.read_text(encoding="utf-8") if path.is_file() else ""
 
 
 def build_app(models_dir: str | None = None, output_dir: str | None = None):
     """(Blocks, Host, launch keywords) of the standalone app."""
     host = Host(models_dir=models_dir, output_dir=output_dir)
     host.output_dir.mkdir(parents=True, exist_ok=True)
-    css, head = read_css(), _head_script()
+    css, script = read_css(), _script()
+    head = f"<script>{script}</script>" if script else ""
     tab = build_tab(host)  # built outside, rendered inside: what the WebUI does with extension tabs
     with compat.blocks(css=css, title="LoRA Bridge", head=head) as app:
         tab.render()
+        if script and not compat.takes_head():  # gradio 3.x: run the same script once the page is up
+            compat.run_on_load(app, "() => {\n" + script + "\n}")
     allowed = [str(host.output_dir), tempfile.gettempdir()] + ([str(host.models_dir)] if host.models_dir else [])
     extra = {"allowed_paths": allowed, **compat.launch_kwargs(css, head)}
     return app, host, extra

@@ -17,6 +17,7 @@ from .host import Host
 from .presets import PRESETS
 
 POLL_SECONDS = 1.0
+POLL_BUTTON = "lora_bridge_poll"  # gradio 3.x: javascript/lora_bridge.js clicks it while the tab is shown
 ELEM = "lora_bridge"
 
 # Client side (javascript/lora_bridge.js when loaded; inline fallback otherwise).
@@ -25,11 +26,30 @@ SEND_JS = ("(name, weight) => (window.loraBridgeSendToTxt2img ? window.loraBridg
 REFRESH_JS = "() => { if (window.loraBridgeRefreshCards) { window.loraBridgeRefreshCards(); } return []; }"
 
 
-def _field_widget(field: FormField, prefix: str, picks: dict[str, list[str]] | None = None) -> Any:
-    """One input for a schema field; a field in ``picks`` is a dropdown of those paths that also takes any path."""
-    label = field.name
-    value = to_widget(field, field.default)
-    common = {"label": label, "info": field.help[:160], "elem_id": f"{ELEM}_{prefix}_{field.name}"}
+def field_label(name: str) -> str:
+    """A schema key in words: ``lora_rank`` -> "LoRA rank", ``te_lr`` -> "TE lr"."""
+    words = name.split("_")
+    special = {"lora": "LoRA", "lr": "LR", "te": "TE", "snr": "SNR", "ema": "EMA", "vae": "VAE", "gguf": "GGUF",
+               "ggml": "GGML", "cpp": "cpp", "kv": "KV", "rms": "RMS", "eps": "eps", "reso": "resolution",
+               "dir": "folder", "n": "N", "dtype": "dtype", "id": "ID", "fp16": "fp16", "bf16": "bf16"}
+    out = [special.get(w, w) for w in words]
+    text = " ".join(out)
+    return text[0].upper() + text[1:] if text and text[0].islower() else text
+
+
+def help_text(doc: str) -> str:
+    """Help under an input: plain words (gradio shows ``info`` as text, so no Markdown backticks)."""
+    text = doc.replace("`", "")
+    return text if len(text) <= 200 else text[:197].rsplit(" ", 1)[0] + "…"
+
+
+def _field_widget(field: FormField, prefix: str, initial: dict[str, Any] | None = None,
+                  picks: dict[str, list[str]] | None = None) -> Any:
+    """One input for a schema field (``initial``: values that replace the schema default, e.g. a preset);
+    a field in ``picks`` is a dropdown of those paths that also takes any path."""
+    label = field_label(field.name)
+    value = to_widget(field, (initial or {}).get(field.name, field.default))
+    common = {"label": label, "info": help_text(field.help), "elem_id": f"{ELEM}_{prefix}_{field.name}"}
     if picks and field.name in picks:
         return compat.make("Dropdown", choices=picks[field.name], value=value or None, allow_custom_value=True,
                            **common)
@@ -53,7 +73,8 @@ def _lora_files(folder: Path) -> list[str]:
     return [str(p) for p in files]
 
 
-def _fields(fields: list[FormField], prefix: str, picks: dict[str, list[str]] | None = None) -> list[Any]:
+def _fields(fields: list[FormField], prefix: str, initial: dict[str, Any] | None = None,
+            picks: dict[str, list[str]] | None = None) -> list[Any]:
     """Basic fields in two columns, the rest in an Advanced accordion; returns widgets in field order."""
     gr = compat.gradio()
     widgets: dict[str, Any] = {}
@@ -63,12 +84,12 @@ def _fields(fields: list[FormField], prefix: str, picks: dict[str, list[str]] | 
         for column in (basic[::2], basic[1::2]):
             with gr.Column():
                 for f in column:
-                    widgets[f.name] = _field_widget(f, prefix, picks)
+                    widgets[f.name] = _field_widget(f, prefix, initial, picks)
     with gr.Accordion("Advanced", open=False), gr.Row():
         for column in (advanced[::2], advanced[1::2]):
             with gr.Column():
                 for f in column:
-                    widgets[f.name] = _field_widget(f, prefix, picks)
+                    widgets[f.name] = _field_widget(f, prefix, initial, picks)
     return [widgets[f.name] for f in fields]
 
 
@@ -76,6 +97,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
     """Build the tab's ``gr.Blocks`` for ``host``; ``Handlers`` does the work."""
     gr = compat.gradio()
     h = Handlers(host)
+    start_preset = default_preset if default_preset in PRESETS else next(iter(PRESETS))
     with compat.blocks() as tab:
         gr.Markdown("## LoRA Training — LoRA Bridge")
         with gr.Tabs():
@@ -119,11 +141,13 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
             # ---- Settings ---------------------------------------------------------------
             with gr.Tab("Settings"):
                 with gr.Row():
-                    preset = compat.make("Radio", choices=list(PRESETS), value=default_preset or next(iter(PRESETS)),
-                                         label="Preset", scale=3)
+                    preset = compat.make("Radio", choices=list(PRESETS), value=start_preset, label="Preset",
+                                         info="the form below holds this preset's values until you change them",
+                                         scale=3)
                     preset_btn = compat.make("Button", "Apply preset", scale=1)
-                image_widgets = _fields(h.image_fields, "img", {"init_lora": _lora_files(host.lora_dir())})
-                with gr.Accordion("YAML (shared config schema: same file as `lora-bridge train --config`)",
+                image_widgets = _fields(h.image_fields, "img", h.preset_dict(start_preset),
+                                        {"init_lora": _lora_files(host.lora_dir())})
+                with gr.Accordion("YAML (shared config schema: the same file as lora-bridge train --config)",
                                   open=False):
                     yaml_box = compat.make("Textbox", label="YAML, or the path of a .yaml file", lines=10,
                                            elem_id=f"{ELEM}_yaml")
@@ -198,14 +222,20 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     text_start = compat.make("Button", "Start text training", variant="primary")
                     text_stop = compat.make("Button", "Stop & save")
                     text_cancel = compat.make("Button", "Cancel")
-                text_msg = gr.Markdown("")
-                text_progress = gr.HTML(progress_html(0, 0, "idle", None))
+                text_msg = gr.Markdown("", elem_id=f"{ELEM}_text_msg")
+                text_progress = gr.HTML(progress_html(0, 0, "idle", None), elem_id=f"{ELEM}_text_progress")
+                text_status = gr.Markdown("", elem_id=f"{ELEM}_text_status")
+                text_chart = gr.HTML(loss_svg([]), elem_id=f"{ELEM}_text_loss_chart")
+                text_result = gr.Markdown("", elem_id=f"{ELEM}_text_result")
                 with gr.Row():
-                    text_adapter = compat.make("Textbox", label="GGUF adapter to check with llama.cpp", scale=3)
+                    text_adapter = compat.make("Textbox", label="GGUF adapter to check with llama.cpp", scale=3,
+                                               elem_id=f"{ELEM}_text_adapter")
                     text_check = compat.make("Button", "llama.cpp check")
                 text_check_msg = gr.Markdown("")
 
-        shown = gr.State("")
+        # Written by the poll only; hidden by style.css. Their change events redraw the visible parts.
+        ticks = [compat.make("Textbox", value="", show_label=False, container=False, elem_id=f"{ELEM}_tick_{n}",
+                             elem_classes=["lora-bridge-tick"]) for n in ("view", "samples", "result")]
 
         # ---- events ---------------------------------------------------------------------
         compat.on(load_btn.click, h.load_dataset, [data_dir], [gallery, data_summary, image_path, caption])
@@ -240,13 +270,13 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
         compat.on(text_cancel.click, h.cancel, None, [text_msg])
         compat.on(text_check.click, h.llama_cpp_check, [text_base, text_adapter], [text_check_msg])
 
-        def poll(seen: Any) -> list[Any]:
-            values = h.poll(seen)
-            return [*values, values[0]]
-
-        compat.poll(tab, poll, [shown],
-                    [progress, status, loss_chart, samples, output_md, lora_name, shown, text_progress],
-                    POLL_SECONDS)
+        compat.poll(tab, h.ticks, [], ticks, POLL_SECONDS, button_id=POLL_BUTTON)
+        quiet = {"show_progress": compat.hidden_progress()}
+        compat.on(ticks[0].change, h.view, None, [progress, status, loss_chart, output_md, text_progress,
+                                                  text_status, text_chart, text_result], **quiet)
+        compat.on(ticks[1].change, h.samples_view, None, [samples], **quiet)
+        result_dep = compat.on(ticks[2].change, h.result_view, None, [lora_name, text_adapter], **quiet)
+        compat.on(result_dep.then, None, None, None, js=REFRESH_JS)
     tab.lora_bridge_handlers = h  # tests reach the handlers of a built tab
     return tab
 

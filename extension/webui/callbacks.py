@@ -10,6 +10,7 @@ from .host import WebUIHost
 log = logging.getLogger("lora_bridge.webui")
 
 SECTION = ("lora_training", "LoRA Training")
+CATEGORY = "training"  # modules/shared_options.py registers it ("Training") in A1111 1.10 and Forge
 TAB = ("LoRA Training", "lora_training")
 
 _HOST: WebUIHost | None = None
@@ -24,29 +25,44 @@ def get_host() -> WebUIHost:
 
 
 def on_ui_tabs() -> list[tuple[Any, str, str]]:
-    """Build the LoRA Training tab for the WebUI."""
+    """Build the LoRA Training tab for the WebUI, starting with the preset chosen in Settings."""
+    from modules import shared
+
     from ..ui.tab import build_tab
 
-    return [(build_tab(get_host()), *TAB)]
+    preset = getattr(shared.opts, "lora_bridge_default_preset", None)
+    return [(build_tab(get_host(), default_preset=preset), *TAB)]
+
+
+TEXT_EXCLUSIVE = ("auto", "always", "never")
 
 
 def on_ui_settings() -> None:
-    """Settings → LoRA Training."""
+    """Settings → Training → LoRA Training (labels say what this host really does)."""
     import gradio as gr
     from modules import shared
 
     from ..ui.presets import PRESETS
+    from .host import is_forge
 
+    check_label = ("After every save, check the file's keys against the base model (LoRA Bridge's own kohya "
+                   "mapping: Forge's Lora loader is not used)" if is_forge() else
+                   "After every save, load the file with the WebUI's Lora loader and report matched keys")
     options = {
         "lora_bridge_default_preset": shared.OptionInfo(
-            next(iter(PRESETS)), "Preset the tab starts with", gr.Radio, {"choices": list(PRESETS)}, section=SECTION),
+            next(iter(PRESETS)), "Preset the tab starts with (applies at the next Reload UI)", gr.Radio,
+            {"choices": list(PRESETS)}, section=SECTION),
         "lora_bridge_free_vram": shared.OptionInfo(
-            True, "Free the WebUI's model from VRAM while training (restored afterwards)", section=SECTION),
-        "lora_bridge_check_with_loader": shared.OptionInfo(
-            True, "After every save, load the file with the WebUI's Lora loader and report matched keys",
+            True, "Free the WebUI's model from VRAM while training an image LoRA (restored afterwards)",
             section=SECTION),
+        "lora_bridge_text_exclusive": shared.OptionInfo(
+            "auto", "Text LoRA runs hold the generation queue and free the WebUI's model: auto = only when "
+            "training on a GPU (on CPU both fit; txt2img keeps working)", gr.Radio,
+            {"choices": list(TEXT_EXCLUSIVE)}, section=SECTION),
+        "lora_bridge_check_with_loader": shared.OptionInfo(True, check_label, section=SECTION),
     }
     for key, info in options.items():
+        info.category_id = CATEGORY  # the settings page lists the section under Training, not "Uncategorized"
         shared.opts.add_option(key, info)
 
 

@@ -50,16 +50,17 @@ class WebUIHost(Host):
     def __init__(self, jobs: JobManager | None = None) -> None:
         super().__init__(jobs=jobs)
         self._lock_held = False
+        self._exclusive = True
         self._unloaded_model: Any = None
 
     # ---- models --------------------------------------------------------------------------
     def checkpoints(self) -> list[str]:
-        """Titles of the WebUI's checkpoint dropdown."""
+        """The WebUI's checkpoint dropdown: titles in A1111, names (no ``[hash]``) in Forge."""
         sd_models = _modules("sd_models")
         try:
             return list(sd_models.checkpoint_tiles())
         except TypeError:  # Forge's signature differs between releases
-            return list(sd_models.checkpoints_list)
+            return [getattr(info, "name", title) for title, info in sd_models.checkpoints_list.items()]
 
     def refresh_checkpoints(self) -> list[str]:
         """Re-scan the WebUI's model folders."""
@@ -67,14 +68,27 @@ class WebUIHost(Host):
         return self.checkpoints()
 
     def current_checkpoint(self) -> str | None:
-        """The checkpoint selected in the WebUI's top bar."""
-        return getattr(_modules("shared").opts, "sd_model_checkpoint", None)
+        """The entry of ``checkpoints()`` for the checkpoint selected in the WebUI's top bar.
+
+        ``opts.sd_model_checkpoint`` holds a title (``name [hash]`` once hashed) while Forge's
+        dropdown lists names: both are mapped through the WebUI's own lookup.
+        """
+        selected = getattr(_modules("shared").opts, "sd_model_checkpoint", None)
+        info = _checkpoint_info(selected)
+        if info is None:
+            return selected
+        tiles = self.checkpoints()
+        for candidate in (getattr(info, "title", None), getattr(info, "name", None),
+                          getattr(info, "short_title", None)):
+            if candidate in tiles:
+                return candidate
+        return selected
 
     def checkpoint_path(self, title: str) -> str:
-        """File behind a checkpoint title."""
+        """File behind an entry of the checkpoint dropdown (title, name or alias; or a full path)."""
         if not title:
             raise UserError("no base model chosen; pick a checkpoint in Model")
-        info = _modules("sd_models").checkpoints_list.get(title)
+        info = _checkpoint_info(title)
         if info is not None:
             return str(info.filename)
         return super().checkpoint_path(title)
@@ -119,11 +133,29 @@ class WebUIHost(Host):
         return out
 
     def caption(self, captioner: str, image_path: str) -> str:
-        """Caption one image with the WebUI's own models (they download on first use)."""
+        """Caption one image with the WebUI's own models (they download on first use).
+
+        When the WebUI cannot load them (offline, no weights: Forge fails with ``IndexError``),
+        the user gets one line naming the offline alternative.
+        """
         from PIL import Image
 
+        if captioner not in (BLIP, DEEPBOORU):
+            return super().caption(captioner, image_path)  # refuses it with the standalone's message
         with Image.open(image_path) as img:
             pil = img.convert("RGB")
+        try:
+            return self._caption_with_webui(captioner, pil)
+        except UserError:
+            raise
+        except Exception as exc:
+            log.debug("WebUI captioner failed", exc_info=True)
+            raise UserError(f"{captioner} could not run: the WebUI could not load its model weights "
+                            f"({type(exc).__name__}: {exc}); it downloads them on first use. Offline, caption "
+                            "with lora-bridge caption DIR --model LOCAL_DIR (a local BLIP folder)") from None
+
+    def _caption_with_webui(self, captioner: str, pil: Any) -> str:
+        """BLIP through ``shared.interrogator`` or DeepBooru through ``modules.deepbooru``."""
         if captioner == BLIP:
             interrogator = _modules("shared").interrogator
             interrogator.load()
@@ -138,11 +170,33 @@ class WebUIHost(Host):
                 return str(model.tag_multi(pil)).strip()
             finally:
                 model.stop()
-        return super().caption(captioner, image_path)
+        raise UserError(f"captioner {captioner!r} is not the WebUI's BLIP or DeepBooru")
 
     # ---- VRAM hand-off and progress --------------------------------------------------------
+    def exclusive(self) -> bool:
+        """Whether this run holds the generation queue and frees the WebUI's model.
+
+        Image runs always do. Text runs follow Settings → ``lora_bridge_text_exclusive``: ``auto``
+        (default) only when torch would train on a GPU, where the two may not fit together; on CPU
+        a text run's memory is host RAM next to the WebUI's (README, The LoRA Training tab → Text LoRA).
+        """
+        if self.task_type != "text-generation":
+            return True
+        mode = str(_modules("shared").opts.data.get("lora_bridge_text_exclusive", "auto"))
+        if mode in ("always", "never"):
+            return mode == "always"
+        try:
+            import torch
+
+            return bool(torch.cuda.is_available())
+        except Exception:
+            return False
+
     def before_run(self) -> None:
-        """Take the generation queue lock (refuse when busy) and free the WebUI's model."""
+        """Take the generation queue lock (refuse when busy) and free the WebUI's model (see ``exclusive``)."""
+        self._exclusive = self.exclusive()
+        if not self._exclusive:
+            return
         lock = _modules("call_queue").queue_lock
         if not lock.acquire(blocking=False):
             raise JobBusyError("the WebUI is busy generating; start training when it has finished")
@@ -174,17 +228,20 @@ class WebUIHost(Host):
             model, self._unloaded_model = self._unloaded_model, None
             if model is not None:
                 _modules("sd_models").send_model_to_device(model)
-            try:
-                _modules("shared").state.end()
-            except Exception:
-                log.debug("shared.state.end failed", exc_info=True)
+            if self._lock_held:
+                try:
+                    _modules("shared").state.end()
+                except Exception:
+                    log.debug("shared.state.end failed", exc_info=True)
         finally:
             if self._lock_held:
                 self._lock_held = False
                 _modules("call_queue").queue_lock.release()
 
     def on_event(self, event: TrainingEvent) -> None:
-        """Feed the WebUI's progress bar (``shared.state``)."""
+        """Mirror progress into ``shared.state`` (``/sdapi/v1/progress``) while this run holds the queue."""
+        if not self._exclusive:
+            return  # a generation may be running: its progress owns shared.state
         state = _modules("shared").state
         if event.total_steps:
             state.sampling_steps = event.total_steps
@@ -192,37 +249,59 @@ class WebUIHost(Host):
         state.sampling_step = event.step
         loss = f", loss {event.loss:.4f}" if event.loss is not None else ""
         state.textinfo = f"LoRA training: step {event.step}/{event.total_steps}{loss}"
-        if getattr(state, "interrupted", False):  # the WebUI's own Interrupt button: stop and save
-            self.jobs.stop()
+        # shared.state.interrupted is not read: the WebUI's Interrupt button is for the generation
+        # queued behind this run; training stops only from the tab or the API.
 
     # ---- Lora folder and loader ------------------------------------------------------------
     def refresh_loras(self) -> str:
-        """Re-list the Lora folder so the cards (refreshed by javascript) show the new file."""
+        """Re-list the Lora folder (what ``/sdapi/v1/loras`` and the Lora cards read)."""
         networks = sys.modules.get("networks")
         if networks is not None and hasattr(networks, "list_available_networks"):
             networks.list_available_networks()
             return "Lora list refreshed"
         return "Lora built-in not loaded; press the Lora tab's refresh button"
 
-    def check_lora(self, path: str, base: str | None = None) -> str:
-        """Load ``path`` through the WebUI's ``networks.load_network``; count modules that matched.
+    def check_lora(self, path: str, base: str | None = None, image: bool = True) -> str:
+        """Load an image LoRA through the WebUI's ``networks.load_network``; count modules that matched.
 
-        Falls back to the format layer's check where the A1111 loader is absent (Forge's differs).
+        Only a ``.safetensors`` image LoRA is handed to the WebUI's loader (it would unpickle
+        anything else). Text adapters, other files, Forge (whose loader differs) and a WebUI
+        with no model loaded get the format layer's check.
         """
         networks = sys.modules.get("networks")
         network = getattr(networks, "network", None) or sys.modules.get("network")  # networks.py imports it
         check = _modules("shared").opts.data.get("lora_bridge_check_with_loader", True)
         loaded = getattr(_modules("sd_models").model_data, "sd_model", None) is not None  # never load one to check
-        if not (check and loaded) or is_forge() or networks is None or not hasattr(network, "NetworkOnDisk"):
+        safetensors_file = Path(path).is_file() and Path(path).suffix.lower() == ".safetensors"
+        if (not (check and loaded and image and safetensors_file) or is_forge() or networks is None
+                or not hasattr(network, "NetworkOnDisk")):
             if base is None and self.base_model:
                 base = self.base_model
-            return super().check_lora(path, base) + " (format-layer check)"
+            return super().check_lora(path, base, image=image) + " (format-layer check)"
         name = Path(path).stem
         net = networks.load_network(name, network.NetworkOnDisk(name, str(path)))
         total = count_lora_modules(path)
         matched = len(getattr(net, "modules", {}))
         verdict = "all keys match" if matched == total else f"{total - matched} module(s) did NOT match"
         return f"{Path(path).name}: WebUI Lora loader matched {matched}/{total} modules ({verdict})"
+
+
+def _checkpoint_info(title: str | None) -> Any:
+    """The WebUI's ``CheckpointInfo`` for a dropdown entry, through the WebUI's own lookup.
+
+    ``checkpoint_aliases`` knows a checkpoint by title, name, hashes and short names in both
+    hosts (``checkpoints_list`` is keyed by the title, which gains `` [hash]`` once hashed); a
+    full path is never matched by substring.
+    """
+    if not title:
+        return None
+    sd_models = _modules("sd_models")
+    aliases = getattr(sd_models, "checkpoint_aliases", None) or getattr(sd_models, "checkpoint_alisases", {})
+    info = aliases.get(title) or sd_models.checkpoints_list.get(title)
+    if info is not None or Path(title).expanduser().exists():
+        return info
+    match = getattr(sd_models, "get_closet_checkpoint_match", None)
+    return match(title) if match is not None else None
 
 
 def count_lora_modules(path: str | Path) -> int:

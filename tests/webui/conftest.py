@@ -13,7 +13,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FAKE_WEBUI = HERE / "fake_webui"
-FAKE_NAMES = ("modules", "network", "networks")
+FAKE_FORGE = HERE / "fake_forge"
+FAKE_NAMES = ("modules", "network", "networks", "backend")
 
 
 def _purge_fake() -> None:
@@ -27,14 +28,31 @@ def fake_webui(tmp_path, monkeypatch):
     """The stand-in WebUI API on sys.path, fresh for each test, paths under tmp_path."""
     _purge_fake()
     monkeypatch.syspath_prepend(str(FAKE_WEBUI))
-    from modules import paths, shared
+    from modules import paths, sd_models, shared
 
     paths.models_path = str(tmp_path / "models")
     paths.data_path = str(tmp_path)
+    sd_models.model_path = str(tmp_path / "models" / "Stable-diffusion")
     (tmp_path / "models" / "Lora").mkdir(parents=True)
     shared.cmd_opts.lora_dir = None
     yield sys.modules["modules"]
     _purge_fake()
+
+
+@pytest.fixture
+def fake_forge(fake_webui, monkeypatch):
+    """``fake_webui`` as Forge: names in the checkpoint dropdown, ``backend.memory_management`` present."""
+    from modules import sd_models
+
+    monkeypatch.syspath_prepend(str(FAKE_FORGE))
+    sd_models.FLAVOR = "forge"
+    yield fake_webui
+
+
+@pytest.fixture(params=["a1111", "forge"])
+def any_webui(request):
+    """Each test runs once against the A1111 fake and once against the Forge fake."""
+    return request.getfixturevalue("fake_webui" if request.param == "a1111" else "fake_forge")
 
 
 @pytest.fixture(scope="session")
@@ -71,20 +89,29 @@ def tiny_lora(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def dataset(tmp_path_factory) -> Path:
-    """Three small captioned PNGs (one without caption) in a kohya repeat folder."""
+def _write_dataset(root: Path, captioned: int) -> Path:
     from PIL import Image
 
-    root = tmp_path_factory.mktemp("data")
     folder = root / "2_cat"
     folder.mkdir()
     rng = np.random.default_rng(1)
     for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
-        if i < 2:
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+        if i < captioned:
             (folder / f"img{i}.txt").write_text(f"a cat number {i}\n")
     return root
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory) -> Path:
+    """Three small captioned PNGs in a kohya repeat folder (a clean dataset: training starts)."""
+    return _write_dataset(tmp_path_factory.mktemp("data"), captioned=3)
+
+
+@pytest.fixture(scope="session")
+def uncaptioned_dataset(tmp_path_factory) -> Path:
+    """The same, with img2.png left without a caption (lint, captioners, bad_data)."""
+    return _write_dataset(tmp_path_factory.mktemp("data_missing"), captioned=2)
 
 
 def make_fake_runner(lora_file: Path, steps: int = 6, delay: float = 0.05, fail: bool = False):
@@ -132,3 +159,30 @@ def fake_runner(tiny_lora):
 def runner_factory(tiny_lora):
     """make_fake_runner bound to the tiny LoRA: ``runner_factory(steps=..., delay=..., fail=...)``."""
     return lambda **kw: make_fake_runner(tiny_lora, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf(tmp_path_factory) -> Path:
+    """A tiny LLaMA GGUF base (Q8_0), built in code."""
+    from extension.tiny.llama import build_tiny_llama, tiny_vocab, write_tiny_gguf
+
+    vocab = tiny_vocab()
+    model = build_tiny_llama(vocab=vocab)
+    return write_tiny_gguf(model, tmp_path_factory.mktemp("llm") / "tiny-q8_0.gguf", qtype="Q8_0", vocab=vocab)
+
+
+@pytest.fixture(scope="session")
+def text_adapters(tmp_path_factory, tiny_gguf) -> tuple[Path, Path]:
+    """(GGUF adapter, PEFT folder) from a real 2-step text run on ``tiny_gguf``."""
+    from extension.config import config_from_dict
+    from extension.training.runner import run_training
+
+    root = tmp_path_factory.mktemp("text_run")
+    (root / "t.txt").write_text("hello world\n" * 20)
+    cfg = config_from_dict({"task_type": "text-generation", "base_model": str(tiny_gguf), "output_name": "tl",
+                            "train_data_dir": str(root / "t.txt"), "output_dir": str(root / "run"),
+                            "max_train_steps": 2, "llama_cpp_check": "off"})
+    result = run_training(cfg)
+    gguf = next(Path(p) for p in result.output_files if p.endswith(".gguf"))
+    peft = next(Path(p) for p in result.output_files if Path(p).is_dir())
+    return gguf, peft

@@ -76,3 +76,30 @@ def test_bad_config_is_refused_before_a_thread_starts(tmp_path, fake_runner):
     with pytest.raises(Exception, match="lora_rnak|unknown key"):
         jobs.start({**config(tmp_path), "lora_rnak": 4})
     assert jobs.status()["state"] == "idle" and not jobs.running
+
+
+@pytest.mark.parametrize("user_error", [True, False])
+def test_user_errors_log_one_warning_internal_errors_a_traceback(tmp_path, caplog, user_error):
+    """#10.10: a failed run's log: one WARNING line for bad input, ERROR with traceback for a bug."""
+    import logging
+
+    from extension.errors import UserError
+
+    def runner(cfg, callback, control):
+        if user_error:
+            raise UserError("data.txt: no training text; add some")
+        raise RuntimeError("internal bug")
+
+    jobs = JobManager(runner=runner)
+    with caplog.at_level(logging.WARNING, logger="lora_bridge"):
+        jobs.start(config(tmp_path))
+        st = jobs.wait(30)
+    assert st["state"] == "failed"
+    records = [r for r in caplog.records if r.name.startswith("lora_bridge")]
+    assert len(records) == 1
+    if user_error:
+        assert records[0].levelname == "WARNING" and records[0].exc_info is None
+        assert st["message"] == "data.txt: no training text; add some"
+    else:
+        assert records[0].levelname == "ERROR" and records[0].exc_info is not None
+        assert st["message"] == "RuntimeError: internal bug"

@@ -15,13 +15,13 @@ from extension.ui.tab import build_tab
 
 
 @pytest.fixture
-def models_dir(tmp_path, tiny_base):
+def models_dir(tmp_path, tiny_base, tiny_gguf):
     folder = tmp_path / "models"
     folder.mkdir()
     shutil.copy(tiny_base, folder / tiny_base.name)
     shutil.copy(tiny_base.with_suffix(".yaml"), folder / tiny_base.with_suffix(".yaml").name)
     (folder / "llm").mkdir()
-    (folder / "llm" / "tiny.gguf").write_bytes(b"GGUF")
+    shutil.copy(tiny_gguf, folder / "llm" / "tiny.gguf")
     return folder
 
 
@@ -42,10 +42,10 @@ def test_tab_builds_with_model_lists(built, tiny_base):
     assert "ggml_rms_eps" in [f.name for f in h.text_fields]
 
 
-def test_dataset_gallery_and_caption_editing(built, dataset, tmp_path):
+def test_uncaptioned_dataset_gallery_and_caption_editing(built, uncaptioned_dataset, tmp_path):
     _, h, _ = built
     data = tmp_path / "data"
-    shutil.copytree(dataset, data)
+    shutil.copytree(uncaptioned_dataset, data)
     gallery, summary, first, caption = h.load_dataset(str(data))
     assert len(gallery) == 3 and "3 image(s), 1 without caption" in summary
     assert first.endswith("img0.png") and caption == "a cat number 0"
@@ -100,12 +100,14 @@ def test_start_poll_publish_and_lora_tag(built, dataset, tiny_base, tmp_path):
     assert "already running" in h.start(str(dataset), tiny_base.name, "tab_lora", *values)
     st = host.jobs.wait(30)
     assert st["state"] == "done", st
-    progress, status, chart, gallery, output, name, seen = h.poll("")
-    assert 'data-step="6"' in progress and "**done**" in status
+    progress, status, chart, output, text_progress, text_status, _, _ = h.view()
+    assert 'data-step="6"' in progress and "**done**" in status and "last run `tab_lora`" in status
     assert 'data-points="6"' in chart and chart.count("<polyline") == 2
-    assert len(gallery["value"]) == 1 and name["value"] == "tab_lora" and seen.endswith("/1")
-    again = h.poll(seen)
-    assert "value" not in again[3] and "value" not in again[5]  # no re-sending unchanged images/names
+    assert "The current job is an image LoRA" in text_status and 'data-state="idle"' in text_progress
+    gallery = h.samples_view()
+    name, adapter = h.result_view()
+    assert len(gallery) == 1 and name["value"] == "tab_lora" and "value" not in adapter
+    assert h.ticks() == h.ticks()  # nothing changes once the job has ended: no redraw, no re-sent values
     published = tmp_path / "loras" / "tab_lora.safetensors"
     assert published.is_file() and f"published `{published}`" in output
     assert "tab_lora.safetensors:" in output
@@ -114,9 +116,22 @@ def test_start_poll_publish_and_lora_tag(built, dataset, tiny_base, tmp_path):
     assert re.search(r"runs/tab_lora$", str(host.work_dir("tab_lora", "text-to-image")).replace("\\", "/"))
 
 
-def test_stop_and_cancel_buttons(built):
-    _, h, _ = built
-    assert h.stop().startswith("idle") and h.cancel().startswith("idle")
+def test_stop_and_cancel_buttons(built, dataset, tiny_base, runner_factory):
+    """#15.5: Stop & save after a run ended says so; a stopped run shows no ETA."""
+    _, h, host = built
+    assert h.stop() == "no run in progress" and h.cancel() == "no run in progress"
+    host.jobs._runner = runner_factory(steps=400, delay=0.02)
+    values = h.apply_preset("SD1.5")
+    assert h.start(str(dataset), tiny_base.name, "halt", *values).startswith("started training halt")
+    while host.jobs.status()["step"] < 3:
+        host.jobs.wait(0.05)
+    assert "ETA" in h.view()[1]
+    assert h.stop() == "stopping: the run saves after the current step"
+    assert host.jobs.wait(30)["state"] == "stopped"
+    progress, status = h.view()[:2]
+    assert "ETA" not in progress and "ETA" not in status and "**stopped**" in status
+    assert h.stop() == "no run in progress; the last run (halt) ended: stopped"
+    assert h.cancel().startswith("no run in progress")
 
 
 def test_convert_and_inspect(built, tiny_lora, tmp_path):
@@ -149,8 +164,94 @@ def test_text_start_goes_through_the_same_job(built, tmp_path):
     assert host.published == []  # text adapters are not copied into the image Lora folder
 
 
-def test_lint_report_names_the_uncaptioned_image(built, dataset):
+def test_lint_report_names_the_uncaptioned_image(built, uncaptioned_dataset):
     _, h, _ = built
-    report = h.lint(str(dataset))
+    report = h.lint(str(uncaptioned_dataset))
     assert "3 image(s)" in report and "img2.png" in report
-    assert h.lint(str(dataset / "nope")).startswith("⚠️")
+    assert h.lint(str(uncaptioned_dataset / "nope")).startswith("⚠️")
+
+
+def test_text_tab_shows_its_own_run_result_and_failure(tmp_path, models_dir):
+    """#15.1/#15.4: the Text LoRA sub-tab shows its run (status, loss, files, failure); the image Output
+    tab's LoRA box is never given a text adapter; bad text input is refused at Start."""
+    from extension.ui.form import to_widget
+    from extension.ui.handlers import Handlers
+
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager())  # the real engine
+    h = Handlers(host)
+    by_name = {f.name: to_widget(f, f.default) for f in h.text_fields}
+    by_name.update(max_train_steps="3", llama_cpp_check="off")
+    values = [by_name[f.name] for f in h.text_fields]
+    data = tmp_path / "text.txt"
+    data.write_text("hello world\n" * 20)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    assert "no training text" in h.start_text("llm/tiny.gguf", str(empty), "t", *values)
+    sd = h.start_text(str(models_dir / host.checkpoints()[0]), str(data), "t", *values)
+    assert sd.startswith("⚠️") and "Stable Diffusion checkpoint" in sd
+    assert host.jobs.status()["state"] == "idle" and host.last_output_name is None
+    msg = h.start_text("llm/tiny.gguf", str(data), "text_lora", *values)
+    assert msg.startswith("started text LoRA text_lora") and "20 sample(s)" in msg, msg
+    st = host.jobs.wait(120)
+    assert st["state"] == "done", st
+    image_progress, image_status, _, output, text_progress, text_status, text_chart, text_result = h.view()
+    assert "The current job is a text LoRA" in image_status and 'data-state="idle"' in image_progress
+    assert "**done**" in text_status and "last run `text_lora`" in text_status and "llama-cli" in text_status
+    assert 'data-points="3"' in text_chart and 'data-step="3"' in text_progress
+    assert "text_lora.gguf" in text_result and "modules match tiny.gguf" in text_result
+    assert [c.split(":")[0] for c in st["checks"]] == ["text_lora.gguf", "text_lora"]  # adapter and PEFT folder
+    assert "text_lora" not in output
+    name, adapter = h.result_view()
+    assert "value" not in name and adapter["value"].endswith("text_lora.gguf")
+    assert h.samples_view() == []
+
+
+def test_text_tab_shows_a_failed_run(tmp_path, models_dir, runner_factory):
+    from extension.ui.form import to_widget
+    from extension.ui.handlers import Handlers
+
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(fail=True)))
+    h = Handlers(host)
+    data = tmp_path / "text.txt"
+    data.write_text("hello world\n" * 20)
+    values = [to_widget(f, f.default) for f in h.text_fields]
+    assert h.start_text("llm/tiny.gguf", str(data), "broken", *values).startswith("started text LoRA broken")
+    assert host.jobs.wait(30)["state"] == "failed"
+    text_status = h.view()[5]
+    assert "**failed**" in text_status and "boom at step 2" in text_status
+
+
+def test_labels_in_words_and_help_without_backticks(built):
+    """#10.9: field labels are words, not raw config keys; help text has no literal backticks."""
+    tab, h, _ = built
+    fields = {f"lora_bridge_{p}_{f.name}" for p, fs in (("img", h.image_fields), ("txt", h.text_fields)) for f in fs}
+    widgets = [b for b in tab.blocks.values() if getattr(b, "elem_id", None) in fields]
+    assert len(widgets) == len(fields)
+    for widget in widgets:
+        assert "_" not in str(widget.label), widget.label
+        assert "`" not in str(getattr(widget, "info", "") or ""), widget.elem_id
+
+
+def test_convert_hint_matches_the_overwrite_checkbox(built, tiny_lora, tmp_path):
+    _, h, _ = built
+    out = tmp_path / "twice.safetensors"
+    assert h.convert(str(tiny_lora), str(out), "kohya", "", "", "", False).startswith("wrote")
+    again = h.convert(str(tiny_lora), str(out), "kohya", "", "", "", False)
+    assert "tick Overwrite" in again and "--force" not in again
+    assert h.check_file(str(tmp_path / "missing.safetensors")).startswith("⚠️") \
+        and "no such file" in h.check_file(str(tmp_path / "missing.safetensors"))
+
+
+def test_refusal_after_a_failed_run_shows_only_the_refusal(tmp_path, models_dir, runner_factory, dataset, tiny_base):
+    """#10.9: a new refusal does not show the previous job's failure as its own."""
+    from extension.ui.handlers import Handlers
+
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(fail=True)))
+    h = Handlers(host)
+    values = h.apply_preset("SD1.5")
+    assert h.start(str(dataset), tiny_base.name, "first", *values).startswith("started training first")
+    assert host.jobs.wait(30)["state"] == "failed"
+    refused = h.start(str(tmp_path / "nowhere"), tiny_base.name, "second", *values)
+    assert refused.startswith("⚠️") and "nowhere" in refused and "boom" not in refused
+    status = h.view()[1]
+    assert "**failed** · last run `first`" in status  # the old failure is labelled as the last run's

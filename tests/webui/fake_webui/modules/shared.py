@@ -6,10 +6,13 @@ CALLS = []
 
 
 class OptionInfo:
+    """Mimics modules/options.py ``OptionInfo`` (A1111 1.10.1, Forge): ``section`` (id, label), ``category_id``."""
+
     def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
-                 **kwargs):
+                 refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
+                 category_id=None):
         self.default, self.label, self.component, self.component_args = default, label, component, component_args
-        self.section = section
+        self.section, self.category_id = section, category_id
 
 
 class Options:
@@ -28,17 +31,27 @@ class Options:
 
 
 class State:
+    """Mimics modules/shared_state.py ``State`` (A1111 1.10.1 and Forge): the fields and methods we touch."""
+
     def __init__(self):
-        self.job, self.job_count, self.sampling_step, self.sampling_steps, self.textinfo = "", 0, 0, 0, None
-        self.interrupted = False
+        self.job, self.job_count, self.job_no, self.textinfo = "", 0, 0, None
+        self.sampling_step, self.sampling_steps = 0, 0
+        self.interrupted = self.skipped = self.stopping_generation = False
+
+    def interrupt(self):  # the WebUI's Interrupt button (POST /sdapi/v1/interrupt)
+        self.interrupted = True
 
     def begin(self, job="(unknown)"):
         CALLS.append(("state.begin", job))
+        self.sampling_step, self.job_count, self.job_no = 0, -1, 0
+        self.skipped = self.interrupted = self.stopping_generation = False
+        self.textinfo = None
         self.job = job
 
     def end(self):
         CALLS.append(("state.end",))
         self.job = ""
+        self.job_count = 0
 
 
 class Interrogator:

@@ -1,0 +1,108 @@
+"""Checks a training start makes before anything happens (no lock, no unload, no folder, no thread).
+
+Everything that can be known from the config, the base model's header and a scan of the dataset
+is checked here, so a bad start is refused with one line (tab message, REST 400) instead of
+answering ``running`` and failing later in ``/status``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .._converters import converters
+from ..errors import UserError
+
+TEXT_TASK = "text-generation"
+SD_ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
+GGML_MAGICS = (0x67676D6C, 0x67676D66, 0x67676A74)  # ggml, ggmf, ggjt (llama.cpp before GGUF)
+
+
+def check_start(config: Any) -> tuple[Any, str]:
+    """(TrainConfig, one-line summary of the dataset) for ``config`` (dict or TrainConfig); UserError if bad."""
+    from ..config import config_from_dict, require_keys
+
+    cfg = config_from_dict(config, "start") if isinstance(config, dict) else config
+    require_keys(cfg, "start")
+    if str(cfg.task_type) == TEXT_TASK:
+        _check_text_base(Path(str(cfg.base_model)).expanduser())
+        return cfg, _check_text_data(Path(str(cfg.train_data_dir)).expanduser())
+    _check_image_base(cfg)
+    return cfg, _check_image_data(cfg)
+
+
+def _check_image_base(cfg: Any) -> None:
+    base = Path(str(cfg.base_model)).expanduser()
+    if not base.exists():
+        raise UserError(f"{base}: base model not found; pick a checkpoint in Model or give a full path")
+    if base.is_file() and base.suffix.lower() not in (".safetensors", ".ckpt"):
+        raise UserError(f"{base}: not a Stable Diffusion checkpoint (.safetensors/.ckpt or a diffusers folder)")
+    if base.is_file() and base.suffix.lower() == ".ckpt":
+        return  # reading a pickle's architecture means loading it: the engine does that (weights_only)
+    try:
+        arch, _ = converters.base_module_shapes(base, "sd")
+    except converters.AdapterError:
+        raise
+    except Exception as exc:
+        raise UserError(f"{base}: cannot read the base model ({type(exc).__name__}: {exc})") from None
+    wanted = str(getattr(cfg, "model_arch", "auto") or "auto")
+    if arch not in SD_ARCHS and wanted == "auto":
+        raise UserError(f"{base}: not an SD1/SD2/SDXL checkpoint (found {arch or 'no known architecture'}); "
+                        "pick a Stable Diffusion checkpoint, or set model_arch")
+
+
+def _check_image_data(cfg: Any) -> str:
+    from ..data.lint import enforce_bad_data, lint_dataset
+
+    folder = Path(str(cfg.train_data_dir)).expanduser()
+    if not folder.is_dir():
+        raise UserError(f"{folder}: image folder not found; set it in Dataset")
+    report = lint_dataset(folder, cfg)
+    enforce_bad_data(report, str(cfg.bad_data))
+    summary = f"{len(report.good)} usable image(s)"
+    if report.problems:
+        summary += f", {len(report.problems)} skipped: {report.summary()}"
+    return summary
+
+
+def _check_text_base(base: Path) -> None:
+    if not base.exists():
+        raise UserError(f"{base}: base model not found; pick a GGUF/GGML file in Text LoRA or give a full path")
+    if base.is_dir():
+        if not (base / "config.json").is_file():
+            raise UserError(f"{base}: not a text model folder (no config.json); give a .gguf or GGML .bin file")
+        return
+    with open(base, "rb") as handle:
+        magic = handle.read(4)
+    if magic == b"GGUF":
+        try:
+            arch, _ = converters.base_module_shapes(base, "llm")
+        except converters.AdapterError:
+            raise
+        except Exception as exc:
+            raise UserError(f"{base}: cannot read the GGUF header ({type(exc).__name__}: {exc})") from None
+        if not arch:
+            raise UserError(f"{base}: GGUF file without a known LLaMA-family architecture")
+        return
+    if int.from_bytes(magic, "little") in GGML_MAGICS:
+        return
+    hint = " (this looks like a Stable Diffusion checkpoint; train it in the image tabs)" \
+        if base.suffix.lower() in (".safetensors", ".ckpt") else ""
+    raise UserError(f"{base}: not a GGUF or legacy GGML LLaMA model{hint}; give a .gguf base")
+
+
+def _check_text_data(path: Path) -> str:
+    from ..text.data import _files, _text_samples
+
+    files = _files(path)
+    count = 0
+    for file in files:
+        try:
+            text = file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+        count += len(_text_samples(text)) if file.suffix.lower() == ".txt" else \
+            sum(1 for line in text.splitlines() if line.strip())
+    if not count:
+        raise UserError(f"{path}: no training text (empty file); add text, one sample per line or paragraph")
+    return f"{count} sample(s) in {len(files)} file(s)"
