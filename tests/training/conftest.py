@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).parent))
+from image_setup import tiny_checkpoint  # noqa: E402
+
 from extension.demo import make_shape_dataset
-
-
-def tiny_checkpoint(kind: str, folder: Path) -> Path:
-    """An A1111-style single file with its ``.yaml`` and a tokenizer sidecar (``<stem>.tokenizer[_2]/``)."""
-    from extension.tiny.sd import save_tiny_sd_checkpoint, write_tokenizer_files
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = save_tiny_sd_checkpoint(kind, folder / f"tiny-{kind}.safetensors", seed=0)
-    write_tokenizer_files(folder / f"tiny-{kind}.tokenizer")
-    if kind == "sdxl":
-        write_tokenizer_files(folder / f"tiny-{kind}.tokenizer_2")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +29,3 @@ def bases(tmp_path_factory) -> dict[str, Path]:
 def shapes(tmp_path_factory) -> Path:
     """Four 64 px coloured-shape images with .txt captions."""
     return make_shape_dataset(tmp_path_factory.mktemp("shapes") / "data", size=64, per_shape=1)
-
-
-def image_config(base: Path, data: Path, out: Path, **overrides):
-    """A small, fast text-to-image config (64 px, rank 4)."""
-    from extension.config import config_from_dict
-
-    values = dict(base_model=str(base), train_data_dir=str(data), output_dir=str(out), output_name="t",
-                  resolution=64, min_bucket_reso=64, max_bucket_reso=64, lora_rank=4, lora_alpha=4,
-                  learning_rate=5e-3, batch_size=2, max_train_steps=4, seed=3)
-    values.update(overrides)
-    return config_from_dict(values, source="test")

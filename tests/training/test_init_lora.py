@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import image_config, tiny_checkpoint  # noqa: E402
+from image_setup import image_config, tiny_checkpoint  # noqa: E402
 
 from extension.cli import main
 from extension.config import config_from_dict
