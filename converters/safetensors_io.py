@@ -104,6 +104,18 @@ class SafetensorsFile:
             yield name, self.get(name)
 
 
+def has_tensor_prefix(path: Path, prefixes: str | tuple[str, ...]) -> bool:
+    """Whether ``path`` is a readable ``.safetensors`` with a tensor named with one of ``prefixes`` (for sniffing)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix.lower() != ".safetensors":
+        return False
+    try:
+        header, _ = read_header(path)
+    except AdapterError:
+        return False
+    return any(k.startswith(prefixes) for k in header if k != "__metadata__")
+
+
 def read_header(path: Path) -> tuple[dict, int]:
     """Parse and validate a safetensors header; return (header, offset of the data)."""
     try:

@@ -17,7 +17,7 @@ from ..errors import AdapterError
 from ..kohya_metadata import arch_from_metadata, build_metadata, dtype_name, hashes, safetensors_order
 from ..lycoris_parts import module_from_parts, split_part
 from ..model import SD_ARCHES, LoraAdapter, LoraModule, LycorisModule, require_plain_lora
-from ..safetensors_io import SafetensorsFile, read_header, write_safetensors
+from ..safetensors_io import SafetensorsFile, has_tensor_prefix, write_safetensors
 from ..sd_names import canonical_from_kohya, kohya_name, unet_from_diffusers_style_kohya
 
 NAME = "kohya"
@@ -27,14 +27,7 @@ _OPENCLIP = re.compile(r"^(?P<head>.+\.encoder\.layers\.\d+\.self_attn\.)(?P<pro
 
 def sniff(path: Path) -> bool:
     """A ``.safetensors`` whose tensor names start with kohya's ``lora_unet_``/``lora_te*_`` prefixes."""
-    path = Path(path)
-    if not path.is_file() or path.suffix.lower() != ".safetensors":
-        return False
-    try:
-        header, _ = read_header(path)
-    except AdapterError:
-        return False
-    return any(k.startswith(_PREFIXES) for k in header if k != "__metadata__")
+    return has_tensor_prefix(path, _PREFIXES)
 
 
 def detect_arch(names: list[str], shapes: dict[str, tuple[int, ...]], metadata: dict[str, str]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import AdapterError
 from ..lycoris_parts import module_from_parts
 from ..model import LoraAdapter
-from ..safetensors_io import SafetensorsFile, read_header
+from ..safetensors_io import SafetensorsFile, has_tensor_prefix
 from ..sd_names import canonical_from_kohya
 from .kohya import group_parts
 
@@ -24,14 +24,7 @@ PREFIX = "lycoris_"
 
 def sniff(path: Path) -> bool:
     """A ``.safetensors`` whose tensor names start with ``lycoris_``."""
-    path = Path(path)
-    if not path.is_file() or path.suffix.lower() != ".safetensors":
-        return False
-    try:
-        header, _ = read_header(path)
-    except AdapterError:
-        return False
-    return any(k.startswith(PREFIX) for k in header if k != "__metadata__")
+    return has_tensor_prefix(path, PREFIX)
 
 
 def _canonical(name: str, arch: str) -> str | None:
