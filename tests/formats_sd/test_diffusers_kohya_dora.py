@@ -13,11 +13,11 @@ from converters import AdapterError, convert, load_adapter
 
 def test_diffusers_kohya_dora_keeps_every_magnitude(tmp_path):
     import torch
-    from conftest import load_peft_component
     from diffusers.utils import convert_state_dict_to_kohya
     from peft import LoraConfig, get_peft_model
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
+    from sd_cases import load_peft_component
 
     from extension.tiny.sd import build_tiny_sd
 

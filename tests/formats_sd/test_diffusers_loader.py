@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import peft_deltas
+from sd_cases import peft_deltas
 
 from converters import convert
 
@@ -58,7 +58,7 @@ def test_diffusers_file_loads_in_diffusers_with_exact_alphas(sd_cases, tmp_path)
 
 def test_peft_folder_we_write_loads_in_peft(sd_cases, tmp_path):
     """PeftModel.from_pretrained on each component folder we write reproduces the deltas."""
-    from conftest import load_peft_component
+    from sd_cases import load_peft_component
 
     from converters import load_adapter, save_adapter
     from extension.tiny.sd import build_tiny_sd

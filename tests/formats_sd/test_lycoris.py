@@ -105,7 +105,7 @@ def check_against_lycoris(net, adapter) -> tuple[int, int, float]:
 def check_peft_folder(net, folder, tolerance: float = 1e-3) -> float:
     """PEFT loads our folder on a fresh model; each layer's output change equals LyCORIS' forward."""
     import torch
-    from conftest import load_peft_component
+    from sd_cases import load_peft_component
 
     from extension.tiny.sd import build_tiny_sd
 

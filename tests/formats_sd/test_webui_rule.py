@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from a1111_lora import apply_kohya
-from conftest import merged_ldm
+from sd_cases import merged_ldm
 
 from converters import convert, load_adapter
 from converters.safetensors_io import SafetensorsFile
