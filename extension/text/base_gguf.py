@@ -51,8 +51,11 @@ def _stamp_of(path: Path) -> str | None:
     try:
         from gguf import GGUFReader
 
+        from .gguf_model import field_value
+
+        # field_value, not field.contents(): Forge puts an older bundled gguf-py first on sys.path.
         field = GGUFReader(str(path)).fields.get(SOURCE_KEY)
-        return None if field is None else str(field.contents())
+        return None if field is None else str(field_value(field))
     except Exception:  # a truncated or foreign file: not a copy we can reuse
         return None
 

@@ -75,6 +75,18 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
+def _same_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors in their widest dtype.
+
+    Under CPU autocast the LoRA branch can come out in bf16 while the frozen projection stays fp32;
+    torch < 2.3 (A1111 ships 2.1) refuses such mixed inputs to scaled_dot_product_attention.
+    """
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 class Attention(nn.Module):
     """Grouped-query causal self-attention with rotate-half RoPE."""
 
@@ -94,7 +106,7 @@ class Attention(nn.Module):
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
             v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        out = F.scaled_dot_product_attention(*_same_dtype(q, k, v), is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 
 
