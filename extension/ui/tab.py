@@ -277,8 +277,33 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
         compat.on(ticks[1].change, h.samples_view, None, [samples], **quiet)
         result_dep = compat.on(ticks[2].change, h.result_view, None, [lora_name, text_adapter], **quiet)
         compat.on(result_dep.then, None, None, None, js=REFRESH_JS)
+    keep_saved_values_apart(tab)
     tab.lora_bridge_handlers = h  # tests reach the handlers of a built tab
     return tab
+
+
+def keep_saved_values_apart(tab: Any) -> None:
+    """Mark every component whose label an earlier one in the tab already has ``do_not_save_to_config``.
+
+    The WebUI's ui-config.json keys components by tab and label (``lora_training/Mixed precision/value``),
+    so the Text LoRA form's "Mixed precision" would otherwise be set to the image form's value. Components
+    are visited in the WebUI's own order (``ui_loadsave.add_block``), so the first keeps its saved value.
+    """
+    seen: set[str] = set()
+
+    def visit(block: Any) -> None:
+        if hasattr(block, "children"):
+            for child in block.children:
+                visit(child)
+            return
+        label = getattr(block, "label", None)
+        if label is None:
+            return
+        if label in seen:
+            block.do_not_save_to_config = True
+        seen.add(label)
+
+    visit(tab)
 
 
 def _safe(fn: Any, default: Any) -> Any:

@@ -255,3 +255,23 @@ def test_refusal_after_a_failed_run_shows_only_the_refusal(tmp_path, models_dir,
     assert refused.startswith("⚠️") and "nowhere" in refused and "boom" not in refused
     status = h.view()[1]
     assert "**failed** · last run `first`" in status  # the old failure is labelled as the last run's
+
+
+def test_webui_saved_values_do_not_cross_between_forms(tmp_path, models_dir, runner_factory, fake_webui):
+    """ui-config.json keys by tab and label: the Text LoRA form keeps its own defaults (mixed precision "no"),
+    not the image form's values, both when the WebUI first records them and from a saved ui-config.json."""
+    from modules.ui_loadsave import UiLoadsave
+
+    def text_value(tab, name):
+        return next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == f"lora_bridge_txt_{name}").value
+
+    for saved in ({}, {"lora_training/Mixed precision/value": "fp16", "lora_training/LR scheduler/value": "cosine"}):
+        host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory()))
+        tab = build_tab(host, "SD1.5")
+        h = tab.lora_bridge_handlers
+        defaults = {f.name: f.default for f in h.text_fields}
+        loadsave = UiLoadsave(saved)
+        loadsave.add_block(tab, "lora_training")
+        assert text_value(tab, "mixed_precision") == defaults["mixed_precision"] == "no", saved
+        assert text_value(tab, "lr_scheduler") == defaults["lr_scheduler"], saved
+        assert "lora_training/Mixed precision/value" in loadsave.ui_settings  # the image form's is still saved
