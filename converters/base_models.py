@@ -27,6 +27,22 @@ def read_base_shapes(path: Path, family: str | None = None) -> tuple[str | None,
         from .sd_base import read_sd_base_shapes
 
         return read_sd_base_shapes(path)
+    if _is_legacy_ggml(path):
+        raise AdapterError(
+            f"{path}: legacy GGML model; use its GGUF copy (a text run on it writes {path.with_suffix('.gguf').name} "
+            "beside it, or make one with lora-bridge upgrade-ggml IN OUT.gguf)"
+        )
     raise AdapterError(
         f"{path}: unknown base model type; give a .gguf, a diffusers folder or a .safetensors checkpoint"
     )
+
+
+# ggml, ggmf, ggjt: the magics of llama.cpp's pre-GGUF files (little-endian u32 at offset 0).
+_LEGACY_GGML_MAGICS = {0x67676D6C, 0x67676D66, 0x67676A74}
+
+
+def _is_legacy_ggml(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as handle:
+        return int.from_bytes(handle.read(4), "little") in _LEGACY_GGML_MAGICS

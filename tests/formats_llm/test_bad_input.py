@@ -123,3 +123,15 @@ def test_truncated_ggla(capsys, tmp_path):
     bad.write_bytes(b"ggla"[::-1] + struct.pack("<iii", 1, 4, 8) + struct.pack("<iii", 2, 20, 0) + b"\0" * 10)
     _cli_fails(capsys, ["convert", str(bad), str(tmp_path / "new.gguf")], "truncated")
     _no_leftovers(tmp_path, tmp_path / "new.gguf")
+
+
+def test_legacy_ggml_base_names_its_gguf_copy(capsys, peft_adapters, tmp_path):
+    """A GGML .bin given as --base (the file a text run trained on) says how to get the GGUF llama.cpp needs."""
+    base = tmp_path / "tiny.ggmlv3.q4_0.bin"
+    base.write_bytes((0x67676A74).to_bytes(4, "little") + (3).to_bytes(4, "little") + bytes(64))
+    folder, _ = peft_adapters("uniform")
+    dst = tmp_path / "a.gguf"
+    _cli_fails(capsys, ["convert", str(folder), str(dst), "--base", str(base)],
+               "legacy GGML", "tiny.ggmlv3.q4_0.gguf", "upgrade-ggml")
+    _no_leftovers(tmp_path, dst)
+    _cli_fails(capsys, ["inspect", str(folder), "--base", str(base)], "legacy GGML")
