@@ -173,7 +173,7 @@ class Handlers:
                 self.host.text_model_path(base)
         if output_name:
             out["output_name"] = str(output_name).strip()
-        out["output_dir"] = str(self.host.work_dir(out.get("output_name", "my_lora"), task))
+        out["output_dir"] = self.host.default_output_dir(out)
         return out
 
     def export_yaml(self, data_dir: str, base: str, output_name: str, *values: Any) -> str:

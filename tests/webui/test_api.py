@@ -128,3 +128,16 @@ def test_start_refuses_a_ggml_base_whose_kv_heads_need_setting(client_factory, t
     assert started.status_code == 200, started.text
     assert host.jobs.wait(30)["state"] == "done"
 
+
+def test_start_without_output_dir_uses_the_tabs_run_folder(client_factory, tmp_path, dataset, tiny_base,
+                                                            monkeypatch):
+    """REST without output_dir writes where the tab would (host.work_dir), not into ./output."""
+    monkeypatch.chdir(tmp_path)
+    client, host = client_factory(steps=2, delay=0.01)
+    config = {k: v for k, v in body(tmp_path, dataset, tiny_base).items() if k != "output_dir"}
+    assert client.post(f"{PREFIX}/start", json=config).status_code == 200
+    assert host.jobs.wait(30)["state"] == "done"
+    run_dir = host.work_dir("api_lora", "text-to-image")
+    assert (run_dir / "api_lora.safetensors").is_file()
+    assert not (tmp_path / "output").exists()
+
