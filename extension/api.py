@@ -115,8 +115,14 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
         return host.jobs.status()
 
     async def stop(request: Request) -> Any:
-        """Body ``{"save": false}`` cancels without a final file; default: stop and save."""
+        """Body ``{"save": false}`` cancels without a final file; default: stop and save.
+
+        With no run in progress: 200, the status unchanged, ``message`` says so (as the tab does).
+        """
         data = await body(request)
+        idle = host.idle_message()
+        if idle:
+            return {**host.jobs.status(), "message": idle}
         return host.jobs.stop() if data.get("save", True) else host.jobs.cancel()
 
     async def convert(request: Request) -> Any:

@@ -251,22 +251,17 @@ class Handlers:
 
     def stop(self) -> str:
         """Stop and save (says so when no run is in progress)."""
-        st = self.host.jobs.status()
-        if st["state"] not in RUNNING_STATES:
-            return self._nothing_running(st)
+        idle = self.host.idle_message()
+        if idle:
+            return idle
         return f"{self.host.jobs.stop()['state']}: the run saves after the current step"
 
     def cancel(self) -> str:
         """Cancel without a final file (says so when no run is in progress)."""
-        st = self.host.jobs.status()
-        if st["state"] not in RUNNING_STATES:
-            return self._nothing_running(st)
+        idle = self.host.idle_message()
+        if idle:
+            return idle
         return f"{self.host.jobs.cancel()['state']}: the run ends without a final file"
-
-    def _nothing_running(self, st: dict[str, Any]) -> str:
-        if st["state"] == "idle":
-            return "no run in progress"
-        return f"no run in progress; the last run ({self.host.last_output_name}) ended: {st['state']}"
 
     # ---- live view (polled) --------------------------------------------------------------
     def ticks(self) -> list[str]:

@@ -146,6 +146,17 @@ class Host:
             raise
         return {**status, "dataset": dataset}
 
+    def idle_message(self) -> str | None:
+        """What Stop/Cancel say when no run is in progress (and the last run's end); None while one runs."""
+        from ..jobs import RUNNING_STATES
+
+        state = self.jobs.status()["state"]
+        if state in RUNNING_STATES:
+            return None
+        if state == "idle":
+            return "no run in progress"
+        return f"no run in progress; the last run ({self.last_output_name}) ended: {state}"
+
     def before_run(self) -> None:
         """Nothing to free standalone."""
 

@@ -141,3 +141,19 @@ def test_start_without_output_dir_uses_the_tabs_run_folder(client_factory, tmp_p
     assert (run_dir / "api_lora.safetensors").is_file()
     assert not (tmp_path / "output").exists()
 
+
+def test_stop_without_a_run_says_so_and_changes_nothing(client_factory, tmp_path, dataset, tiny_base):
+    """Stop/cancel with nothing running: 200, the status as it was, and the tab's "no run in progress" line."""
+    client, host = client_factory(steps=2, delay=0.01)
+    idle = client.post(f"{PREFIX}/stop", json={})
+    assert idle.status_code == 200 and idle.json()["state"] == "idle"
+    assert idle.json()["message"] == "no run in progress"
+    assert client.post(f"{PREFIX}/start", json=body(tmp_path, dataset, tiny_base)).status_code == 200
+    assert host.jobs.wait(30)["state"] == "done"
+    before = host.jobs.status()
+    for save in (True, False):
+        answer = client.post(f"{PREFIX}/stop", json={"save": save})
+        assert answer.status_code == 200
+        assert answer.json()["message"] == "no run in progress; the last run (api_lora) ended: done"
+        assert answer.json()["state"] == "done"
+    assert host.jobs.status() == before
