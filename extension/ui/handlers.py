@@ -24,6 +24,7 @@ from . import chart, dataset_view
 from .form import FormField, from_widget, schema_fields, to_widget
 from .host import Host
 from .presets import preset_values
+from .wording import for_tab
 
 log = logging.getLogger("lora_bridge.ui")
 
@@ -397,11 +398,8 @@ class Handlers:
         try:
             out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
                                      arch=arch or None, force=bool(force), **options)
-        except converters.AdapterError as exc:
-            if "--force" in str(exc):  # the CLI's wording; here it is a checkbox
-                raise UserError(str(exc).replace("pass --force to overwrite it", "tick Overwrite to replace it")
-                                .replace("--force", "Overwrite")) from None
-            raise
+        except converters.AdapterError as exc:  # the CLI's wording; here the flags are fields
+            raise UserError(for_tab(str(exc))) from None
         if _inside(Path(out), self.host.lora_dir()):
             return f"wrote {out}; {self.host.refresh_loras() or 'Lora list refreshed'}"
         return f"wrote {out}"
@@ -411,7 +409,10 @@ class Handlers:
         """Inspect an adapter (JSON)."""
         if not path:
             raise UserError("give the path of an adapter to inspect")
-        report = converters.inspect_adapter(path.strip(), base=(base or "").strip() or None)
+        try:
+            report = converters.inspect_adapter(path.strip(), base=(base or "").strip() or None)
+        except converters.AdapterError as exc:
+            raise UserError(for_tab(str(exc))) from None
         return json.dumps(report, indent=2, sort_keys=True, default=str)
 
     # ---- Text LoRA -----------------------------------------------------------------------

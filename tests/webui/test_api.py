@@ -157,3 +157,15 @@ def test_stop_without_a_run_says_so_and_changes_nothing(client_factory, tmp_path
         assert answer.json()["message"] == "no run in progress; the last run (api_lora) ended: done"
         assert answer.json()["state"] == "done"
     assert host.jobs.status() == before
+
+
+def test_convert_errors_name_body_keys_not_cli_flags(client_factory, tmp_path, tiny_lora):
+    """The converters' CLI hints (pass --force, pass --to) come back as the request's JSON keys."""
+    client, _ = client_factory()
+    out = tmp_path / "twice.safetensors"
+    assert client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(out)}).status_code == 200
+    again = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(out)})
+    assert again.status_code == 400 and 'send "force": true to overwrite it' in again.json()["error"]
+    unknown = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(tmp_path / "x.bin")})
+    assert unknown.status_code == 400 and 'send "to" peft|diffusers|kohya|gguf' in unknown.json()["error"]
+    assert "--" not in again.json()["error"] + unknown.json()["error"]
