@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ._converters import converters
 from .jobs import JobBusyError
+from .ui.wording import for_rest
 
 log = logging.getLogger("lora_bridge.api")
 
@@ -115,8 +116,14 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
         return host.jobs.status()
 
     async def stop(request: Request) -> Any:
-        """Body ``{"save": false}`` cancels without a final file; default: stop and save."""
+        """Body ``{"save": false}`` cancels without a final file; default: stop and save.
+
+        With no run in progress: 200, the status unchanged, ``message`` says so (as the tab does).
+        """
         data = await body(request)
+        idle = host.idle_message()
+        if idle:
+            return {**host.jobs.status(), "message": idle}
         return host.jobs.stop() if data.get("save", True) else host.jobs.cancel()
 
     async def convert(request: Request) -> Any:
@@ -125,9 +132,12 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
         if not data.get("src") or not data.get("dst"):
             raise converters.AdapterError('convert needs "src" and "dst" paths')
         options = {k: data[k] for k in ("dtype", "name") if data.get(k)}
-        out = await run_in_threadpool(
-            lambda: converters.convert(data["src"], data["dst"], to=data.get("to"), base=data.get("base"),
-                                       arch=data.get("arch"), force=bool(data.get("force")), **options))
+        try:
+            out = await run_in_threadpool(
+                lambda: converters.convert(data["src"], data["dst"], to=data.get("to"), base=data.get("base"),
+                                           arch=data.get("arch"), force=bool(data.get("force")), **options))
+        except converters.AdapterError as exc:  # the CLI's wording; here the flags are body keys
+            raise converters.AdapterError(for_rest(str(exc))) from None
         return {"written": str(out)}
 
     async def inspect(request: Request) -> Any:
@@ -137,7 +147,10 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
             data.update(await body(request))
         if not data.get("path"):
             raise converters.AdapterError('inspect needs "path"')
-        return await run_in_threadpool(converters.inspect_adapter, data["path"], data.get("base"))
+        try:
+            return await run_in_threadpool(converters.inspect_adapter, data["path"], data.get("base"))
+        except converters.AdapterError as exc:
+            raise converters.AdapterError(for_rest(str(exc))) from None
 
     app.add_api_route(PREFIX + "/start", route(start), methods=["POST"])
     app.add_api_route(PREFIX + "/status", route(status), methods=["GET"])

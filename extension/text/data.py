@@ -148,14 +148,29 @@ def _text_samples(text: str) -> list[str]:
     return [line.strip() for line in text.split("\n") if line.strip()]
 
 
-def load_text_dataset(path: str | Path, tokenizer: Tokenizer, data_format: str = "auto", max_length: int = 512,
-                      train_on_responses_only: bool = True, chat_template: str | None = None) -> list[Sample]:
-    """Read and tokenize all samples; UserError with line numbers for bad rows, or for no usable sample."""
-    path = Path(path)
-    builder = _Builder(tokenizer, max_length, train_on_responses_only, chat_template)
-    samples: list[Sample] = []
-    bad: list[str] = []
-    for file in _files(path):
+@dataclass
+class Row:
+    """One sample as read from a data file, before tokenizing: plain text, chat messages, or what is wrong."""
+
+    file: str
+    line: int  # 0 for .txt samples (lines or paragraphs)
+    item: str | list[dict] | None
+    error: str = ""
+
+    @property
+    def where(self) -> str:
+        """``"data.jsonl line 2"`` (or the file name for text samples)."""
+        return f"{self.file} line {self.line}" if self.line else self.file
+
+
+def read_rows(path: str | Path, data_format: str = "auto") -> tuple[list[Path], list[Row]]:
+    """(files, rows) of a .txt/.jsonl file or folder, parsed and checked without a tokenizer.
+
+    UserError for a missing/unreadable file; a bad jsonl row becomes a ``Row`` with ``error`` set.
+    """
+    files = _files(Path(path))
+    rows: list[Row] = []
+    for file in files:
         try:
             content = file.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
@@ -163,7 +178,7 @@ def load_text_dataset(path: str | Path, tokenizer: Tokenizer, data_format: str =
         if file.suffix.lower() == ".txt":
             if data_format in ("instruction", "chat"):
                 raise UserError(f"{file}: data_format {data_format} needs a .jsonl file; use data_format text")
-            samples.extend(builder.plain(t) for t in _text_samples(content))
+            rows.extend(Row(file.name, 0, text) for text in _text_samples(content))
             continue
         for number, line in enumerate(content.split("\n"), start=1):
             if not line.strip():
@@ -171,17 +186,49 @@ def load_text_dataset(path: str | Path, tokenizer: Tokenizer, data_format: str =
             try:
                 row = json.loads(line)
             except ValueError as exc:
-                bad.append(f"{file.name} line {number}: not valid JSON ({exc.msg})")
+                rows.append(Row(file.name, number, None, f"not valid JSON ({exc.msg})"))
                 continue
             try:
-                item = _row_messages(row, data_format)
-                samples.append(builder.plain(item) if isinstance(item, str) else builder.chat(item))
-            except Exception as exc:  # template errors come as several jinja2 types
-                bad.append(f"{file.name} line {number}: {exc}")
+                rows.append(Row(file.name, number, _row_messages(row, data_format)))
+            except ValueError as exc:
+                rows.append(Row(file.name, number, None, str(exc)))
+    return files, rows
+
+
+def raise_bad_rows(path: str | Path, bad: list[str]) -> None:
+    """UserError naming the first bad rows (``"<file> line N: what"``), if there are any."""
     if bad:
         more = f" (and {len(bad) - _MAX_REPORTED} more)" if len(bad) > _MAX_REPORTED else ""
         raise UserError(f"{path}: {len(bad)} bad row(s): " + "; ".join(bad[:_MAX_REPORTED]) + more
                         + "; fix or remove them")
+
+
+def check_text_data(path: str | Path, data_format: str = "auto") -> tuple[int, int]:
+    """(samples, files) of a text dataset; UserError for what ``load_text_dataset`` would refuse before tokenizing."""
+    files, rows = read_rows(path, data_format)
+    raise_bad_rows(path, [f"{r.where}: {r.error}" for r in rows if r.error])
+    return len(rows), len(files)
+
+
+def load_text_dataset(path: str | Path, tokenizer: Tokenizer, data_format: str = "auto", max_length: int = 512,
+                      train_on_responses_only: bool = True, chat_template: str | None = None) -> list[Sample]:
+    """Read and tokenize all samples; UserError with line numbers for bad rows, or for no usable sample."""
+    path = Path(path)
+    builder = _Builder(tokenizer, max_length, train_on_responses_only, chat_template)
+    samples: list[Sample] = []
+    bad: list[str] = []
+    for row in read_rows(path, data_format)[1]:
+        if row.error:
+            bad.append(f"{row.where}: {row.error}")
+            continue
+        if not row.line:  # .txt: nothing the user wrote can fail here
+            samples.append(builder.plain(row.item))
+            continue
+        try:
+            samples.append(builder.plain(row.item) if isinstance(row.item, str) else builder.chat(row.item))
+        except Exception as exc:  # template errors come as several jinja2 types
+            bad.append(f"{row.where}: {exc}")
+    raise_bad_rows(path, bad)
     usable = [s for s in samples if sum(1 for x in s.labels[1:] if x != IGNORE) > 0]
     if not usable:
         raise UserError(f"{path}: no usable training samples (empty, or every reply cut off by max_length "

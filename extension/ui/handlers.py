@@ -24,6 +24,7 @@ from . import chart, dataset_view
 from .form import FormField, from_widget, schema_fields, to_widget
 from .host import Host
 from .presets import preset_values
+from .wording import for_tab
 
 log = logging.getLogger("lora_bridge.ui")
 
@@ -173,7 +174,7 @@ class Handlers:
                 self.host.text_model_path(base)
         if output_name:
             out["output_name"] = str(output_name).strip()
-        out["output_dir"] = str(self.host.work_dir(out.get("output_name", "my_lora"), task))
+        out["output_dir"] = self.host.default_output_dir(out)
         return out
 
     def export_yaml(self, data_dir: str, base: str, output_name: str, *values: Any) -> str:
@@ -251,22 +252,17 @@ class Handlers:
 
     def stop(self) -> str:
         """Stop and save (says so when no run is in progress)."""
-        st = self.host.jobs.status()
-        if st["state"] not in RUNNING_STATES:
-            return self._nothing_running(st)
+        idle = self.host.idle_message()
+        if idle:
+            return idle
         return f"{self.host.jobs.stop()['state']}: the run saves after the current step"
 
     def cancel(self) -> str:
         """Cancel without a final file (says so when no run is in progress)."""
-        st = self.host.jobs.status()
-        if st["state"] not in RUNNING_STATES:
-            return self._nothing_running(st)
+        idle = self.host.idle_message()
+        if idle:
+            return idle
         return f"{self.host.jobs.cancel()['state']}: the run ends without a final file"
-
-    def _nothing_running(self, st: dict[str, Any]) -> str:
-        if st["state"] == "idle":
-            return "no run in progress"
-        return f"no run in progress; the last run ({self.host.last_output_name}) ended: {st['state']}"
 
     # ---- live view (polled) --------------------------------------------------------------
     def ticks(self) -> list[str]:
@@ -402,11 +398,8 @@ class Handlers:
         try:
             out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
                                      arch=arch or None, force=bool(force), **options)
-        except converters.AdapterError as exc:
-            if "--force" in str(exc):  # the CLI's wording; here it is a checkbox
-                raise UserError(str(exc).replace("pass --force to overwrite it", "tick Overwrite to replace it")
-                                .replace("--force", "Overwrite")) from None
-            raise
+        except converters.AdapterError as exc:  # the CLI's wording; here the flags are fields
+            raise UserError(for_tab(str(exc))) from None
         if _inside(Path(out), self.host.lora_dir()):
             return f"wrote {out}; {self.host.refresh_loras() or 'Lora list refreshed'}"
         return f"wrote {out}"
@@ -416,7 +409,10 @@ class Handlers:
         """Inspect an adapter (JSON)."""
         if not path:
             raise UserError("give the path of an adapter to inspect")
-        report = converters.inspect_adapter(path.strip(), base=(base or "").strip() or None)
+        try:
+            report = converters.inspect_adapter(path.strip(), base=(base or "").strip() or None)
+        except converters.AdapterError as exc:
+            raise UserError(for_tab(str(exc))) from None
         return json.dumps(report, indent=2, sort_keys=True, default=str)
 
     # ---- Text LoRA -----------------------------------------------------------------------

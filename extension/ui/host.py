@@ -104,6 +104,11 @@ class Host:
         """A run's own folder (intermediate saves, state, samples, logs): not the Lora folder."""
         return self.output_dir / "runs" / (output_name or "my_lora")
 
+    def default_output_dir(self, config: dict[str, Any]) -> str:
+        """The run folder a start without ``output_dir`` gets (tab and REST alike): ``work_dir`` of its name."""
+        return str(self.work_dir(str(config.get("output_name") or "my_lora"),
+                                 str(config.get("task_type") or "text-to-image")))
+
     # ---- datasets ------------------------------------------------------------------------
     def captioners(self) -> list[str]:
         """Auto-captioners available here (the WebUI offers its BLIP and DeepBooru)."""
@@ -126,6 +131,8 @@ class Host:
 
         if self.jobs.running:
             raise JobBusyError("a training job is already running; stop or cancel it first")
+        if isinstance(config, dict) and not config.get("output_dir"):
+            config = {**config, "output_dir": self.default_output_dir(config)}
         cfg, dataset = check_start(config)
         previous = (self.base_model, self.last_output_name, self.task_type, self.published)
         self.base_model = str(cfg.base_model or "") or None
@@ -138,6 +145,17 @@ class Host:
             self.base_model, self.last_output_name, self.task_type, self.published = previous
             raise
         return {**status, "dataset": dataset}
+
+    def idle_message(self) -> str | None:
+        """What Stop/Cancel say when no run is in progress (and the last run's end); None while one runs."""
+        from ..jobs import RUNNING_STATES
+
+        state = self.jobs.status()["state"]
+        if state in RUNNING_STATES:
+            return None
+        if state == "idle":
+            return "no run in progress"
+        return f"no run in progress; the last run ({self.last_output_name}) ended: {state}"
 
     def before_run(self) -> None:
         """Nothing to free standalone."""

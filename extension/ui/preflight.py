@@ -25,8 +25,8 @@ def check_start(config: Any) -> tuple[Any, str]:
     cfg = config_from_dict(config, "start") if isinstance(config, dict) else config
     require_keys(cfg, "start")
     if str(cfg.task_type) == TEXT_TASK:
-        _check_text_base(Path(str(cfg.base_model)).expanduser())
-        return cfg, _check_text_data(Path(str(cfg.train_data_dir)).expanduser())
+        _check_text_base(Path(str(cfg.base_model)).expanduser(), cfg)
+        return cfg, _check_text_data(Path(str(cfg.train_data_dir)).expanduser(), str(cfg.data_format or "auto"))
     _check_image_base(cfg)
     return cfg, _check_image_data(cfg)
 
@@ -65,7 +65,7 @@ def _check_image_data(cfg: Any) -> str:
     return summary
 
 
-def _check_text_base(base: Path) -> None:
+def _check_text_base(base: Path, cfg: Any) -> None:
     if not base.exists():
         raise UserError(f"{base}: base model not found; pick a GGUF/GGML file in Text LoRA or give a full path")
     if base.is_dir():
@@ -85,24 +85,25 @@ def _check_text_base(base: Path) -> None:
             raise UserError(f"{base}: GGUF file without a known LLaMA-family architecture")
         return
     if int.from_bytes(magic, "little") in GGML_MAGICS:
+        _check_ggml_base(base, cfg)
         return
     hint = " (this looks like a Stable Diffusion checkpoint; train it in the image tabs)" \
         if base.suffix.lower() in (".safetensors", ".ckpt") else ""
     raise UserError(f"{base}: not a GGUF or legacy GGML LLaMA model{hint}; give a .gguf base")
 
 
-def _check_text_data(path: Path) -> str:
-    from ..text.data import _files, _text_samples
+def _check_ggml_base(base: Path, cfg: Any) -> None:
+    """The engine's GGML -> GGUF header check (KV heads vs the K weights' shape), from the memory-mapped file."""
+    from ..text.base_gguf import ggml_options
+    from ..text.ggml_legacy import gguf_metadata, read_ggml
 
-    files = _files(path)
-    count = 0
-    for file in files:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{file}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
-        count += len(_text_samples(text)) if file.suffix.lower() == ".txt" else \
-            sum(1 for line in text.splitlines() if line.strip())
+    gguf_metadata(read_ggml(base), **ggml_options(cfg))
+
+
+def _check_text_data(path: Path, data_format: str) -> str:
+    from ..text.data import check_text_data
+
+    count, files = check_text_data(path, data_format)
     if not count:
         raise UserError(f"{path}: no training text (empty file); add text, one sample per line or paragraph")
-    return f"{count} sample(s) in {len(files)} file(s)"
+    return f"{count} sample(s) in {files} file(s)"

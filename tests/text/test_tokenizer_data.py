@@ -8,7 +8,7 @@ import pytest
 from textutil import needs_llama_cpp
 
 from extension.errors import UserError
-from extension.text.data import IGNORE, load_text_dataset
+from extension.text.data import IGNORE, check_text_data, load_text_dataset
 from extension.text.gguf_model import read_gguf_metadata
 from extension.text.tokenizer import Tokenizer
 
@@ -97,6 +97,28 @@ def test_bad_rows_reported_with_line_numbers(tok, tmp_path):
     assert "3 bad row(s)" in message and "line 2: not valid JSON" in message
     assert "line 3: the last message must be the assistant's reply" in message and "line 4" in message
     assert "\n" not in message
+
+
+def test_check_without_tokenizer_refuses_the_same_rows(tok, tmp_path):
+    """What Start checks (no tokenizer) refuses a bad jsonl with the line load_text_dataset gives."""
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"text": "fine"}) + "\n{not json\n" + json.dumps({"foo": 1}) + "\n")
+    with pytest.raises(UserError) as checked:
+        check_text_data(data)
+    with pytest.raises(UserError) as loaded:
+        load_text_dataset(data, tok)
+    assert str(checked.value) == str(loaded.value)
+    assert "2 bad row(s): bad.jsonl line 2: not valid JSON" in str(checked.value)
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yo"}]}) + "\n")
+    with pytest.raises(UserError, match="line 1: no 'instruction' and 'output' key"):
+        check_text_data(chat, "instruction")
+    folder = tmp_path / "good"
+    folder.mkdir()
+    (folder / "a.txt").write_text("one\n\ntwo\n")
+    (folder / "b.jsonl").write_text(chat.read_text() + "\n")
+    assert check_text_data(folder) == (3, 2)
 
 
 def test_empty_dataset_is_a_user_error(tok, tmp_path):

@@ -89,3 +89,83 @@ def test_inspect_and_convert(client_factory, tmp_path, tiny_lora):
     converted = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(out), "to": "peft"})
     assert converted.status_code == 200, converted.text
     assert list(out.rglob("adapter_model.safetensors"))
+
+
+def test_start_refuses_a_bad_jsonl_row_before_anything_starts(client_factory, tmp_path, tiny_gguf):
+    """A malformed jsonl row is a 400 naming the line (the engine's own check), not a job that fails later."""
+    client, host = client_factory()
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"text": "hello world"}\n{"text": "unterminated\n')
+    answer = client.post(f"{PREFIX}/start", json={"task_type": "text-generation", "base_model": str(tiny_gguf),
+                                                  "train_data_dir": str(data), "output_name": "bad",
+                                                  "output_dir": str(tmp_path / "run")})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert "1 bad row(s): bad.jsonl line 2: not valid JSON" in error and "fix or remove them" in error
+    assert "\n" not in error
+    assert host.jobs.status()["state"] == "idle" and not (tmp_path / "run").exists()
+
+
+def test_start_refuses_a_ggml_base_whose_kv_heads_need_setting(client_factory, tmp_path):
+    """The engine's GGML header check (KV heads vs the K weights) runs at Start; with the option it starts."""
+    from extension.tiny.ggml import write_ggml
+    from extension.tiny.llama import build_tiny_llama, kv_heads, tiny_vocab
+
+    vocab = tiny_vocab()
+    model = build_tiny_llama(vocab=vocab)
+    assert kv_heads(model) < model.config.num_attention_heads  # GQA: GGML does not store the KV head count
+    base = write_ggml(model, vocab, tmp_path / "tiny.ggmlv3.bin")
+    data = tmp_path / "t.txt"
+    data.write_text("hello world\n")
+    client, host = client_factory(steps=2, delay=0.01)
+    config = {"task_type": "text-generation", "base_model": str(base), "train_data_dir": str(data),
+              "output_name": "gqa", "output_dir": str(tmp_path / "run")}
+    refused = client.post(f"{PREFIX}/start", json=config)
+    assert refused.status_code == 400, refused.text
+    assert f"set n_kv_heads to {kv_heads(model)}" in refused.json()["error"]
+    assert host.jobs.status()["state"] == "idle" and not (tmp_path / "run").exists()
+    started = client.post(f"{PREFIX}/start", json={**config, "ggml_n_kv_heads": kv_heads(model)})
+    assert started.status_code == 200, started.text
+    assert host.jobs.wait(30)["state"] == "done"
+
+
+def test_start_without_output_dir_uses_the_tabs_run_folder(client_factory, tmp_path, dataset, tiny_base,
+                                                            monkeypatch):
+    """REST without output_dir writes where the tab would (host.work_dir), not into ./output."""
+    monkeypatch.chdir(tmp_path)
+    client, host = client_factory(steps=2, delay=0.01)
+    config = {k: v for k, v in body(tmp_path, dataset, tiny_base).items() if k != "output_dir"}
+    assert client.post(f"{PREFIX}/start", json=config).status_code == 200
+    assert host.jobs.wait(30)["state"] == "done"
+    run_dir = host.work_dir("api_lora", "text-to-image")
+    assert (run_dir / "api_lora.safetensors").is_file()
+    assert not (tmp_path / "output").exists()
+
+
+def test_stop_without_a_run_says_so_and_changes_nothing(client_factory, tmp_path, dataset, tiny_base):
+    """Stop/cancel with nothing running: 200, the status as it was, and the tab's "no run in progress" line."""
+    client, host = client_factory(steps=2, delay=0.01)
+    idle = client.post(f"{PREFIX}/stop", json={})
+    assert idle.status_code == 200 and idle.json()["state"] == "idle"
+    assert idle.json()["message"] == "no run in progress"
+    assert client.post(f"{PREFIX}/start", json=body(tmp_path, dataset, tiny_base)).status_code == 200
+    assert host.jobs.wait(30)["state"] == "done"
+    before = host.jobs.status()
+    for save in (True, False):
+        answer = client.post(f"{PREFIX}/stop", json={"save": save})
+        assert answer.status_code == 200
+        assert answer.json()["message"] == "no run in progress; the last run (api_lora) ended: done"
+        assert answer.json()["state"] == "done"
+    assert host.jobs.status() == before
+
+
+def test_convert_errors_name_body_keys_not_cli_flags(client_factory, tmp_path, tiny_lora):
+    """The converters' CLI hints (pass --force, pass --to) come back as the request's JSON keys."""
+    client, _ = client_factory()
+    out = tmp_path / "twice.safetensors"
+    assert client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(out)}).status_code == 200
+    again = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(out)})
+    assert again.status_code == 400 and 'send "force": true to overwrite it' in again.json()["error"]
+    unknown = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(tmp_path / "x.bin")})
+    assert unknown.status_code == 400 and 'send "to" peft|diffusers|kohya|gguf' in unknown.json()["error"]
+    assert "--" not in again.json()["error"] + unknown.json()["error"]
