@@ -39,16 +39,22 @@ def _check_image_base(cfg: Any) -> None:
         raise UserError(f"{base}: not a Stable Diffusion checkpoint (.safetensors/.ckpt or a diffusers folder)")
     if base.is_file() and base.suffix.lower() == ".ckpt":
         return  # reading a pickle's architecture means loading it: the engine does that (weights_only)
-    try:
-        arch, _ = converters.base_module_shapes(base, "sd")
-    except converters.AdapterError:
-        raise
-    except Exception as exc:
-        raise UserError(f"{base}: cannot read the base model ({type(exc).__name__}: {exc})") from None
+    arch = _base_arch(base, "sd", "the base model")
     wanted = str(getattr(cfg, "model_arch", "auto") or "auto")
     if arch not in SD_ARCHS and wanted == "auto":
         raise UserError(f"{base}: not an SD1/SD2/SDXL checkpoint (found {arch or 'no known architecture'}); "
                         "pick a Stable Diffusion checkpoint, or set model_arch")
+
+
+def _base_arch(base: Path, family: str, what: str) -> str | None:
+    """The base's architecture; a file the format layer cannot parse is one UserError line."""
+    try:
+        arch, _ = converters.base_module_shapes(base, family)
+    except converters.AdapterError:
+        raise  # already one line naming the file
+    except Exception as exc:
+        raise UserError(f"{base}: cannot read {what} ({type(exc).__name__}: {exc})") from None
+    return arch
 
 
 def _check_image_data(cfg: Any) -> str:
@@ -75,12 +81,7 @@ def _check_text_base(base: Path, cfg: Any) -> None:
     with open(base, "rb") as handle:
         magic = handle.read(4)
     if magic == b"GGUF":
-        try:
-            arch, _ = converters.base_module_shapes(base, "llm")
-        except converters.AdapterError:
-            raise
-        except Exception as exc:
-            raise UserError(f"{base}: cannot read the GGUF header ({type(exc).__name__}: {exc})") from None
+        arch = _base_arch(base, "llm", "the GGUF header")
         if not arch:
             raise UserError(f"{base}: GGUF file without a known LLaMA-family architecture")
         return
