@@ -113,7 +113,9 @@ def test_start_refuses_a_ggml_base_whose_kv_heads_need_setting(client_factory, t
 
     vocab = tiny_vocab()
     model = build_tiny_llama(vocab=vocab)
-    assert kv_heads(model) < model.config.num_attention_heads  # GQA: GGML does not store the KV head count
+    if kv_heads(model) == model.config.num_attention_heads:
+        pytest.skip("transformers < 4.31 (A1111's 4.30.2) builds no grouped-query model to test with")
+    # GQA: GGML files do not store the KV head count, so Start must ask for it
     base = write_ggml(model, vocab, tmp_path / "tiny.ggmlv3.bin")
     data = tmp_path / "t.txt"
     data.write_text("hello world\n")
