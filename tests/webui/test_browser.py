@@ -145,6 +145,10 @@ def test_train_from_the_browser(playwright_sync, server):
         _tab(page, "Output")
         page.wait_for_function("document.querySelector('#lora_bridge_output').innerText.includes('modules match')",
                                timeout=60_000)
+        # The LoRA box is filled by the result tick's own change event, which may land after the output text's.
+        page.wait_for_function("(() => { const e = document.querySelector('#lora_bridge_lora_name textarea, "
+                               "#lora_bridge_lora_name input'); return e && e.value === 'browser_lora'; })()",
+                               timeout=60_000)
         assert _box(page, "lora_bridge_lora_name").input_value() == "browser_lora"
         page.locator("#lora_bridge_send").click()
         page.wait_for_function("(() => { const e = document.querySelector('#lora_bridge_prompt textarea, "
