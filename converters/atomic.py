@@ -13,7 +13,17 @@ from .errors import AdapterError
 
 
 def _umask() -> int:
-    """The process umask (read by setting it and putting it back: there is no getter)."""
+    """The process umask, read without changing it where Linux allows.
+
+    Setting it and putting it back is the only portable getter, but a WebUI process has other threads
+    creating files meanwhile, so /proc is asked first.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

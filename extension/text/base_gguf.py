@@ -69,24 +69,6 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (another thread may create files)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def make_readable(path: Path) -> None:
-    """Give ``path`` the permissions a plain ``open()`` would (temp files are created owner-only)."""
-    os.chmod(path, 0o666 & ~_umask())
-
-
 def prepare_base_gguf(config: Any, output_dir: Path, log: Callable[[str], None]) -> Path | None:
     """The GGUF file llama.cpp uses with the adapter (None for an HF folder base); says once which copy it uses."""
     base = Path(setting(config, "base_model", "")).expanduser()

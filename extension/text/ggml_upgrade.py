@@ -15,7 +15,7 @@ from gguf import GGMLQuantizationType
 
 from .._converters import converters
 from ..errors import UserError
-from .base_gguf import SOURCE_KEY, make_readable
+from .base_gguf import SOURCE_KEY
 from .ggml_legacy import GGMLFile, gguf_metadata, gguf_tensor_name, read_ggml
 
 
@@ -92,8 +92,7 @@ def upgrade_ggml(src: str | Path, dst: str | Path, n_kv_heads: int | None = None
     meta = gguf_metadata(ggml, n_kv_heads, rms_eps, context_length, rope_base)
     if source_stamp:
         meta[SOURCE_KEY] = source_stamp
-    write_gguf_from_ggml(ggml, dst, meta, force=force)
-    make_readable(dst)
+    write_gguf_from_ggml(ggml, dst, meta, force=force)  # converters.atomic: umask permissions
     return dst
 
 

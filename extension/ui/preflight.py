@@ -15,7 +15,6 @@ from ..errors import UserError
 
 TEXT_TASK = "text-generation"
 SD_ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
-GGML_MAGICS = (0x67676D6C, 0x67676D66, 0x67676A74)  # ggml, ggmf, ggjt (llama.cpp before GGUF)
 
 
 def check_start(config: Any) -> tuple[Any, str]:
@@ -85,6 +84,8 @@ def _check_text_base(base: Path, cfg: Any) -> None:
         if not arch:
             raise UserError(f"{base}: GGUF file without a known LLaMA-family architecture")
         return
+    from ..text.ggml_legacy import GGML_MAGICS
+
     if int.from_bytes(magic, "little") in GGML_MAGICS:
         _check_ggml_base(base, cfg)
         return
