@@ -27,6 +27,7 @@ import torch
 
 from .._converters import converters
 from ..errors import UserError
+from ..training.amp import loss_scaler, optimizer_step, unscale_gradients
 from ..training.checkpoint import latest_state, load_training_state, restore_rng, save_training_state
 from ..training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult
 from ..training.init_lora import load_text_init, text_layout
@@ -61,16 +62,29 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=gen).tolist()
 
 
-def _accelerator(config: Any):
-    """(accelerate.Accelerator or None, autocast dtype or None)."""
-    mp = str(setting(config, "mixed_precision", "no"))
-    cuda = torch.cuda.is_available()
-    if not cuda and mp == "fp16":
-        mp = "bf16"  # fp16 autocast is GPU-only; bf16 is the CPU equivalent
+def training_device(cuda_available: bool | None = None) -> torch.device:
+    """Where a text run trains: the current CUDA device when torch has one, else the CPU.
+
+    The base's packed blocks, the LoRA and every step tensor live there, so on CUDA the blocks are
+    dequantized on the GPU (``quant.dequant_backend``). The WebUI hand-off assumes the same
+    (``webui/host.py``: a text run frees VRAM exactly when torch would train on a GPU).
+    """
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def mixed_precision_for(mp: str, device: torch.device) -> str:
+    """The accelerate precision used on ``device``: fp16 autocast is GPU-only, bf16 is its CPU equivalent."""
+    return "bf16" if device.type != "cuda" and mp == "fp16" else mp
+
+
+def _accelerator(config: Any, device: torch.device):
+    """(accelerate.Accelerator or None, autocast dtype or None) for training on ``device``."""
+    mp = mixed_precision_for(str(setting(config, "mixed_precision", "no")), device)
     try:
         from accelerate import Accelerator
 
-        acc = Accelerator(mixed_precision=mp, cpu=not cuda)
+        acc = Accelerator(mixed_precision=mp, cpu=device.type != "cuda")
     except Exception:  # accelerate missing, or a process-wide state set up differently by another run
         acc = None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
@@ -99,6 +113,7 @@ class _Run:
         logdir = setting(config, "logging_dir", None) or self.output_dir / "logs"
         self.emit = fan_out(callback if callback is not None else TqdmSink("text lora"), TensorBoardSink(logdir))
         self.state_root = self.output_dir / f"{self.name}-state"
+        self.device = training_device()
 
     # -- outputs ----------------------------------------------------------------------------------
 
@@ -122,7 +137,7 @@ def train_text(config: Any, callback: EventCallback | None = None,
                control: TrainingControl | None = None) -> TrainResult:
     """Train a text LoRA as ``config`` says; see the module docstring for what is written."""
     run = _Run(config, callback, control)
-    tune_heap_for_training()
+    tune_heap_for_training(run.device)
     try:
         return _train(run)
     except NonFiniteLoss as exc:
@@ -132,7 +147,7 @@ def train_text(config: Any, callback: EventCallback | None = None,
         run.emit(TrainingEvent("error", message=str(exc)))
         raise
     finally:
-        restore_heap_after_training()  # the process may be a long-running WebUI
+        restore_heap_after_training(run.device)  # the process may be a long-running WebUI
 
 
 def _train(run: _Run) -> TrainResult:
@@ -150,7 +165,7 @@ def _train(run: _Run) -> TrainResult:
     )
     batch_size = int(setting(config, "batch_size", 1))
     longest = max(len(s.ids) for s in samples)  # load_text_dataset refuses an empty dataset
-    keep_activations_in_heap(model.largest_activation_bytes(batch_size * longest))
+    keep_activations_in_heap(model.largest_activation_bytes(batch_size * longest), run.device)
     run.output_dir.mkdir(parents=True, exist_ok=True)
 
     def log(line: str) -> None:
@@ -168,9 +183,10 @@ def _train(run: _Run) -> TrainResult:
         load_text_init(layout, layers)
     ranks = "/".join(str(r) for r in sorted({layer.rank for layer in layers.values()}))
     model.gradient_checkpointing = bool(setting(config, "gradient_checkpointing", False))
+    model.to(run.device)  # packed blocks, norms and LoRA; a no-op on CPU
     params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     optimizer = build_optimizer(params, config)
-    accelerator, autocast_dtype = _accelerator(config)
+    accelerator, autocast_dtype = _accelerator(config, run.device)
 
     accum = int(setting(config, "gradient_accumulation_steps", 1))
     n_batches = math.ceil(len(samples) / batch_size)
@@ -268,9 +284,9 @@ def _optimizer_step(model: TextModel, group: list[list[Sample]], params, optimiz
     total = 0.0
     for batch in group:
         ids, labels = collate(batch, pad_id)
-        ids_t, labels_t = torch.tensor(ids), torch.tensor(labels)
-        ctx = torch.autocast("cuda" if ids_t.is_cuda else "cpu", dtype=autocast_dtype) if autocast_dtype \
-            else contextlib.nullcontext()
+        device = params[0].device  # the model's (training_device)
+        ids_t, labels_t = torch.tensor(ids, device=device), torch.tensor(labels, device=device)
+        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         with ctx:
             loss = model.causal_lm_loss_sum(ids_t, labels_t, ignore_index=IGNORE) / max(1, n_tokens)
         if accelerator is not None:
@@ -278,9 +294,11 @@ def _optimizer_step(model: TextModel, group: list[list[Sample]], params, optimiz
         else:
             loss.backward()
         total += float(loss.detach())
+    scaler = loss_scaler(accelerator)  # fp16 on CUDA (training/amp.py)
+    unscale_gradients(optimizer, scaler)
     if max_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
-    optimizer.step()
+    optimizer_step(optimizer, scaler)
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total

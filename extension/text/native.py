@@ -149,6 +149,18 @@ _LOCK = threading.Lock()
 _STATE: dict[str, NativeDequantizer | None] = {}
 
 
+def native_for(device: torch.device | str) -> NativeDequantizer | None:
+    """The compiled dequantizer for blocks held on ``device``, or None.
+
+    The one place the native library is chosen by device: C can only read host memory, so any
+    other device (CUDA) gets None and dequantizes with torch ops where its tensors live; the
+    library is not even built then.
+    """
+    if torch.device(device).type != "cpu":
+        return None
+    return native_dequantizer()
+
+
 def native_dequantizer() -> NativeDequantizer | None:
     """The compiled dequantizer, built and self-tested on first call; None when unavailable or disabled."""
     if os.environ.get("LORA_BRIDGE_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):

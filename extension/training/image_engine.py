@@ -20,6 +20,7 @@ import torch
 from .._converters import converters
 from ..errors import UserError
 from . import checkpoint as ckpt
+from .amp import loss_scaler, optimizer_step, unscale_gradients
 from .events import EventCallback, TrainingControl, TrainingEvent, TrainResult
 from .image_data import ImageData
 from .init_lora import image_layout, load_image_init
@@ -253,9 +254,10 @@ class _ImageRun:
                     mean_loss = acc.reduce(mean_loss, reduction="mean")
                 last_loss = check_finite(float(mean_loss), step + 1)
                 params = [p for g in optimizer.param_groups for p in g["params"]]
+                unscale_gradients(optimizer, loss_scaler(acc))  # fp16 on CUDA: see amp.py
                 if max_norm > 0:
                     acc.clip_grad_norm_(params, max_norm)
-                optimizer.step()
+                optimizer_step(optimizer, loss_scaler(acc))
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
