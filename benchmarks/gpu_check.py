@@ -18,8 +18,8 @@ Fails (exit 1) on a wrong result: a loss that is not finite, a text loss that do
 adapter that does not load or did not train, a dequantization off the GPU, or a ratio beyond the
 thresholds (``--min-speed``, ``--max-vram``, ``--max-text-vram``). Exit 77: no CUDA device, nothing measured.
 
-``--dry-run`` runs the same logic on the CPU with tiny models (seconds): it exercises the script,
-not the GPU. ``--size full`` with ``--dry-run`` uses the full-size shapes on the CPU (slow, heavy).
+``--dry-run`` runs the same logic on the CPU with tiny models (1-2 minutes on 2 cores): it exercises
+the script, not the GPU. ``--size full`` with ``--dry-run`` uses the full-size shapes on the CPU (slow, heavy).
 """
 
 from __future__ import annotations
