@@ -293,7 +293,8 @@ def run_image(args: argparse.Namespace, device: torch.device, work: Path, checks
             book = image_textbook(base, data, precision, args.image_steps, args.resolution, args.rank, device)
         book_peak = mem.peak
         _free(device)
-        label = f"image {precision}"
+        label = f"image {precision}" + (" (fp32: no fp16 autocast on the CPU)" if precision == "fp16"
+                                          and device.type != "cuda" else "")
         checks.expect(ours["status"] == "done", f"{label}: our run finished ({ours['status']}: {ours['message']})")
         checks.expect(len(ours["losses"]) == args.image_steps and all(math.isfinite(v) for v in ours["losses"]),
                       f"{label}: our {len(ours['losses'])} losses finite "
