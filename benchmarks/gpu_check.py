@@ -393,6 +393,27 @@ class StepProfiler:
             self.table = events.table(sort_by="cuda_time_total" if cuda else "cpu_time_total", row_limit=8)
 
 
+def check_dequant_values(base: Path, device: torch.device, checks: Checks) -> None:
+    """Q4_0 dequantized on ``device`` by the engine's own dispatch equals torch's CPU reference bit for bit."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from extension.text import quant
+
+    reader = GGUFReader(str(base))
+    picked = [t for t in reader.tensors if t.name in ("token_embd.weight", "blk.0.ffn_down.weight")]
+    for t in picked:
+        cols, rows = int(t.shape[0]), int(t.shape[1])
+        raw = torch.from_numpy(np.array(t.data).reshape(rows, -1))  # a copy: the map is read-only
+        reference = quant.dequantize_rows(raw, GGMLQuantizationType.Q4_0, cols, native=False)
+        got = quant.dequantize_rows(raw.to(device), GGMLQuantizationType.Q4_0, cols).cpu()
+        backend = quant.dequant_backend(GGMLQuantizationType.Q4_0, device)
+        checks.expect(torch.equal(got.view(torch.int32), reference.view(torch.int32)),
+                      f"text: {t.name} ({rows}x{cols}) dequantized by {backend} on {device.type} equals the CPU "
+                      "reference bit for bit")
+    del reader
+    quant.release_buffers()  # its scratch space must not count as the training run's baseline
+
+
 def text_samples(path: Path, n: int, words: int) -> Path:
     """``n`` lines of ``words`` vocabulary pieces each (about ``words`` tokens)."""
     rng = np.random.default_rng(0)
@@ -420,6 +441,8 @@ def run_text(args: argparse.Namespace, device: torch.device, work: Path, checks:
     data = text_samples(work / "text.txt", 4, args.tokens - 2)
     file_bytes = base.stat().st_size
     print(f"  wrote {base.name} ({file_bytes / 1e9:.2f} GB) in {time.perf_counter() - start:.0f} s", flush=True)
+    check_dequant_values(base, device, checks)
+    _free(device)
     config = config_from_dict(dict(
         task_type="text-generation", base_model=str(base), train_data_dir=str(data), output_dir=str(work / "text-out"),
         output_name="gpu-check-text", lora_rank=args.rank_text, lora_alpha=args.rank_text, batch_size=4,
