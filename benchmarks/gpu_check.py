@@ -458,12 +458,10 @@ def run_text(args: argparse.Namespace, device: torch.device, work: Path, checks:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             stamps.append(time.perf_counter())
-        if event.kind == "start":
-            profiler.on_step(0)
         if event.kind == "step":
             losses.append(float(event.loss))
-            if not args.no_profile:
-                profiler.on_step(int(event.step))
+        if event.kind in ("start", "step") and not args.no_profile:
+            profiler.on_step(int(event.step) if event.kind == "step" else 0)
 
     with DequantProbe() as probe, PeakMemory(device) as mem:
         result = run_training(config, on_event)

@@ -24,8 +24,8 @@ def _load(name: str):
     return module
 
 
-def _run(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable}
+def _run(*args: str, timeout: float, **env_extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, **env_extra}
     return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
@@ -75,6 +75,14 @@ def test_q4_builder_writes_a_base_the_engine_loads(tmp_path):
     assert model.model.layers[0].mlp.up_proj.weight.qtype.name == "Q4_0"
     weight = model.model.layers[0].mlp.up_proj.weight.dequantize()
     assert torch.isfinite(weight).all() and 0.005 < float(weight.std()) < 0.05  # about the requested 0.02
+
+
+def test_text_dry_run_with_torch_dequantization():
+    """Without the C helper the CPU run dequantizes as a GPU run does (torch ops): the probe shows it."""
+    proc = _run("--dry-run", "--skip-image", "--text-steps", "2", "--no-profile", timeout=600, LORA_BRIDGE_NATIVE="0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Q4_0/cpu/torch" in proc.stdout and "native" not in proc.stdout.split("dispatches")[1].split("\n")[0]
+    assert "compiled CPU helper calls: 0" in proc.stdout
 
 
 @pytest.mark.slow
