@@ -119,6 +119,15 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def run_training(config, callback):
+    """The one training entry point (``extension/runner.py`` since #13, ``extension/training/runner.py`` before)."""
+    try:
+        from extension.runner import run_training as run
+    except ImportError:
+        from extension.training.runner import run_training as run
+    return run(config, callback)
+
+
 def _step_times(stamps: list[float]) -> list[float]:
     """Durations between consecutive step events, warm-up steps dropped (at least one kept)."""
     times = list(np.diff(stamps))
@@ -164,7 +173,6 @@ def image_ours(base: Path, data: Path, out: Path, precision: str, steps: int, re
                rank: int) -> dict:
     """lora-bridge's image engine on the job; step times, losses and the adapter file."""
     from extension.config import config_from_dict
-    from extension.training.runner import run_training
 
     config = config_from_dict(dict(
         base_model=str(base), train_data_dir=str(data), output_dir=str(out), output_name=f"gpu-check-{precision}",
@@ -428,7 +436,6 @@ def run_text(args: argparse.Namespace, device: torch.device, work: Path, checks:
 
     from extension._converters import converters
     from extension.config import config_from_dict
-    from extension.training.runner import run_training
 
     shape = LLAMA2_7B if args.size == "full" else TINY
     if args.text_layers:

@@ -9,7 +9,11 @@ from __future__ import annotations
 import torch
 
 from extension.training import amp
-from extension.training.image_engine import _weight_dtype
+
+try:  # the image engine's home since #13
+    from extension.image.engine import _weight_dtype
+except ImportError:
+    from extension.training.image_engine import _weight_dtype
 
 
 def _one_step(scaler: torch.amp.GradScaler | None, grad_scale: float = 1.0, clip: float = 0.0) -> torch.Tensor:
