@@ -509,8 +509,10 @@ def run_text(args: argparse.Namespace, device: torch.device, work: Path, checks:
             checks.expect(profiler.bitwise_device_us > 0, "text: profiler shows bitwise (unpacking) kernels on CUDA")
     s_step = float(np.median(times)) if times else float("nan")
     what = "peak VRAM" if device.type == "cuda" else "peak RSS"
+    fp16_bytes = 2 * (sum(r * c for _, r, c in shape.matrices()) + sum(n for _, n in shape.vectors()))
     line = (f"text: {s_step:.2f} s/step, {what} {_gib(mem.peak)} = {mem.peak / file_bytes:.2f}x the "
-            f"{file_bytes / 2**30:.2f} GiB file")
+            f"{file_bytes / 2**30:.2f} GiB file, {mem.peak / fp16_bytes:.2f}x the {_gib(fp16_bytes)} its weights "
+            "take in fp16 alone")
     print("  " + line, flush=True)
     if device.type == "cuda":  # a float copy of the weights would be 3.6x (fp16) or 7x (fp32) the Q4_0 file alone
         checks.expect(mem.peak <= args.max_text_vram * file_bytes,
