@@ -206,7 +206,7 @@ def dequant_backend(qtype: GGMLQuantizationType, device: torch.device | str) -> 
     ops on the blocks' own device, so on CUDA the blocks never leave the GPU; "numpy": gguf-py's
     reference code through host memory (rare types: Q2_K, Q3_K, Q5_K, IQ*).
     """
-    if qtype in NATIVE_TYPES and native_for(device) is not None:
+    if qtype in NATIVE_TYPES and native_for(device, torch_dequantize_rows) is not None:
         return "native"
     return "torch" if qtype in TORCH_TYPES else "numpy"
 
@@ -214,7 +214,7 @@ def dequant_backend(qtype: GGMLQuantizationType, device: torch.device | str) -> 
 def _native_for(qtype: GGMLQuantizationType, raw: torch.Tensor) -> NativeDequantizer | None:
     if raw.dtype != torch.uint8 or not raw.is_contiguous() or dequant_backend(qtype, raw.device) != "native":
         return None
-    return native_for(raw.device)
+    return native_for(raw.device, torch_dequantize_rows)
 
 
 def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int, native: bool = True) -> torch.Tensor:
@@ -243,6 +243,11 @@ def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int,
     values = dequantize(raw.cpu().numpy(), qtype)
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(rows, n_cols).to(raw.device)
 
+
+
+def torch_dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int) -> torch.Tensor:
+    """``dequantize_rows`` with the torch code only: the reference the compiled helper must match."""
+    return dequantize_rows(raw, qtype, n_cols, native=False)
 
 def dequantize_into(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int, out: torch.Tensor) -> torch.Tensor:
     """Like ``dequantize_rows`` but writes into the float32 tensor ``out`` (rows, n_cols); returns it."""

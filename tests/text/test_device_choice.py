@@ -32,7 +32,7 @@ def fake_native(monkeypatch):
 
     lib = Lib()
 
-    def provide():
+    def provide(reference=None):
         lib.calls += 1
         return lib
 
@@ -41,11 +41,12 @@ def fake_native(monkeypatch):
 
 
 def test_native_library_only_for_cpu_memory(fake_native):
-    assert native.native_for(CUDA) is None
-    assert native.native_for("cuda:1") is None
+    reference = quant.torch_dequantize_rows
+    assert native.native_for(CUDA, reference) is None
+    assert native.native_for("cuda:1", reference) is None
     assert fake_native.calls == 0  # never even built for a GPU run
-    assert native.native_for(CPU) is fake_native
-    assert native.native_for("cpu") is fake_native
+    assert native.native_for(CPU, reference) is fake_native
+    assert native.native_for("cpu", reference) is fake_native
 
 
 @pytest.mark.parametrize("qtype", [Q.Q4_0, Q.Q8_0, Q.Q4_K, Q.Q6_K])
@@ -55,7 +56,7 @@ def test_dequant_backend_by_device(fake_native, qtype):
 
 
 def test_dequant_backend_without_native_and_for_rare_types(monkeypatch):
-    monkeypatch.setattr(native, "native_dequantizer", lambda: None)
+    monkeypatch.setattr(native, "native_dequantizer", lambda reference=None: None)
     assert quant.dequant_backend(Q.Q4_0, CPU) == "torch"
     assert quant.dequant_backend(Q.F16, CUDA) == "torch"
     assert quant.dequant_backend(Q.Q5_K, CUDA) == "numpy"  # gguf-py, through host memory and back
