@@ -181,6 +181,16 @@ class TrainConfig:
     cache_text_encoder_outputs: bool = _f(
         True, "Encode each caption once (used only when the text encoder is frozen and captions do not change: no "
         "shuffle or dropout).", group="image")
+    frozen_weight_dtype: str = _f(
+        "auto", "Precision the frozen UNet weights are kept in when the run computes in float32 (CPU, or "
+        "mixed_precision `no`): they are upcast layer by layer, so the math stays float32 (Forge's "
+        "`--unet-in-fp16`). `auto` keeps the checkpoint's own precision (fp16 for the usual fp16 files: half the "
+        "UNet's memory, same values); `fp32` upcasts the whole UNet; `fp16`/`bf16` force that storage (bf16 "
+        "rounds fp16 weights).", group="image", choices=("auto", "fp32", "fp16", "bf16"))
+    release_encoders: bool = _f(
+        True, "When latents and captions are cached (single-file base), encode them all first, free the VAE and "
+        "text encoders, and only then load the UNet; sample images load them again while they render.",
+        group="image")
 
     # --- image: samples ---
     sample_every_n_steps: int = _f(0, "Render sample images every N steps (0: off).", group="image", minimum=0)

@@ -19,6 +19,8 @@ import torch
 
 from .._converters import converters
 from ..errors import UserError
+from ..image import memory
+from ..image.frozen_weights import adapters_in_fp32
 from . import checkpoint as ckpt
 from .events import EventCallback, TrainingControl, TrainingEvent, TrainResult
 from .image_data import ImageData
@@ -105,25 +107,31 @@ class _ImageRun:
         data = ImageData(config)
         if data.report.problems:
             self.emit(TrainingEvent("log", message=f"skipped: {data.report.summary()}"))
-        base = load_sd_base(config.base_model, setting(config, "model_arch", "auto"),
-                            setting(config, "prediction_type", "auto"), setting(config, "tokenizer_path", None))
         device = acc.device
         weight_dtype = _weight_dtype(acc.mixed_precision, device)
+        self.plan = plan = memory.memory_plan(config, data, weight_dtype)
+        base = load_sd_base(config.base_model, setting(config, "model_arch", "auto"),
+                            setting(config, "prediction_type", "auto"), setting(config, "tokenizer_path", None),
+                            parts=plan.first_parts, unet_storage=plan.unet_storage)
         self.base = base
+        early = memory.cache_then_release(base, data, config, seed, device, rank, world, _Conditioner,
+                                          _LatentCache) if plan.release else None
         scheduler = base.noise_scheduler()
 
         train_te = bool(setting(config, "train_text_encoder", False))
         for module in (base.unet, base.vae, *base.text_encoders):
-            module.requires_grad_(False)
+            if module is not None:
+                module.requires_grad_(False)
         torch.manual_seed(seed)  # LoRA init is the same in every process and every resumed run
         rank_r, alpha = int(config.lora_rank), float(config.lora_alpha)
         layouts, init = image_layout(config, base, lambda line: self.emit(TrainingEvent("log", message=line)))
-        own = {"unet": base.unet, "text_encoder": base.text_encoders[0],
-               "text_encoder_2": base.text_encoders[-1]}
+        own = {"unet": base.unet, "text_encoder": (base.text_encoders or [None])[0],
+               "text_encoder_2": (base.text_encoders or [None])[-1]}
         components = {key: own[key] for key in layouts}
         for key, layout in layouts.items():
-            inject_lora(components[key], layout.names, rank_r, alpha, float(setting(config, "lora_dropout", 0.0)),
-                        module_ranks=layout.ranks)
+            with adapters_in_fp32():
+                inject_lora(components[key], layout.names, rank_r, alpha,
+                            float(setting(config, "lora_dropout", 0.0)), module_ranks=layout.ranks)
         if setting(config, "gradient_checkpointing", False):
             base.unet.enable_gradient_checkpointing()
             if train_te:
@@ -137,6 +145,8 @@ class _ImageRun:
         vae_dtype = torch.float32 if base.is_sdxl or weight_dtype == torch.float16 else weight_dtype
         for module, dtype in ((base.unet, weight_dtype), (base.vae, vae_dtype),
                               *((encoder, weight_dtype) for encoder in base.text_encoders)):
+            if module is None:
+                continue
             module.to(device) if dtype == torch.float32 else module.to(device, dtype)
         for module in components.values():
             for p in lora_parameters(module):
@@ -188,8 +198,9 @@ class _ImageRun:
         cache_latents = data.pixels_are_static and setting(config, "cache_latents", True)
         callables = [wrapped.get("text_encoder" if i == 0 else "text_encoder_2", enc)
                      for i, enc in enumerate(base.text_encoders)]
-        encoder = _Conditioner(base, callables, int(setting(config, "clip_skip", 1)), device, cache_te, train_te)
-        latents_of = _LatentCache(base.vae, seed, device, cache_latents)
+        encoder, latents_of = early or (
+            _Conditioner(base, callables, int(setting(config, "clip_skip", 1)), device, cache_te, train_te),
+            _LatentCache(base.vae, seed, device, cache_latents))
         throughput = Throughput(total_steps)
         save_steps = int(setting(config, "save_steps", 0))
         save_epochs = int(setting(config, "save_every_n_epochs", 0))
@@ -306,6 +317,8 @@ class _ImageRun:
         if not prompts:
             return
         rng_state = ckpt.capture_rng()  # sampling must not shift the training's random stream
+        if self.plan.release:
+            self.base.load_parts(memory.ENCODERS)
         try:
             paths = render_samples(
                 self.base, prompts, Path(config.output_dir) / "samples", tag,
@@ -317,6 +330,8 @@ class _ImageRun:
             )
         finally:
             ckpt.restore_rng(rng_state)
+            if self.plan.release:
+                memory.release(self.base)
         self.emit(TrainingEvent("sample", step=step, paths=paths))
 
 

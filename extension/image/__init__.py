@@ -1,0 +1,1 @@
+"""Image training: memory levers (frozen-weight storage, lazy checkpoint loading, encoder release)."""

@@ -1,0 +1,143 @@
+"""Frozen UNet weights stored in fp16/bf16 and computed in fp32 (what Forge's ``--unet-in-fp16`` does).
+
+Every frozen ``nn.Linear``/``nn.Conv2d`` keeps its weight in the storage dtype and runs through an
+autograd Function that upcasts the weight for the forward and upcasts it again in the backward.
+Plain ``F.linear(x, w.float())`` would let autograd keep each fp32 upcast alive until the backward
+(the whole fp32 UNet again, at the memory peak); the Function keeps only the half weight (already
+held by the module) and, since the weight needs no gradient, no copy of a conv's input either.
+
+Real checkpoints ship fp16, so storing their UNet in fp16 loses nothing: the upcast values are the
+very floats the fp32 path computes with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - torch's own alias
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def storage_dtype(choice: str, file_dtype: torch.dtype | None, compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype frozen UNet weights are kept in.
+
+    ``auto`` keeps the checkpoint's own precision (fp16 for the usual fp16 files, so nothing is lost);
+    when the run already computes in half precision (GPU mixed precision) the lever is moot.
+    """
+    if compute_dtype != torch.float32:
+        return compute_dtype
+    if choice == "auto":
+        return file_dtype if file_dtype in (torch.float16, torch.bfloat16) else torch.float32
+    return DTYPES[choice]
+
+
+class _HalfLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # noqa: ANN001, ANN205 - autograd signature
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (weight,) = ctx.saved_tensors
+        return grad.matmul(weight.to(grad.dtype)), None, None
+
+
+class _HalfConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight)
+        ctx.conf = (tuple(x.shape), stride, padding, dilation, groups)
+        return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, padding,
+                        dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (weight,) = ctx.saved_tensors
+        shape, stride, padding, dilation, groups = ctx.conf
+        grad_x = torch.nn.grad.conv2d_input(shape, weight.to(grad.dtype), grad, stride, padding, dilation, groups)
+        return grad_x, None, None, None, None, None, None
+
+
+def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == self.weight.dtype:
+        return F.linear(x, self.weight, self.bias)
+    return _HalfLinear.apply(x, self.weight, self.bias)
+
+
+def _conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == self.weight.dtype:
+        return self._conv_forward(x, self.weight, self.bias)
+    if self.padding_mode != "zeros":  # no UNet uses these; keep torch's own path
+        return self._conv_forward(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+    return _HalfConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def frozen_layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Plain ``nn.Linear``/``nn.Conv2d`` modules whose parameters do not train (LoRA's own layers excluded)."""
+    for name, module in model.named_modules():
+        if type(module) not in (torch.nn.Linear, torch.nn.Conv2d) or ".lora_" in f".{name}":
+            continue
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        yield module
+
+
+def store_frozen_weights(model: torch.nn.Module, dtype: torch.dtype) -> int:
+    """Keep the frozen Linear/Conv2d weights of ``model`` in ``dtype``, computed in the input's dtype.
+
+    Returns the number of bytes the stored weights take. A no-op for float32.
+    """
+    if dtype == torch.float32:
+        return 0
+    total = 0
+    for module in frozen_layers(model):
+        for key, param in list(module._parameters.items()):
+            if param is not None and param.dtype != dtype:
+                module._parameters[key] = torch.nn.Parameter(param.detach().to(dtype), requires_grad=False)
+            if param is not None:
+                total += module._parameters[key].numel() * module._parameters[key].element_size()
+        forward = _linear_forward if isinstance(module, torch.nn.Linear) else _conv_forward
+        module.forward = types.MethodType(forward, module)
+    return total
+
+
+@contextlib.contextmanager
+def adapters_in_fp32() -> Iterator[None]:
+    """While active, new PEFT LoRA layers stay float32 next to a half-stored base layer.
+
+    PEFT casts a new adapter to its base layer's dtype; its fp32 init would otherwise be rounded
+    through fp16 and the run would start from other values than the fp32 path's.
+    """
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        yield
+        return
+    original = BaseTunerLayer.__dict__.get("_get_base_layer_device_and_dtype")
+    if original is None:  # older peft: the adapter is cast; the engine casts it back to fp32 (rounded init)
+        yield
+        return
+    function = original.__func__ if isinstance(original, staticmethod) else original
+
+    def device_only(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        device, _ = function(*args, **kwargs)
+        return device, None
+
+    BaseTunerLayer._get_base_layer_device_and_dtype = (staticmethod(device_only) if isinstance(original, staticmethod)
+                                                      else device_only)
+    try:
+        yield
+    finally:
+        BaseTunerLayer._get_base_layer_device_and_dtype = original
+
+
+def frozen_weight_names(model: torch.nn.Module) -> set[str]:
+    """Parameter names of every plain Linear/Conv2d of ``model`` (a UNet before LoRA is added)."""
+    return {f"{name}.{key}" if name else key
+            for name, module in model.named_modules() if type(module) in (torch.nn.Linear, torch.nn.Conv2d)
+            for key in module._parameters}
