@@ -94,9 +94,8 @@ def cache_then_release(base: Any, data: Any, config: Any, seed: int, device: Any
 
     ``conditioner``/``latent_cache`` are the engine's cache classes; returns the filled instances.
     """
-    for module in (base.vae, *base.text_encoders):
-        module.requires_grad_(False)
-        module.to(device)
+    # No loop variable here: it would keep the last encoder alive while the UNet loads.
+    [module.requires_grad_(False).to(device) for module in (base.vae, *base.text_encoders)]
     encoder = conditioner(base, list(base.text_encoders), int(setting(config, "clip_skip", 1)), device, True, False)
     latents_of = latent_cache(base.vae, seed, device, True)
     fill_caches(data, encoder, latents_of, planned_epochs(config, data, rank, world), rank, world)
