@@ -92,6 +92,8 @@ def run_child(cmd: list[str], env: dict, log: Path) -> dict:
         raise SystemExit(f"child failed ({proc.returncode}); log {log}:\n" + "\n".join(tail))
     data = json.loads(out.read_text())
     data["peak_rss"] = usage.ru_maxrss * 1024
+    notes = Path(str(out) + ".ours")
+    data["notes"] = json.loads(notes.read_text()) if notes.is_file() else {}
     return data
 
 
@@ -113,12 +115,40 @@ def ours_cmd(python: str, config: dict, work: Path) -> list[str]:
 def child_ours(config_path: Path) -> None:
     """Child side: train with our engine from a JSON config."""
     sys.path.insert(0, str(ROOT))
+    import diffusers  # noqa: F401 - imported here so the baseline below includes the libraries
+    import peft  # noqa: F401
+    import transformers  # noqa: F401
+
     from extension.config import config_from_dict
+    from extension.training import image_engine
     from extension.training.image_engine import train_image
 
-    result = train_image(config_from_dict(json.loads(config_path.read_text()), source="bench"))
+    notes = {"rss_after_imports": _rss()}
+    runs = []
+    real_init = image_engine._ImageRun.__init__
+
+    def keep(self, *a, **k):  # noqa: ANN001, ANN002, ANN003
+        real_init(self, *a, **k)
+        runs.append(self)
+
+    image_engine._ImageRun.__init__ = keep
+
+    def on_event(event) -> None:  # noqa: ANN001
+        if event.kind == "start":
+            unet = runs[0].base.unet
+            notes["rss_at_start"] = _rss()
+            notes["unet_bytes"] = sum(p.numel() * p.element_size() for p in unet.parameters())
+            notes["lora_params"] = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+
+    result = train_image(config_from_dict(json.loads(config_path.read_text()), source="bench"), on_event)
     if result.status != "done":
         raise SystemExit(f"ours: {result.status}: {result.message}")
+    Path(os.environ["BENCH_OUT"] + ".ours").write_text(json.dumps(notes))
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def sd_scripts_cmd(args, data: Path, out: Path) -> list[str]:
@@ -217,6 +247,14 @@ def main() -> None:
               f"{result['peaks']['before_first_step'] / GIB:12.2f}G {times['median']:10.2f} "
               f"{times['median'] / ref_time['median']:6.2f} {times['epoch2']:10.2f} "
               f"{times['epoch2'] / ref_time['epoch2']:6.2f}")
+    print("\nwhere our memory goes (GiB): after imports | after load+cache+LoRA (start) | UNet weights held | "
+          "training peak - start (activations, grads, AdamW)")
+    for name, result in rows:
+        n = result["notes"]
+        if n:
+            print(f"{name:40s} {n['rss_after_imports'] / GIB:6.2f} | {n['rss_at_start'] / GIB:6.2f} | "
+                  f"{n['unet_bytes'] / GIB:6.2f} | {(result['peaks']['training'] - n['rss_at_start']) / GIB:6.2f}"
+                  f"   ({n['lora_params']:,} LoRA params)")
     print(f"(scratch: {work})")
 
 
