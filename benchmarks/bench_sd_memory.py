@@ -79,8 +79,8 @@ def make_dataset(folder: Path, resolution: int, count: int = 8) -> Path:
     return folder
 
 
-def run_child(cmd: list[str], env: dict, log: Path) -> dict:
-    """Run ``cmd`` (a python + wrapper command line), return peak RSS, step stamps and phase peaks."""
+def run_child(cmd: list[str], env: dict, log: Path) -> dict | None:
+    """Run ``cmd`` (a python + wrapper command line): peak RSS, step stamps and phase peaks (None if it failed)."""
     out = log.with_suffix(".json")
     env = {**os.environ, **env, "BENCH_OUT": str(out)}
     with open(log, "w") as handle:
@@ -89,7 +89,8 @@ def run_child(cmd: list[str], env: dict, log: Path) -> dict:
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0 or not out.is_file():
         tail = log.read_text(errors="replace").splitlines()[-15:]
-        raise SystemExit(f"child failed ({proc.returncode}); log {log}:\n" + "\n".join(tail))
+        print(f"child failed ({proc.returncode}); log {log}:\n" + "\n".join(tail), flush=True)
+        return None
     data = json.loads(out.read_text())
     data["peak_rss"] = usage.ru_maxrss * 1024
     notes = Path(str(out) + ".ours")
@@ -190,6 +191,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="single-file .safetensors (default: tiny built-in)")
     parser.add_argument("--sd-scripts", type=Path, help="a kohya-ss/sd-scripts checkout (default: ours only)")
     parser.add_argument("--sd-scripts-python", default=sys.executable, help="python of sd-scripts' venv")
+    parser.add_argument("--sd-scripts-pythonpath", default="",
+                        help="extra PYTHONPATH for sd-scripts (e.g. a torchvision stand-in on a CPU-only torch)")
     parser.add_argument("--tokenizer-dir", type=Path, help="sd-scripts --tokenizer_cache_dir layout (see above)")
     parser.add_argument("--sdxl", action="store_true")
     parser.add_argument("--resolution", type=int, default=256)
@@ -222,8 +225,11 @@ def main() -> None:
     rows = []
     if args.sd_scripts:
         print("running sd-scripts ...", flush=True)
-        result = run_child(sd_scripts_cmd(args, data, work / "out-sd-scripts"), {}, work / "sd-scripts.log")
-        rows.append(("sd-scripts", result))
+        result = run_child(sd_scripts_cmd(args, data, work / "out-sd-scripts"),
+                           {"PYTHONPATH": args.sd_scripts_pythonpath} if args.sd_scripts_pythonpath else {},
+                           work / "sd-scripts.log")
+        if result:
+            rows.append(("sd-scripts", result))
     for name in args.ours or ["levers off", "default"]:
         print(f"running ours ({name}) ...", flush=True)
         config = dict(base_model=str(args.checkpoint), train_data_dir=str(data),
@@ -234,7 +240,10 @@ def main() -> None:
                       **({"tokenizer_path": str(tokenizer)} if tokenizer else {}), **OURS_SETTINGS[name])
         result = run_child(ours_cmd(sys.executable, config, work), {"PYTHONPATH": str(ROOT)},
                            work / f"ours-{name.replace(' ', '_')}.log")
-        rows.append((f"ours: {name}", result))
+        if result:
+            rows.append((f"ours: {name}", result))
+    if not rows:
+        raise SystemExit("every run failed")
     reference = rows[0][1]
     ref_time = step_times(reference["stamps"], 8)
     print(f"\n{'SDXL' if args.sdxl else 'SD'} {args.checkpoint.name}, {args.resolution} px, {args.steps} steps, "
