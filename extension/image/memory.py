@@ -70,6 +70,13 @@ def release(base: Any, *holders: Any) -> None:
     trim()
 
 
+def load_encoders(base: Any) -> None:
+    """Bring the released VAE and text encoders back (for sample images), on the UNet's device."""
+    base.load_parts(ENCODERS)
+    device = next(base.unet.parameters()).device
+    [module.requires_grad_(False).to(device) for module in (base.vae, *base.text_encoders)]
+
+
 def trim() -> None:
     """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise)."""
     gc.collect()

@@ -318,7 +318,7 @@ class _ImageRun:
             return
         rng_state = ckpt.capture_rng()  # sampling must not shift the training's random stream
         if self.plan.release:
-            self.base.load_parts(memory.ENCODERS)
+            memory.load_encoders(self.base)
         try:
             paths = render_samples(
                 self.base, prompts, Path(config.output_dir) / "samples", tag,
