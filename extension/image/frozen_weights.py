@@ -13,6 +13,7 @@ very floats the fp32 path computes with.
 from __future__ import annotations
 
 import contextlib
+import threading
 import types
 from collections.abc import Iterator
 
@@ -35,16 +36,36 @@ def storage_dtype(choice: str, file_dtype: torch.dtype | None, compute_dtype: to
     return DTYPES[choice]
 
 
+_SCRATCH = threading.local()
+
+
+def _upcast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``, written into one reused buffer per thread.
+
+    A fresh fp32 tensor per layer and pass would be a fresh mmap each time: the kernel zero-fills
+    every page (GBs per step), which costs more than the conversion itself. The result is only
+    valid until the next upcast; the callers use it for one op whose output does not alias it.
+    """
+    key = (dtype, weight.device)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < weight.numel():
+        buffer = buffers[key] = torch.empty(weight.numel(), dtype=dtype, device=weight.device)
+    out = buffer[: weight.numel()].view(weight.shape)
+    out.copy_(weight)
+    return out
+
+
 class _HalfLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias):  # noqa: ANN001, ANN205 - autograd signature
         ctx.save_for_backward(weight)
-        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype))
+        return F.linear(x, _upcast(weight, x.dtype), None if bias is None else bias.to(x.dtype))
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         (weight,) = ctx.saved_tensors
-        return grad.matmul(weight.to(grad.dtype)), None, None
+        return grad.matmul(_upcast(weight, grad.dtype)), None, None
 
 
 class _HalfConv2d(torch.autograd.Function):
@@ -52,14 +73,14 @@ class _HalfConv2d(torch.autograd.Function):
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: ANN001, ANN205
         ctx.save_for_backward(weight)
         ctx.conf = (tuple(x.shape), stride, padding, dilation, groups)
-        return F.conv2d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype), stride, padding,
+        return F.conv2d(x, _upcast(weight, x.dtype), None if bias is None else bias.to(x.dtype), stride, padding,
                         dilation, groups)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001, ANN205
         (weight,) = ctx.saved_tensors
         shape, stride, padding, dilation, groups = ctx.conf
-        grad_x = torch.nn.grad.conv2d_input(shape, weight.to(grad.dtype), grad, stride, padding, dilation, groups)
+        grad_x = torch.nn.grad.conv2d_input(shape, _upcast(weight, grad.dtype), grad, stride, padding, dilation, groups)
         return grad_x, None, None, None, None, None, None
 
 
