@@ -59,6 +59,8 @@ OURS_SETTINGS = {
     "default": {},
     "default + gradient_checkpointing": {"gradient_checkpointing": True},
     "bf16 storage": {"frozen_weight_dtype": "bf16"},
+    "bf16 compute": {"frozen_compute_dtype": "bf16"},
+    "bf16 compute + gradient_checkpointing": {"frozen_compute_dtype": "bf16", "gradient_checkpointing": True},
 }
 
 

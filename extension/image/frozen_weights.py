@@ -31,6 +31,8 @@ def storage_dtype(choice: str, file_dtype: torch.dtype | None, compute_dtype: to
     """
     if compute_dtype != torch.float32:
         return compute_dtype
+    if choice == "bf16-compute":  # bf16 storage and bf16 matmuls, see store_frozen_weights
+        return torch.bfloat16
     if choice == "auto":
         return file_dtype if file_dtype in (torch.float16, torch.bfloat16) else torch.float32
     return DTYPES[choice]
@@ -84,6 +86,47 @@ class _HalfConv2d(torch.autograd.Function):
         return grad_x, None, None, None, None, None, None
 
 
+class _Bf16Linear(torch.autograd.Function):
+    """bf16 matmul (oneDNN, fp32 accumulation) on bf16-stored weights; input, bias and output stay fp32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight)
+        out = F.linear(x.to(torch.bfloat16), weight).to(x.dtype)
+        return out if bias is None else out + bias.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (weight,) = ctx.saved_tensors
+        return grad.to(torch.bfloat16).matmul(weight).to(grad.dtype), None, None
+
+
+class _Bf16Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight)
+        ctx.conf = (tuple(x.shape), stride, padding, dilation, groups)
+        out = F.conv2d(x.to(torch.bfloat16), weight, None, stride, padding, dilation, groups).to(x.dtype)
+        return out if bias is None else out + bias.to(x.dtype).view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (weight,) = ctx.saved_tensors
+        shape, stride, padding, dilation, groups = ctx.conf
+        grad_x = torch.nn.grad.conv2d_input(shape, weight, grad.to(torch.bfloat16), stride, padding, dilation, groups)
+        return grad_x.to(grad.dtype), None, None, None, None, None, None
+
+
+def _bf16_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _Bf16Linear.apply(x, self.weight, self.bias)
+
+
+def _bf16_conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if self.padding_mode != "zeros":
+        return _conv_forward(self, x)
+    return _Bf16Conv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if x.dtype == self.weight.dtype:
         return F.linear(x, self.weight, self.bias)
@@ -108,11 +151,17 @@ def frozen_layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         yield module
 
 
-def store_frozen_weights(model: torch.nn.Module, dtype: torch.dtype) -> int:
+def store_frozen_weights(model: torch.nn.Module, dtype: torch.dtype, compute: str = "fp32") -> int:
     """Keep the frozen Linear/Conv2d weights of ``model`` in ``dtype``, computed in the input's dtype.
 
-    Returns the number of bytes the stored weights take. A no-op for float32.
+    ``compute="bf16"`` stores them in bf16 and runs those layers' matmuls/convolutions in bf16
+    (fp32 accumulation; inputs rounded to bf16, outputs and bias in fp32): not the fp32 math any more,
+    but 3-10x faster on CPUs with AVX512-BF16/AMX. Returns the bytes the stored weights take
+    (0 when nothing changes: fp32 storage and compute).
     """
+    bf16_compute = compute == "bf16"
+    if bf16_compute:
+        dtype = torch.bfloat16
     if dtype == torch.float32:
         return 0
     total = 0
@@ -122,7 +171,11 @@ def store_frozen_weights(model: torch.nn.Module, dtype: torch.dtype) -> int:
                 module._parameters[key] = torch.nn.Parameter(param.detach().to(dtype), requires_grad=False)
             if param is not None:
                 total += module._parameters[key].numel() * module._parameters[key].element_size()
-        forward = _linear_forward if isinstance(module, torch.nn.Linear) else _conv_forward
+        linear = isinstance(module, torch.nn.Linear)
+        if bf16_compute:
+            forward = _bf16_linear_forward if linear else _bf16_conv_forward
+        else:
+            forward = _linear_forward if linear else _conv_forward
         module.forward = types.MethodType(forward, module)
     return total
 

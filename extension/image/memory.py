@@ -27,7 +27,7 @@ class MemoryPlan:
     """Decided before the base loads: what to load first, whether to pre-cache and release."""
 
     release: bool
-    unet_storage: str  # fp32 | fp16 | bf16 | auto, see frozen_weights.storage_dtype
+    unet_storage: str  # fp32 | fp16 | bf16 | auto | bf16-compute, see frozen_weights.storage_dtype
 
     @property
     def first_parts(self) -> tuple[str, ...]:
@@ -45,6 +45,8 @@ def memory_plan(config: Any, data: Any, weight_dtype: torch.dtype) -> MemoryPlan
     release = bool(setting(config, "release_encoders", True)) and bool(cache_te) and bool(cache_latents) \
         and single_file
     storage = str(setting(config, "frozen_weight_dtype", "auto")) if weight_dtype == torch.float32 else "fp32"
+    if weight_dtype == torch.float32 and setting(config, "frozen_compute_dtype", "fp32") == "bf16":
+        storage = "bf16-compute"
     return MemoryPlan(release, storage)
 
 

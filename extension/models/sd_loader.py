@@ -146,7 +146,7 @@ def load_sd_base(
     """Load ``path`` (single file or diffusers folder) in float32 on the CPU.
 
     Only ``parts`` are built (the others stay None/[] until ``base.load_parts``; single files only).
-    ``unet_storage`` (fp32/fp16/bf16/auto) is the dtype the UNet's Linear/Conv2d weights are kept in
+    ``unet_storage`` (fp32/fp16/bf16/auto, or bf16-compute) is the dtype the UNet's Linear/Conv2d weights are kept in
     (``auto``: the checkpoint's own), see ``extension/image/frozen_weights.py``.
     """
     path = Path(path).expanduser()
@@ -178,7 +178,7 @@ def _store_unet(base: SDBase, choice: str, file_dtype: torch.dtype | None) -> No
     dtype = storage_dtype(choice, file_dtype, torch.float32)
     if base.unet is not None and dtype != torch.float32:
         base.unet.requires_grad_(False)  # the frozen base; LoRA layers added later train
-        store_frozen_weights(base.unet, dtype)
+        store_frozen_weights(base.unet, dtype, "bf16" if choice == "bf16-compute" else "fp32")
         base.unet_dtype = dtype
 
 
