@@ -162,7 +162,33 @@ def test_no_release_when_captions_change(half_base, shapes):
 @pytest.mark.parametrize(("data", "fragment"), [
     ({"frozen_weight_dtype": "fp8"}, "must be one of auto, fp32, fp16, bf16"),
     ({"release_encoders": "sometimes"}, "'release_encoders' must be true or false"),
+    ({"frozen_compute_dtype": "fp16"}, "must be one of fp32, bf16"),
 ])
 def test_lever_keys_validate(data, fragment):
     with pytest.raises(UserError, match=fragment):
         config_from_dict(data, "bad.yaml")
+
+
+def test_bf16_compute_stays_close_to_fp32_and_keeps_only_bf16_weights():
+    ref, fast = _layers(), _layers()
+    store_frozen_weights(fast, torch.float16, compute="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    x = torch.randn(2, 3, 4, 4)
+    x_ref, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: (saved.append(t.dtype), t)[1], lambda t: t):
+        out = fast(x_fast)
+    assert out.dtype == torch.float32 and torch.bfloat16 in saved
+    expected = ref(x_ref)
+    torch.testing.assert_close(out, expected, rtol=0.05, atol=0.02)  # bf16 math: close, not equal
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=0.05, atol=0.05)
+
+
+def test_bf16_compute_plan(half_base):
+    data = type("D", (), {"text_is_static": True, "pixels_are_static": True})()
+    config = config_from_dict({"base_model": str(half_base), "frozen_compute_dtype": "bf16"})
+    assert memory.memory_plan(config, data, torch.float32).unet_storage == "bf16-compute"
+    base = load_sd_base(half_base, unet_storage="bf16-compute")
+    assert base.unet_dtype == torch.bfloat16 and base.unet.conv_in.weight.dtype == torch.bfloat16
