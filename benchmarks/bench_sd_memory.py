@@ -123,8 +123,8 @@ def child_ours(config_path: Path) -> None:
     import transformers  # noqa: F401
 
     from extension.config import config_from_dict
-    from extension.training import image_engine
-    from extension.training.image_engine import train_image
+    from extension.image import engine as image_engine
+    from extension.image.engine import train_image
 
     notes = {"rss_after_imports": _rss()}
     runs = []

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..models.sd_loader import ALL_PARTS
-from ..training.optimizers import setting
+from .conditioning import Conditioner, LatentCache
 
 ENCODERS = ("vae", "text_encoders")
 
@@ -37,15 +37,15 @@ class MemoryPlan:
 
 def memory_plan(config: Any, data: Any, weight_dtype: torch.dtype) -> MemoryPlan:
     """The plan for ``config`` on ``data`` (an ``ImageData``) when frozen weights compute in ``weight_dtype``."""
-    train_te = bool(setting(config, "train_text_encoder", False))
-    cache_te = data.text_is_static and not train_te and setting(config, "cache_text_encoder_outputs", True)
-    cache_latents = data.pixels_are_static and setting(config, "cache_latents", True)
-    base = str(setting(config, "base_model", ""))
+    train_te = bool(config.train_text_encoder)
+    cache_te = data.text_is_static and not train_te and config.cache_text_encoder_outputs
+    cache_latents = data.pixels_are_static and config.cache_latents
+    base = str(config.base_model or "")
     single_file = base.lower().endswith(".safetensors")
-    release = bool(setting(config, "release_encoders", True)) and bool(cache_te) and bool(cache_latents) \
+    release = bool(config.release_encoders) and bool(cache_te) and bool(cache_latents) \
         and single_file
-    storage = str(setting(config, "frozen_weight_dtype", "auto")) if weight_dtype == torch.float32 else "fp32"
-    if weight_dtype == torch.float32 and setting(config, "frozen_compute_dtype", "fp32") == "bf16":
+    storage = str(config.frozen_weight_dtype) if weight_dtype == torch.float32 else "fp32"
+    if weight_dtype == torch.float32 and config.frozen_compute_dtype == "bf16":
         storage = "bf16-compute"
     return MemoryPlan(release, storage)
 
@@ -90,23 +90,20 @@ def planned_epochs(config: Any, data: Any, rank: int, world: int) -> int:
     """Epochs the run will touch (as the engine counts them)."""
     import math
 
-    gas = int(setting(config, "gradient_accumulation_steps", 1))
+    gas = int(config.gradient_accumulation_steps)
     steps_per_epoch = max(1, math.ceil(len(data.batches_for_process(0, rank, world)) / gas))
-    max_steps = setting(config, "max_train_steps", None)
+    max_steps = config.max_train_steps
     total = int(max_steps) if max_steps else steps_per_epoch * int(config.epochs)
     return math.ceil(total / steps_per_epoch)
 
 
-def cache_then_release(base: Any, data: Any, config: Any, seed: int, device: Any, rank: int, world: int,
-                       conditioner: Any, latent_cache: Any) -> tuple[Any, Any]:
-    """Fill both caches for the whole run with the encoders alone in memory, free them, then load the UNet.
-
-    ``conditioner``/``latent_cache`` are the engine's cache classes; returns the filled instances.
-    """
+def cache_then_release(base: Any, data: Any, config: Any, seed: int, device: Any, rank: int,
+                       world: int) -> tuple[Conditioner, LatentCache]:
+    """Fill both caches for the whole run with the encoders alone in memory, free them, then load the UNet."""
     # No loop variable here: it would keep the last encoder alive while the UNet loads.
     [module.requires_grad_(False).to(device) for module in (base.vae, *base.text_encoders)]
-    encoder = conditioner(base, list(base.text_encoders), int(setting(config, "clip_skip", 1)), device, True, False)
-    latents_of = latent_cache(base.vae, seed, device, True)
+    encoder = Conditioner(base, list(base.text_encoders), int(config.clip_skip), device, True, False)
+    latents_of = LatentCache(base.vae, seed, device, True)
     fill_caches(data, encoder, latents_of, planned_epochs(config, data, rank, world), rank, world)
     release(base, encoder, latents_of)
     base.load_parts(("unet",))

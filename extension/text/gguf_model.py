@@ -416,6 +416,23 @@ def load_hf_model(folder: str | Path) -> TextModel:
     return build_model(cfg, tensors, permuted_qk=False)
 
 
+def load_ggml_model(path: str | Path, n_kv_heads: int | None = None, rms_eps: float | None = None,
+                    context_length: int | None = None, rope_base: float | None = None) -> TextModel:
+    """A ``TextModel`` straight from a GGML file (weights stay packed)."""
+    from .ggml_legacy import gguf_metadata, gguf_tensor_name, read_ggml
+
+    ggml = read_ggml(path)
+    meta = gguf_metadata(ggml, n_kv_heads, rms_eps, context_length, rope_base)
+    cfg = config_from_gguf(Path(path), meta)
+    tensors = {}
+    for name, tensor in ggml.tensors.items():
+        gguf_name = gguf_tensor_name(name)
+        hf = gguf_to_hf_name(gguf_name) if gguf_name else None
+        if hf is not None:
+            tensors[hf] = (tensor.raw, tensor.qtype, tensor.shape)
+    return build_model(cfg, tensors, permuted_qk=True)
+
+
 def load_text_model(base: str | Path, ggml_options: dict | None = None) -> TextModel:
     """Load a ``.gguf``, a legacy GGML ``.bin`` or an HF folder as a ``TextModel``."""
     base = Path(base)
@@ -427,7 +444,7 @@ def load_text_model(base: str | Path, ggml_options: dict | None = None) -> TextM
         magic = fh.read(4)
     if magic == b"GGUF":
         return load_gguf_model(base)
-    from .ggml_legacy import GGML_MAGICS, load_ggml_model
+    from .ggml_legacy import GGML_MAGICS
 
     if int.from_bytes(magic, "little") in GGML_MAGICS:
         return load_ggml_model(base, **(ggml_options or {}))

@@ -66,7 +66,7 @@ def test_storage_choice():
 
 
 def test_adapters_stay_fp32_next_to_half_base():
-    from extension.training.lora_export import inject_lora
+    from extension.image.lora import inject_lora
 
     model = torch.nn.Sequential(torch.nn.Linear(8, 8)).requires_grad_(False)
     store_frozen_weights(model, torch.float16)
@@ -112,8 +112,8 @@ def test_lazy_load_equals_full_load_and_auto_keeps_fp16(half_base):
 def test_half_storage_and_release_train_the_same_lora_as_fp32(half_base, shapes, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
+    from extension.image.engine import _ImageRun
     from extension.training.events import TrainingControl
-    from extension.training.image_engine import _ImageRun
 
     gone = []
     real_release = memory.release
@@ -141,7 +141,7 @@ def test_half_storage_and_release_train_the_same_lora_as_fp32(half_base, shapes,
 
 
 def test_samples_render_with_released_encoders(half_base, shapes, tmp_path):
-    from extension.training.image_engine import train_image
+    from extension.image.engine import train_image
 
     config = image_config(half_base, shapes, tmp_path, sample_every_n_steps=2, sample_prompts=["a red circle"],
                           sample_steps=2, max_train_steps=2)
