@@ -177,7 +177,8 @@ def tiny_fallback(work: Path) -> Path:
     from safetensors.torch import save_file
 
     from extension.image.lazy_checkpoint import LazyCheckpoint
-    from extension.tiny.sd import save_tiny_sd_checkpoint, write_tokenizer_files
+    from extension.tiny.sd import write_tokenizer_files
+    from extension.tiny.sd_checkpoint import save_tiny_sd_checkpoint
 
     fp32 = save_tiny_sd_checkpoint("sd1", work / "tiny32.safetensors", seed=0)
     path = work / "tiny-sd1.safetensors"
