@@ -181,6 +181,22 @@ class TrainConfig:
     cache_text_encoder_outputs: bool = _f(
         True, "Encode each caption once (used only when the text encoder is frozen and captions do not change: no "
         "shuffle or dropout).", group="image")
+    frozen_weight_dtype: str = _f(
+        "auto", "Precision the frozen UNet weights are kept in when the run computes in float32 (CPU, or "
+        "mixed_precision `no`): they are upcast layer by layer, so the math stays float32 (Forge's "
+        "`--unet-in-fp16`). `auto` keeps the checkpoint's own precision (fp16 for the usual fp16 files: half the "
+        "UNet's memory, same values); `fp32` upcasts the whole UNet; `fp16`/`bf16` force that storage (bf16 "
+        "rounds fp16 weights).", group="image", choices=("auto", "fp32", "fp16", "bf16"))
+    frozen_compute_dtype: str = _f(
+        "fp32", "Math of the frozen UNet's linear and convolution layers on a float32 run. `bf16` keeps those "
+        "weights in bf16 and multiplies in bf16 (float32 sums; layer inputs rounded to bf16): 3-10x faster "
+        "matmuls on CPUs with AVX512-BF16/AMX and bf16 weights, but no longer the float32 result (like GPU bf16 "
+        "mixed precision; LoRA weights, gradients and optimizer stay float32). Overrides frozen_weight_dtype.",
+        group="image", choices=("fp32", "bf16"))
+    release_encoders: bool = _f(
+        True, "When latents and captions are cached (single-file base), encode them all first, free the VAE and "
+        "text encoders, and only then load the UNet; sample images load them again while they render.",
+        group="image")
 
     # --- image: samples ---
     sample_every_n_steps: int = _f(0, "Render sample images every N steps (0: off).", group="image", minimum=0)

@@ -29,8 +29,10 @@ from ..training.events import EventCallback, TrainingControl, TrainingEvent, Tra
 from ..training.optimizers import build_optimizer
 from ..training.progress import NonFiniteLoss, Throughput, check_finite
 from ..training.schedulers import build_scheduler
+from . import memory
 from .conditioning import Conditioner, LatentCache, time_ids
 from .data import ImageData
+from .frozen_weights import adapters_in_fp32
 from .init_lora import image_layout, load_image_init
 from .lora import export_adapter, inject_lora, load_lora_state, lora_parameters, lora_state
 from .metadata import training_metadata
@@ -135,18 +137,26 @@ class _ImageRun:
             self._log(f"skipped: {self.data.report.summary()}")
 
     def _load_base(self) -> None:
-        """The SD base, frozen; the noise scheduler; the compute dtype."""
+        """The SD base, frozen; the noise scheduler; the compute dtype.
+
+        The memory plan (#14) may load the VAE and text encoders first, fill both caches for the whole
+        run and free them before the UNet loads (``self.early`` holds the filled caches then).
+        """
         from ..models.sd_loader import load_sd_base
 
         config = self.config
-        base = self.base = load_sd_base(config.base_model, config.model_arch, config.prediction_type,
-                                        config.tokenizer_path)
         self.device = self.accelerator.device
         self.weight_dtype = _weight_dtype(self.accelerator.mixed_precision, self.device)
+        plan = self.plan = memory.memory_plan(config, self.data, self.weight_dtype)
+        base = self.base = load_sd_base(config.base_model, config.model_arch, config.prediction_type,
+                                        config.tokenizer_path, parts=plan.first_parts, unet_storage=plan.unet_storage)
+        self.early = memory.cache_then_release(base, self.data, config, self.seed, self.device, self.rank,
+                                               self.world) if plan.release else None
         self.scheduler = base.noise_scheduler()
         self.train_te = bool(config.train_text_encoder)
         for module in (base.unet, base.vae, *base.text_encoders):
-            module.requires_grad_(False)
+            if module is not None:
+                module.requires_grad_(False)
 
     def _inject_lora(self) -> None:
         """LoRA layers on the UNet (and text encoders), the frozen parts moved, the init file loaded."""
@@ -154,12 +164,13 @@ class _ImageRun:
         torch.manual_seed(self.seed)  # LoRA init is the same in every process and every resumed run
         rank_r, alpha = int(config.lora_rank), float(config.lora_alpha)
         layouts, init = image_layout(config, base, self._log)
-        own = {"unet": base.unet, "text_encoder": base.text_encoders[0],
-               "text_encoder_2": base.text_encoders[-1]}
+        encoders = base.text_encoders or [None]  # released (#14) when only the UNet trains
+        own = {"unet": base.unet, "text_encoder": encoders[0], "text_encoder_2": encoders[-1]}
         self.components = components = {key: own[key] for key in layouts}
         for key, layout in layouts.items():
-            inject_lora(components[key], layout.names, rank_r, alpha, float(config.lora_dropout),
-                        module_ranks=layout.ranks)
+            with adapters_in_fp32():  # LoRA stays fp32 beside a half-stored frozen UNet
+                inject_lora(components[key], layout.names, rank_r, alpha, float(config.lora_dropout),
+                            module_ranks=layout.ranks)
         if config.gradient_checkpointing:
             base.unet.enable_gradient_checkpointing()
             if self.train_te:
@@ -178,7 +189,8 @@ class _ImageRun:
         vae_dtype = torch.float32 if base.is_sdxl or weight_dtype == torch.float16 else weight_dtype
         for module, dtype in ((base.unet, weight_dtype), (base.vae, vae_dtype),
                               *((encoder, weight_dtype) for encoder in base.text_encoders)):
-            module.to(device) if dtype == torch.float32 else module.to(device, dtype)
+            if module is not None:
+                module.to(device) if dtype == torch.float32 else module.to(device, dtype)
         for module in self.components.values():
             for p in lora_parameters(module):
                 p.data = p.data.float()
@@ -239,8 +251,9 @@ class _ImageRun:
         self.cache_latents = data.pixels_are_static and config.cache_latents
         callables = [self.wrapped.get("text_encoder" if i == 0 else "text_encoder_2", enc)
                      for i, enc in enumerate(base.text_encoders)]
-        self.encoder = Conditioner(base, callables, int(config.clip_skip), self.device, cache_te, self.train_te)
-        self.latents_of = LatentCache(base.vae, self.seed, self.device, self.cache_latents)
+        self.encoder, self.latents_of = self.early or (
+            Conditioner(base, callables, int(config.clip_skip), self.device, cache_te, self.train_te),
+            LatentCache(base.vae, self.seed, self.device, self.cache_latents))
         self.throughput = Throughput(self.total_steps)
         self.max_norm = float(config.max_grad_norm)
         self.noise_offset = float(config.noise_offset)
@@ -379,6 +392,8 @@ class _ImageRun:
         if not prompts:
             return
         rng_state = ckpt.capture_rng()  # sampling must not shift the training's random stream
+        if self.plan.release:
+            memory.load_encoders(self.base)
         try:
             paths = render_samples(
                 self.base, prompts, Path(config.output_dir) / "samples", tag,
@@ -390,6 +405,8 @@ class _ImageRun:
             )
         finally:
             ckpt.restore_rng(rng_state)
+            if self.plan.release:
+                memory.release(self.base)
         self.emit(TrainingEvent("sample", step=step, paths=paths))
 
 

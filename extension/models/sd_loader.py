@@ -23,6 +23,7 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 ARCH_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sd2-v": "SD2.x (v-prediction)", "sdxl": "SDXL"}
 _SDXL_TE2 = "conditioner.embedders.1.model."
 _SD2_TE = "cond_stage_model.model."
+_UNET = "model.diffusion_model."
 
 
 @dataclass
@@ -37,13 +38,30 @@ class SDBase:
     tokenizers: list
     source: Path
     scheduler_config: dict = field(default_factory=dict)
+    # Rebuilds named parts ("unet", "vae", "text_encoders") from the source (single files only).
+    reload: Any = field(default=None, repr=False)
+    unet_dtype: Any = None  # storage dtype of the UNet's Linear/Conv2d weights (None: float32)
 
     def __post_init__(self) -> None:
         # Tokenizers from bare vocab files report an unbounded length; the encoder's is the real one.
-        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=True):
+        for tokenizer, encoder in zip(self.tokenizers, self.text_encoders, strict=False):
             limit = int(encoder.config.max_position_embeddings)
             if not tokenizer.model_max_length or tokenizer.model_max_length > limit:
                 tokenizer.model_max_length = limit
+
+    def load_parts(self, parts: tuple[str, ...]) -> None:
+        """(Re)build released ``parts`` ("unet", "vae", "text_encoders") from the checkpoint file."""
+        missing = [p for p in parts if not getattr(self, p)]
+        if missing:
+            if self.reload is None:
+                raise UserError(f"{self.source}: {', '.join(missing)} released and cannot be reloaded")
+            self.reload(self, tuple(missing))
+            self.__post_init__()
+
+    def release_parts(self, parts: tuple[str, ...]) -> None:
+        """Drop ``parts`` ("vae", "text_encoders") so their memory is freed (``load_parts`` brings them back)."""
+        for part in parts:
+            setattr(self, part, [] if part == "text_encoders" else None)
 
     @property
     def is_sdxl(self) -> bool:
@@ -114,13 +132,23 @@ def _prediction(param: str | None, requested: str | None) -> str:
 # entry point
 
 
+ALL_PARTS = ("unet", "vae", "text_encoders")
+
+
 def load_sd_base(
     path: str | Path,
     model_arch: str | None = "auto",
     prediction_type: str | None = "auto",
     tokenizer_path: str | Path | None = None,
+    parts: tuple[str, ...] = ALL_PARTS,
+    unet_storage: str = "fp32",
 ) -> SDBase:
-    """Load ``path`` (single file or diffusers folder) in float32 on the CPU."""
+    """Load ``path`` (single file or diffusers folder) in float32 on the CPU.
+
+    Only ``parts`` are built (the others stay None/[] until ``base.load_parts``; single files only).
+    ``unet_storage`` (fp32/fp16/bf16/auto, or bf16-compute) is the dtype the UNet's Linear/Conv2d weights are kept in
+    (``auto``: the checkpoint's own), see ``extension/image/frozen_weights.py``.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise UserError(f"{path}: base model not found; set base_model to a .safetensors checkpoint or a "
@@ -129,10 +157,29 @@ def load_sd_base(
         if not (path / "unet").is_dir():
             raise UserError(f"{path}: not a diffusers folder (no unet/); point base_model at a checkpoint file or a "
                             "folder saved with save_pretrained")
-        return _load_folder(path, model_arch, prediction_type, tokenizer_path)
+        base = _load_folder(path, model_arch, prediction_type, tokenizer_path)
+        _store_unet(base, unet_storage, _folder_unet_dtype(path))
+        return base
     if path.suffix.lower() not in (".safetensors", ".ckpt", ".pt", ".pth"):
         raise UserError(f"{path}: unsupported base model file; use a .safetensors or .ckpt checkpoint")
-    return _load_single_file(path, model_arch, prediction_type, tokenizer_path)
+    return _load_single_file(path, model_arch, prediction_type, tokenizer_path, tuple(parts), unet_storage)
+
+
+def _folder_unet_dtype(path: Path) -> torch.dtype | None:
+    from ..image.lazy_checkpoint import LazyCheckpoint
+
+    weights = path / "unet" / "diffusion_pytorch_model.safetensors"
+    return LazyCheckpoint(weights).dtype_of("") if weights.is_file() else None
+
+
+def _store_unet(base: SDBase, choice: str, file_dtype: torch.dtype | None) -> None:
+    from ..image.frozen_weights import storage_dtype, store_frozen_weights
+
+    dtype = storage_dtype(choice, file_dtype, torch.float32)
+    if base.unet is not None and dtype != torch.float32:
+        base.unet.requires_grad_(False)  # the frozen base; LoRA layers added later train
+        store_frozen_weights(base.unet, dtype, "bf16" if choice == "bf16-compute" else "fp32")
+        base.unet_dtype = dtype
 
 
 def _load_folder(path: Path, model_arch, prediction_type, tokenizer_path) -> SDBase:
@@ -212,11 +259,17 @@ def _unet_params(config: dict) -> dict:
     return (params.get("unet_config") or params.get("network_config"))["params"]
 
 
-def _load_single_file(path: Path, model_arch, prediction_type, tokenizer_path) -> SDBase:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+def _load_single_file(path: Path, model_arch, prediction_type, tokenizer_path, parts: tuple[str, ...] = ALL_PARTS,
+                      unet_storage: str = "fp32") -> SDBase:
     from diffusers.loaders import single_file_utils as sfu
 
-    checkpoint = read_checkpoint(path)
+    lazy = path.suffix.lower() == ".safetensors"
+    if lazy:
+        from ..image.lazy_checkpoint import LazyCheckpoint
+
+        checkpoint = LazyCheckpoint(path)
+    else:
+        checkpoint = read_checkpoint(path)
     arch = detect_arch_from_keys(checkpoint)
     if arch is None:
         raise UserError(f"{path}: not a Stable Diffusion checkpoint (no LDM keys such as model.diffusion_model.*)")
@@ -229,35 +282,84 @@ def _load_single_file(path: Path, model_arch, prediction_type, tokenizer_path) -
     if arch == "sd2" and prediction == "v_prediction":
         arch = "sd2-v"
 
-    unet_cfg = sfu.create_unet_diffusers_config_from_ldm(original, checkpoint)
-    uparams = _unet_params(original)
-    _apply_extra(unet_cfg, uparams, ("norm_num_groups", "attention_head_dim"))
-    if arch == "sdxl":
-        _fix_sdxl_unet_config(unet_cfg, checkpoint)
-    unet = UNet2DConditionModel(**unet_cfg)
-    _load_into(unet, sfu.convert_ldm_unet_checkpoint(checkpoint, unet_cfg), path, "UNet")
-
-    vae_cfg = sfu.create_vae_diffusers_config_from_ldm(original, checkpoint)
-    ddconfig = original["model"]["params"]["first_stage_config"]["params"]["ddconfig"]
-    _apply_extra(vae_cfg, ddconfig, ("norm_num_groups",))
-    vae = AutoencoderKL(**vae_cfg)
-    _load_into(vae, sfu.convert_ldm_vae_checkpoint(checkpoint, vae_cfg), path, "VAE")
-
     te_specs = _text_encoder_specs(original, shipped)
     tokenizers = []
     for i, spec in enumerate(te_specs):
         folder = _tokenizer_subfolder(Path(tokenizer_path), i) if tokenizer_path else None
         tokenizers.append(load_clip_tokenizer(folder, path, pad_token=spec.get("pad_token"), index=i,
                                               cache_id=spec.get("tokenizer_cache")))
-    encoders = []
-    if arch in ("sd1", "sdxl"):
-        state = sfu.convert_ldm_clip_checkpoint(checkpoint)
-        encoders.append(_build_clip(state, te_specs[0], tokenizers[0], projection=False, path=path))
-    if arch in ("sd2", "sd2-v"):
-        encoders.append(_build_open_clip(checkpoint, _SD2_TE, te_specs[0], tokenizers[0], False, path))
+    file_dtype = checkpoint.dtype_of(_UNET) if lazy else next(
+        (v.dtype for k, v in checkpoint.items() if k.startswith(_UNET) and v.ndim > 1), None)
+
+    def build(base: SDBase, wanted: tuple[str, ...]) -> None:
+        source = checkpoint
+        if "unet" in wanted:
+            base.unet = _build_unet(source, original, arch, path, unet_storage, file_dtype, lazy)
+            _store_unet(base, unet_storage, file_dtype)
+        if "vae" in wanted:
+            vae_cfg = sfu.create_vae_diffusers_config_from_ldm(original, source)
+            ddconfig = original["model"]["params"]["first_stage_config"]["params"]["ddconfig"]
+            _apply_extra(vae_cfg, ddconfig, ("norm_num_groups",))
+            base.vae = _make(lambda: _diffusers("AutoencoderKL")(**vae_cfg),
+                             lambda _: sfu.convert_ldm_vae_checkpoint(source, vae_cfg), path, "VAE", lazy)
+        if "text_encoders" in wanted:
+            encoders = []
+            if arch in ("sd1", "sdxl"):
+                state = sfu.convert_ldm_clip_checkpoint(source)
+                encoders.append(_build_clip(state, te_specs[0], tokenizers[0], projection=False, path=path))
+            if arch in ("sd2", "sd2-v"):
+                encoders.append(_build_open_clip(source, _SD2_TE, te_specs[0], tokenizers[0], False, path))
+            if arch == "sdxl":
+                encoders.append(_build_open_clip(source, _SDXL_TE2, te_specs[1], tokenizers[1], True, path))
+            base.text_encoders = encoders
+
+    base = SDBase(arch, prediction, None, None, [], tokenizers, path, default_scheduler_config(), reload=build)
+    build(base, tuple(p for p in ALL_PARTS if p in parts))
+    base.__post_init__()
+    if not lazy:
+        base.reload = None  # a .ckpt would be read whole again: keep what was loaded instead
+    return base
+
+
+def _diffusers(name: str):
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def _build_unet(checkpoint, original: dict, arch: str, path: Path, storage: str, file_dtype, lazy: bool):
+    from diffusers.loaders import single_file_utils as sfu
+
+    from ..image.frozen_weights import frozen_weight_names, storage_dtype
+
+    unet_cfg = sfu.create_unet_diffusers_config_from_ldm(original, checkpoint)
+    uparams = _unet_params(original)
+    _apply_extra(unet_cfg, uparams, ("norm_num_groups", "attention_head_dim"))
     if arch == "sdxl":
-        encoders.append(_build_open_clip(checkpoint, _SDXL_TE2, te_specs[1], tokenizers[1], True, path))
-    return SDBase(arch, prediction, unet, vae, encoders, tokenizers, path, default_scheduler_config())
+        _fix_sdxl_unet_config(unet_cfg, checkpoint)
+    dtype = storage_dtype(storage, file_dtype, torch.float32)
+    return _make(lambda: _diffusers("UNet2DConditionModel")(**unet_cfg),
+                 lambda _: sfu.convert_ldm_unet_checkpoint(checkpoint, unet_cfg), path, "UNet", lazy,
+                 half=(frozen_weight_names, dtype))
+
+
+def _make(factory, convert, path: Path, what: str, lazy: bool, half=None):
+    """Build a model from converted weights: straight from the file (lazy) or by copying into a new model."""
+    if not lazy:
+        model = factory()
+        _load_into(model, convert(model), path, what)
+        return model
+    from ..image.lazy_checkpoint import assign_weights, empty_model
+
+    model = empty_model(factory)
+    names = half[0](model) if half is not None and half[1] != torch.float32 else set()
+    missing = assign_weights(model, convert(model), lambda n: half[1] if n in names else torch.float32)
+    if missing:
+        raise UserError(
+            f"{path}: the {what} weights do not match its config ({len(missing)} missing, e.g. {missing[0]}); "
+            f"put the checkpoint's LDM config beside it as {path.stem}.yaml"
+        )
+    return model
 
 
 def _apply_extra(target: dict, source: dict, keys: tuple[str, ...]) -> None:
@@ -338,9 +440,9 @@ def _build_clip(state: dict, spec: dict, tokenizer, projection: bool, path: Path
     if proj is not None:
         kwargs["projection_dim"] = int(proj.shape[0])
     config = CLIPTextConfig(**kwargs)
-    model = (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
-    _load_into(model, _match_text_keys(state, model), path, "text encoder")
-    return model
+    cls = CLIPTextModelWithProjection if projection else CLIPTextModel
+    return _make(lambda: cls(config), lambda m: _match_text_keys(state, set(m.state_dict())), path,
+                 "text encoder", True)
 
 
 def _build_open_clip(checkpoint: dict, prefix: str, spec: dict, tokenizer, projection: bool, path: Path):
@@ -361,9 +463,8 @@ def _build_open_clip(checkpoint: dict, prefix: str, spec: dict, tokenizer, proje
     return _build_clip(state, spec, tokenizer, projection, path)
 
 
-def _match_text_keys(state: dict, model: torch.nn.Module) -> dict:
+def _match_text_keys(state: dict, own: set[str]) -> dict:
     """Map ``text_model.*`` keys onto the model's own names (transformers 5 drops that level)."""
-    own = set(model.state_dict())
     out = {}
     for key, value in state.items():
         if key in own:

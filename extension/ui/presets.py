@@ -21,6 +21,15 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gradient_checkpointing": True, "train_text_encoder": True, "text_encoder_lr": 1e-5,
         "gradient_accumulation_steps": 2,
     },
+    # #14: the frozen UNet kept in fp16 and computed in fp32, the VAE and text encoders freed once their
+    # outputs are cached, activations recomputed. 8-bit optimizer state is left out: a rank-8 LoRA's AdamW
+    # state is tens of MB, and bitsandbytes is often missing on CPU.
+    "Low memory": {
+        "resolution": 512, "lora_rank": 8, "lora_alpha": 4, "learning_rate": 1e-4, "batch_size": 1,
+        "epochs": 10, "optimizer": "adamw", "lr_scheduler": "constant", "mixed_precision": "no",
+        "gradient_checkpointing": True, "train_text_encoder": False, "cache_latents": True,
+        "cache_text_encoder_outputs": True, "frozen_weight_dtype": "fp16", "release_encoders": True,
+    },
 }
 """Preset name -> schema values it sets (everything else stays at the schema default)."""
 

@@ -81,6 +81,11 @@ def test_presets_and_yaml_round_trip(built, dataset, tiny_base, tmp_path):
     assert "lora_rank" in bad[0]
     for preset in ("SD1.5", "SDXL quality"):
         assert len(h.apply_preset(preset)) == len(h.image_fields)
+    low = dict(zip([f.name for f in h.image_fields], h.apply_preset("Low memory"), strict=True))
+    assert low["frozen_weight_dtype"] == "fp16" and low["release_encoders"] is True
+    assert low["gradient_checkpointing"] is True and low["train_text_encoder"] is False
+    text = h.export_yaml(str(dataset), tiny_base.name, "low", *h.apply_preset("Low memory"))
+    assert yaml.safe_load(text)["frozen_weight_dtype"] == "fp16"
 
 
 def test_presets_use_schema_keys():

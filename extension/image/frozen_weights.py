@@ -1,0 +1,217 @@
+"""Frozen UNet weights stored in fp16/bf16 and computed in fp32 (what Forge's ``--unet-in-fp16`` does).
+
+Every frozen ``nn.Linear``/``nn.Conv2d`` keeps its weight in the storage dtype and runs through an
+autograd Function that upcasts the weight for the forward and upcasts it again in the backward.
+Plain ``F.linear(x, w.float())`` would let autograd keep each fp32 upcast alive until the backward
+(the whole fp32 UNet again, at the memory peak); the Function keeps only the half weight (already
+held by the module) and, since the weight needs no gradient, no copy of a conv's input either.
+
+Real checkpoints ship fp16, so storing their UNet in fp16 loses nothing: the upcast values are the
+very floats the fp32 path computes with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import types
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - torch's own alias
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def storage_dtype(choice: str, file_dtype: torch.dtype | None, compute_dtype: torch.dtype) -> torch.dtype:
+    """The dtype frozen UNet weights are kept in.
+
+    ``auto`` keeps the checkpoint's own precision (fp16 for the usual fp16 files, so nothing is lost);
+    when the run already computes in half precision (GPU mixed precision) the lever is moot.
+    """
+    if compute_dtype != torch.float32:
+        return compute_dtype
+    if choice == "bf16-compute":  # bf16 storage and bf16 matmuls, see store_frozen_weights
+        return torch.bfloat16
+    if choice == "auto":
+        return file_dtype if file_dtype in (torch.float16, torch.bfloat16) else torch.float32
+    return DTYPES[choice]
+
+
+_SCRATCH = threading.local()
+
+
+def _upcast(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``weight`` in ``dtype``, written into one reused buffer per thread.
+
+    A fresh fp32 tensor per layer and pass would be a fresh mmap each time: the kernel zero-fills
+    every page (GBs per step), which costs more than the conversion itself. The result is only
+    valid until the next upcast; the callers use it for one op whose output does not alias it.
+    """
+    key = (dtype, weight.device)
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(key)
+    if buffer is None or buffer.numel() < weight.numel():
+        buffer = buffers[key] = torch.empty(weight.numel(), dtype=dtype, device=weight.device)
+    out = buffer[: weight.numel()].view(weight.shape)
+    out.copy_(weight)
+    return out
+
+
+class _HalfLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # noqa: ANN001, ANN205 - autograd signature
+        ctx.save_for_backward(weight)
+        return F.linear(x, _upcast(weight, x.dtype), None if bias is None else bias.to(x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (weight,) = ctx.saved_tensors
+        return grad.matmul(_upcast(weight, grad.dtype)), None, None
+
+
+class _HalfConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight)
+        ctx.conf = (tuple(x.shape), stride, padding, dilation, groups)
+        return F.conv2d(x, _upcast(weight, x.dtype), None if bias is None else bias.to(x.dtype), stride, padding,
+                        dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (weight,) = ctx.saved_tensors
+        shape, stride, padding, dilation, groups = ctx.conf
+        grad_x = torch.nn.grad.conv2d_input(shape, _upcast(weight, grad.dtype), grad, stride, padding, dilation, groups)
+        return grad_x, None, None, None, None, None, None
+
+
+class _Bf16Linear(torch.autograd.Function):
+    """bf16 matmul (oneDNN, fp32 accumulation) on bf16-stored weights; input, bias and output stay fp32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight)
+        out = F.linear(x.to(torch.bfloat16), weight).to(x.dtype)
+        return out if bias is None else out + bias.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (weight,) = ctx.saved_tensors
+        return grad.to(torch.bfloat16).matmul(weight).to(grad.dtype), None, None
+
+
+class _Bf16Conv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(weight)
+        ctx.conf = (tuple(x.shape), stride, padding, dilation, groups)
+        out = F.conv2d(x.to(torch.bfloat16), weight, None, stride, padding, dilation, groups).to(x.dtype)
+        return out if bias is None else out + bias.to(x.dtype).view(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001, ANN205
+        (weight,) = ctx.saved_tensors
+        shape, stride, padding, dilation, groups = ctx.conf
+        grad_x = torch.nn.grad.conv2d_input(shape, weight, grad.to(torch.bfloat16), stride, padding, dilation, groups)
+        return grad_x.to(grad.dtype), None, None, None, None, None, None
+
+
+def _bf16_linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return _Bf16Linear.apply(x, self.weight, self.bias)
+
+
+def _bf16_conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if self.padding_mode != "zeros":
+        return _conv_forward(self, x)
+    return _Bf16Conv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == self.weight.dtype:
+        return F.linear(x, self.weight, self.bias)
+    return _HalfLinear.apply(x, self.weight, self.bias)
+
+
+def _conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == self.weight.dtype:
+        return self._conv_forward(x, self.weight, self.bias)
+    if self.padding_mode != "zeros":  # no UNet uses these; keep torch's own path
+        return self._conv_forward(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+    return _HalfConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+def frozen_layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Plain ``nn.Linear``/``nn.Conv2d`` modules whose parameters do not train (LoRA's own layers excluded)."""
+    for name, module in model.named_modules():
+        if type(module) not in (torch.nn.Linear, torch.nn.Conv2d) or ".lora_" in f".{name}":
+            continue
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        yield module
+
+
+def store_frozen_weights(model: torch.nn.Module, dtype: torch.dtype, compute: str = "fp32") -> int:
+    """Keep the frozen Linear/Conv2d weights of ``model`` in ``dtype``, computed in the input's dtype.
+
+    ``compute="bf16"`` stores them in bf16 and runs those layers' matmuls/convolutions in bf16
+    (fp32 accumulation; inputs rounded to bf16, outputs and bias in fp32): not the fp32 math any more,
+    but 3-10x faster on CPUs with AVX512-BF16/AMX. Returns the bytes the stored weights take
+    (0 when nothing changes: fp32 storage and compute).
+    """
+    bf16_compute = compute == "bf16"
+    if bf16_compute:
+        dtype = torch.bfloat16
+    if dtype == torch.float32:
+        return 0
+    total = 0
+    for module in frozen_layers(model):
+        for key, param in list(module._parameters.items()):
+            if param is not None and param.dtype != dtype:
+                module._parameters[key] = torch.nn.Parameter(param.detach().to(dtype), requires_grad=False)
+            if param is not None:
+                total += module._parameters[key].numel() * module._parameters[key].element_size()
+        linear = isinstance(module, torch.nn.Linear)
+        if bf16_compute:
+            forward = _bf16_linear_forward if linear else _bf16_conv_forward
+        else:
+            forward = _linear_forward if linear else _conv_forward
+        module.forward = types.MethodType(forward, module)
+    return total
+
+
+@contextlib.contextmanager
+def adapters_in_fp32() -> Iterator[None]:
+    """While active, new PEFT LoRA layers stay float32 next to a half-stored base layer.
+
+    PEFT casts a new adapter to its base layer's dtype; its fp32 init would otherwise be rounded
+    through fp16 and the run would start from other values than the fp32 path's.
+    """
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover - peft is a dependency
+        yield
+        return
+    original = BaseTunerLayer.__dict__.get("_get_base_layer_device_and_dtype")
+    if original is None:  # older peft: the adapter is cast; the engine casts it back to fp32 (rounded init)
+        yield
+        return
+    function = original.__func__ if isinstance(original, staticmethod) else original
+
+    def device_only(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        device, _ = function(*args, **kwargs)
+        return device, None
+
+    BaseTunerLayer._get_base_layer_device_and_dtype = (staticmethod(device_only) if isinstance(original, staticmethod)
+                                                      else device_only)
+    try:
+        yield
+    finally:
+        BaseTunerLayer._get_base_layer_device_and_dtype = original
+
+
+def frozen_weight_names(model: torch.nn.Module) -> set[str]:
+    """Parameter names of every plain Linear/Conv2d of ``model`` (a UNet before LoRA is added)."""
+    return {f"{name}.{key}" if name else key
+            for name, module in model.named_modules() if type(module) in (torch.nn.Linear, torch.nn.Conv2d)
+            for key in module._parameters}
