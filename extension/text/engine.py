@@ -151,6 +151,7 @@ def _train(run: _Run) -> TrainResult:
     batch_size = int(setting(config, "batch_size", 1))
     longest = max(len(s.ids) for s in samples)  # load_text_dataset refuses an empty dataset
     keep_activations_in_heap(model.largest_activation_bytes(batch_size * longest))
+    model.limit_kept_outputs(batch_size * longest)  # checkpointing's kept outputs within a fixed budget
     run.output_dir.mkdir(parents=True, exist_ok=True)
 
     def log(line: str) -> None:
