@@ -232,6 +232,12 @@ def _parts(model, optimizer_state, layers) -> dict[str, int]:
             "scratch_buffers": _tensor_bytes(scratch)}
 
 
+def _lora_layers(model) -> dict:
+    from extension.text.lora import LoraLinear
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
+
+
 def child(args: argparse.Namespace) -> dict:
     sys.path.insert(0, str(ROOT))
     import torch
@@ -258,6 +264,7 @@ def child(args: argparse.Namespace) -> dict:
     def timed_step(model, group, params, optimizer, *rest):
         captured.setdefault("model", model)
         captured.setdefault("optimizer", optimizer)
+        captured.setdefault("anon_before_steps", _status()["RssAnon"])
         sampler.phase = f"step {len(times) + 1}"
         try:
             return original_step(model, group, params, optimizer, *rest)
@@ -272,6 +279,9 @@ def child(args: argparse.Namespace) -> dict:
             times.append(now - last[0])
             last[0] = now
             hwm.append(_status()["VmHWM"])
+            if len(times) == args.steps:  # the long-lived pieces as the last step left them
+                model = captured["model"]
+                captured["parts"] = _parts(model, captured["optimizer"].state, _lora_layers(model))
         elif event.kind == "done":
             captured["message"] = event.message or ""
 
@@ -285,12 +295,10 @@ def child(args: argparse.Namespace) -> dict:
         captured["message"] = f"llama.cpp check: failed after training: {exc}"
     sampler.running = False
     model = captured["model"]
-    from extension.text.lora import LoraLinear
-
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, LoraLinear)}
     out = {"status": status, "times": times, "step_hwm": hwm, "baseline_rss": baseline,
+           "anon_before_steps": captured["anon_before_steps"],
            "peak": sampler.peak, "peak_phase": sampler.peak_phase, "step_peak": sampler.step_peak,
-           "parts": _parts(model, captured["optimizer"].state, layers),
+           "parts": captured["parts"],
            "threads": torch.get_num_threads(), "checkpointing": bool(model.gradient_checkpointing),
            "llama_check": [line for line in captured.get("message", "").splitlines() if "llama.cpp check" in line
                            or "not checked" in line]}
@@ -382,6 +390,8 @@ def report(r: dict, file_size: int) -> None:
     rows = [("mapped file pages", peak["RssFile"]),
             ("Q/K weights: file bytes reordered into copies", parts["qk_copies"]),
             ("python/torch baseline (before loading)", r["baseline_rss"]),
+            ("later imports, tokenizer, data, model objects (before step 1)",
+             r["anon_before_steps"] - r["baseline_rss"] - parts["qk_copies"] - parts["lora_params"]),
             ("LoRA params", parts["lora_params"]), ("LoRA grads (during backward)", parts["lora_grads"]),
             ("Adam state", parts["adam_state"]),
             ("checkpoint buffers (layer inputs, kept outputs)", parts["checkpoint_buffers"]),

@@ -307,8 +307,9 @@ class PackedWeight(torch.nn.Module):
 # the same matmul as on a float model. Row chunks cost more than their dequantization saves: each
 # output chunk is copied, and small chunks make small matmuls (1M-weight chunks made a 7B MLP
 # projection's forward + backward 35% slower than one matmul; whole, it is within 2-5% of the
-# matmul alone). 128M elements covers every projection up to 13B (7B's MLP: 45M, 180 MB of scratch).
-_WHOLE_ELEMENTS = 1 << 27
+# matmul alone). 100M elements covers every projection up to 13B (7B's MLP: 45M, 180 MB of scratch)
+# but not a 32K-vocabulary output layer (131M at 7B: 0.5 GB; the loss slices it, see lm_loss.py).
+_WHOLE_ELEMENTS = 100_000_000
 _CHUNK_ELEMENTS = 1 << 24  # larger weights go by chunks of ~16M weights (64 MB)
 
 
