@@ -295,7 +295,7 @@ def child(args: argparse.Namespace) -> dict:
         return wrapped
 
     engine._optimizer_step = timed_step
-    engine._save_state = phase("saving the training state", engine._save_state)
+    engine._Run.save_state = phase("saving the training state", engine._Run.save_state)
     engine._Run.export = phase("exporting the adapter", engine._Run.export)
     engine._llama_cpp_result = phase("llama.cpp check", engine._llama_cpp_result)
     try:

@@ -136,7 +136,7 @@ def ours(base: Path, data: Path, out: Path, steps: int, batch: int, rank: int, r
          seed: int) -> list[float]:
     """lora-bridge's engine on the same job (attention-only targets, as in the textbook loop)."""
     from extension.config import config_from_dict
-    from extension.training.runner import run_training
+    from extension.runner import run_training
 
     config = config_from_dict(dict(
         base_model=str(base), train_data_dir=str(data), output_dir=str(out), output_name="bench",

@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             _print_inspect(report)
         return EXIT_USER if report.get("base_problems") else EXIT_OK
     if args.command == "train":
-        from .training.runner import train_from_cli
+        from .runner import train_from_cli
 
         return train_from_cli(args.config, args.set)
     if args.command == "demo":

@@ -506,6 +506,18 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfi
     return cfg
 
 
+def as_config(config: TrainConfig | dict[str, Any], source: str = "config") -> TrainConfig:
+    """``config`` as a validated ``TrainConfig``: a mapping goes through ``config_from_dict``, a config passes.
+
+    The engines' single entry: they read attributes, so every default comes from this schema.
+    """
+    if isinstance(config, TrainConfig):
+        return config
+    if isinstance(config, dict) or config is None:
+        return config_from_dict(config, source)
+    raise UserError(f"{source}: expected a TrainConfig or a mapping of keys to values, got {type(config).__name__}")
+
+
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     """All keys with their values, in schema order (lists copied)."""
     return {name: (type(v)(v) if isinstance(v := getattr(cfg, name), (list, dict)) else v) for name in FIELDS}

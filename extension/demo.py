@@ -42,7 +42,8 @@ def make_shape_dataset(folder: Path, size: int = 64, per_shape: int = 2) -> Path
 
 def build_demo_base(folder: Path) -> Path:
     """The tiny SD1 base as a WebUI-style checkpoint with its LDM yaml and tokenizer sidecar."""
-    from .tiny.sd import save_tiny_sd_checkpoint, write_tokenizer_files
+    from .tiny.sd import write_tokenizer_files
+    from .tiny.sd_checkpoint import save_tiny_sd_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "tiny-sd1.safetensors"
@@ -81,10 +82,10 @@ def demo_config(workdir: Path, base: Path, data: Path):
 def run_demo(workdir: str | Path | None = None) -> int:
     """Run the whole demo; returns the exit code."""
     from .config import dump_config_yaml
+    from .image.samples import render_samples
     from .models.sd_loader import load_sd_base
+    from .runner import run_training
     from .training.progress import TqdmSink
-    from .training.runner import run_training
-    from .training.samples import render_samples
 
     started = time.time()
     workdir = Path(workdir or Path.cwd() / DEMO_DIR).resolve()

@@ -66,7 +66,7 @@ class NullHooks:
 
 def _default_runner(config: Any, callback: Callable[[TrainingEvent], None], control: TrainingControl) -> TrainResult:
     """The real engine, imported only when a job starts (torch is heavy)."""
-    from .training.runner import run_training
+    from .runner import run_training
 
     return run_training(config, callback, control)
 
@@ -74,9 +74,9 @@ def _default_runner(config: Any, callback: Callable[[TrainingEvent], None], cont
 def _to_config(config: Any) -> Any:
     """Accept a TrainConfig or a plain dict in the shared schema (UI and API send dicts)."""
     if isinstance(config, dict):
-        from .config import config_from_dict
+        from .config import as_config
 
-        return config_from_dict(config)
+        return as_config(config)
     return config
 
 

@@ -3,8 +3,8 @@
 llama.cpp no longer loads GGML files, so a GGML base is upgraded once (3.8 GB at 7B Q4_0) and the
 copy is kept where the user finds it: beside the base (``<stem>.gguf``) when that folder is
 writable, else in the run's output_dir. The copy records what it was made from (file size, mtime
-and the GGML options) in ``lora_bridge.ggml_source``; a later run on the same base and options
-reuses it instead of writing it again. A file of that name we did not write is never replaced.
+and the GGML options) in ``lora_bridge.ggml_source`` (``ggml_upgrade.SOURCE_KEY``); a later run on
+the same base and options reuses it instead of writing it again. A file of that name we did not write is never replaced.
 """
 
 from __future__ import annotations
@@ -12,20 +12,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from ..training.optimizers import setting
-
-SOURCE_KEY = "lora_bridge.ggml_source"
+from ..config import TrainConfig
 
 
-def ggml_options(config: Any) -> dict:
+def ggml_options(config: TrainConfig) -> dict:
     """The legacy-GGML hparams a config sets (GGML files do not store them)."""
     return {k: v for k, v in (
-        ("n_kv_heads", setting(config, "ggml_n_kv_heads", None)),
-        ("rms_eps", setting(config, "ggml_rms_eps", None)),
-        ("context_length", setting(config, "ggml_context_length", None)),
-        ("rope_base", setting(config, "ggml_rope_base", None)),
+        ("n_kv_heads", config.ggml_n_kv_heads),
+        ("rms_eps", config.ggml_rms_eps),
+        ("context_length", config.ggml_context_length),
+        ("rope_base", config.ggml_rope_base),
     ) if v is not None}
 
 
@@ -51,6 +48,7 @@ def _stamp_of(path: Path) -> str | None:
     try:
         from gguf import GGUFReader
 
+        from .ggml_upgrade import SOURCE_KEY
         from .gguf_model import field_value
 
         # field_value, not field.contents(): Forge puts an older bundled gguf-py first on sys.path.
@@ -69,9 +67,9 @@ def _writable(folder: Path) -> bool:
     return os.access(folder, os.W_OK | os.X_OK)
 
 
-def prepare_base_gguf(config: Any, output_dir: Path, log: Callable[[str], None]) -> Path | None:
+def prepare_base_gguf(config: TrainConfig, output_dir: Path, log: Callable[[str], None]) -> Path | None:
     """The GGUF file llama.cpp uses with the adapter (None for an HF folder base); says once which copy it uses."""
-    base = Path(setting(config, "base_model", "")).expanduser()
+    base = Path(config.base_model or "").expanduser()
     if base.is_dir():
         return None
     if not is_ggml(base):

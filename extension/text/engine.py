@@ -8,7 +8,9 @@ the format layer, validated against the base; optionally compare llama.cpp's log
 A legacy GGML base is first upgraded to GGUF (llama.cpp no longer loads GGML files, so that is the
 file the adapter is used with); the copy is kept and reused, see ``base_gguf.py``.
 
-``init_lora`` starts the LoRA from an existing adapter (``training/init_lora.py``).
+``init_lora`` starts the LoRA from an existing adapter (``init_lora.py``, on ``training/init_lora.py``).
+
+``_Run.train`` reads as its phases: base and data, LoRA, optimizer and schedule, resume, loop, save.
 
 Exact resume: the data order of each epoch comes from ``seed + epoch``, and the training state
 (LoRA, optimizer, scheduler, RNG, position) is saved every ``save_steps`` steps and at the end,
@@ -21,31 +23,31 @@ import contextlib
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from .._converters import converters
+from ..config import TrainConfig, as_config
 from ..errors import UserError
 from ..training.checkpoint import latest_state, load_training_state, restore_rng, save_training_state
 from ..training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult
-from ..training.init_lora import load_text_init, text_layout
-from ..training.optimizers import build_optimizer, setting
+from ..training.optimizers import build_optimizer
 from ..training.progress import NonFiniteLoss, TensorBoardSink, Throughput, TqdmSink, check_finite, fan_out
 from ..training.schedulers import build_scheduler
 from .base_gguf import ggml_options, prepare_base_gguf
 from .data import IGNORE, Sample, collate, load_text_dataset
 from .gguf_model import TextModel, load_text_model
 from .heap import keep_activations_in_heap, restore_heap_after_training, tune_heap_for_training
-from .lora import LoraLinear, inject_lora, load_lora_state, lora_state, to_adapter
+from .init_lora import load_text_init, text_layout
+from .lora import inject_lora, load_lora_state, lora_state, to_adapter
 from .tokenizer import HFTokenizer, Tokenizer
 
 _SAVE_DTYPES = {"fp16": "f16", "bf16": "bf16", "fp32": "f32"}
 
 
-def load_base(config: Any) -> tuple[TextModel, Tokenizer | HFTokenizer, Path | None]:
+def load_base(config: TrainConfig) -> tuple[TextModel, Tokenizer | HFTokenizer, Path | None]:
     """(model, tokenizer, GGUF file for export/llama.cpp or None for HF folders)."""
-    base = setting(config, "base_model", None)
+    base = config.base_model
     if not base:
         raise UserError("config: base_model is not set; give a .gguf, legacy GGML .bin or HF folder")
     base = Path(base)
@@ -61,9 +63,9 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=gen).tolist()
 
 
-def _accelerator(config: Any):
+def _accelerator(config: TrainConfig):
     """(accelerate.Accelerator or None, autocast dtype or None)."""
-    mp = str(setting(config, "mixed_precision", "no"))
+    mp = str(config.mixed_precision)
     cuda = torch.cuda.is_available()
     if not cuda and mp == "fp16":
         mp = "bf16"  # fp16 autocast is GPU-only; bf16 is the CPU equivalent
@@ -89,42 +91,190 @@ def _usage_lines(base_gguf: Path | None, adapter: Path) -> str:
 
 
 class _Run:
-    """One training run's state, so the loop reads as the algorithm."""
+    """One training run's state; ``train`` is the whole run, each phase a method."""
 
-    def __init__(self, config: Any, callback: EventCallback | None, control: TrainingControl | None) -> None:
+    def __init__(self, config: TrainConfig, callback: EventCallback | None, control: TrainingControl | None) -> None:
         self.config = config
         self.control = control or TrainingControl()
-        self.output_dir = Path(setting(config, "output_dir", "output"))
-        self.name = str(setting(config, "output_name", "my_lora"))
-        logdir = setting(config, "logging_dir", None) or self.output_dir / "logs"
+        self.output_dir = Path(config.output_dir)
+        self.name = str(config.output_name)
+        logdir = config.logging_dir or self.output_dir / "logs"
         self.emit = fan_out(callback if callback is not None else TqdmSink("text lora"), TensorBoardSink(logdir))
         self.state_root = self.output_dir / f"{self.name}-state"
+        self.loss: float | None = None
+
+    def log(self, line: str) -> None:
+        """One ``log`` event."""
+        self.emit(TrainingEvent("log", message=line))
+
+    # -- the run ----------------------------------------------------------------------------------
+
+    def train(self) -> TrainResult:
+        """The whole run: load base -> data -> inject LoRA -> optimizer -> resume -> loop -> save."""
+        self.load_base_and_data()
+        self.inject_lora()
+        self.build_optimizer()
+        self.resume()
+        self.announce()
+        status = self.loop()
+        if status == "cancelled":
+            self.emit(TrainingEvent("cancelled", step=self.step, total_steps=self.total))
+            return TrainResult("cancelled", final_loss=self.loss, steps=self.step)
+        return self.finish(status)
+
+    def load_base_and_data(self) -> None:
+        """The packed base, its tokenizer, the tokenized samples, and the GGUF file llama.cpp will use."""
+        config = self.config
+        self.seed = int(config.seed)
+        data_dir = config.train_data_dir
+        if not data_dir:
+            raise UserError("config: train_data_dir is not set; give a .txt or .jsonl file (or a folder of them)")
+        self.model, tokenizer, _ = load_base(config)
+        self.samples = load_text_dataset(
+            data_dir, tokenizer, data_format=str(config.data_format), max_length=int(config.max_length),
+            train_on_responses_only=bool(config.train_on_responses_only), chat_template=config.chat_template,
+        )
+        self.pad_id = tokenizer.eos_id if tokenizer.eos_id is not None else 0
+        self.batch_size = int(config.batch_size)
+        longest = max(len(s.ids) for s in self.samples)  # load_text_dataset refuses an empty dataset
+        keep_activations_in_heap(self.model.largest_activation_bytes(self.batch_size * longest))
+        self.model.limit_kept_outputs(self.batch_size * longest)  # checkpointing's kept outputs: fixed budget
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.base_gguf = prepare_base_gguf(config, self.output_dir, self.log)
+        self.base_dir = Path(config.base_model or "") if self.base_gguf is None else None
+
+    def inject_lora(self) -> None:
+        """LoRA layers on the target modules (seeded), the init file loaded into them."""
+        config, model = self.config, self.model
+        torch.manual_seed(self.seed)
+        rank = int(config.lora_rank)
+        layout, init = text_layout(config, model, self.base_gguf or self.base_dir, self.log)
+        self.layers = inject_lora(model, layout.names, rank, float(config.lora_alpha), float(config.lora_dropout),
+                                  module_ranks=layout.ranks)
+        if init is not None:
+            load_text_init(layout, self.layers)
+        model.gradient_checkpointing = bool(config.gradient_checkpointing)
+
+    def build_optimizer(self) -> None:
+        """Optimizer, accelerate, run length (max_train_steps, else epochs) and the schedule over it."""
+        config = self.config
+        self.params = [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
+        self.optimizer = build_optimizer(self.params, config)
+        self.accelerator, self.autocast_dtype = _accelerator(config)
+        self.max_norm = float(config.max_grad_norm)
+        self.accum = int(config.gradient_accumulation_steps)
+        n_batches = math.ceil(len(self.samples) / self.batch_size)
+        steps_per_epoch = math.ceil(n_batches / self.accum)
+        max_steps = config.max_train_steps
+        self.total = int(max_steps) if max_steps else int(config.epochs) * steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, config, self.total)
+
+    def resume(self) -> None:
+        """Position 0, or the saved state's (LoRA, optimizer, schedule, RNG, data position) with ``resume``."""
+        self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
+        resume = self.config.resume
+        if resume:
+            path = latest_state(self.state_root) if str(resume) == "auto" else Path(resume)
+            if path is not None:
+                state = load_training_state(path)
+                load_lora_state(self.layers, state.lora)
+                self.optimizer.load_state_dict(state.optimizer)
+                self.scheduler.load_state_dict(state.scheduler)
+                restore_rng(state.rng)
+                self.step, self.epoch, self.batch_in_epoch = state.step, state.epoch, state.batch_in_epoch
+
+    def announce(self) -> None:
+        config, model = self.config, self.model
+        ranks = "/".join(str(r) for r in sorted({layer.rank for layer in self.layers.values()}))
+        self.meter = Throughput(self.total)
+        self.emit(TrainingEvent("start", step=self.step, total_steps=self.total, epoch=self.epoch,
+                                message=f"text LoRA: {len(self.samples)} samples, {len(self.layers)} layers, "
+                                        f"rank {ranks}, base {model.config.arch} ({config.base_model or ''})"))
+        model.train()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def loop(self) -> str:
+        """Epochs of optimizer steps from the resume position; ``done``, ``stopped`` or ``cancelled``."""
+        while self.step < self.total:
+            order = _epoch_order(len(self.samples), self.seed, self.epoch)
+            batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            epoch_now = self.epoch
+            while self.epoch == epoch_now and self.step < self.total:
+                group = [[self.samples[i] for i in b]
+                         for b in batches[self.batch_in_epoch:self.batch_in_epoch + self.accum]]
+                self.loss = _optimizer_step(self.model, group, self.params, self.optimizer, self.scheduler,
+                                            self.pad_id, self.max_norm, self.accelerator, self.autocast_dtype)
+                self.batch_in_epoch += len(group)
+                self.step += 1
+                check_finite(self.loss, self.step)
+                self.after_step(next_epoch=self.batch_in_epoch >= len(batches))
+                if self.control.cancel_requested:
+                    return "cancelled"
+                if self.control.stop_requested:
+                    return "stopped"
+        return "done"
+
+    def after_step(self, next_epoch: bool) -> None:
+        """Report the step, move to the next epoch when this one is used up, save when due."""
+        step, total = self.step, self.total
+        rate, eta = self.meter.update(step)
+        self.emit(TrainingEvent("step", step=step, total_steps=total, epoch=self.epoch, loss=self.loss,
+                                lr=self.scheduler.get_last_lr()[0], it_per_second=rate, eta_seconds=eta))
+        if next_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        save_steps = int(self.config.save_steps)
+        if save_steps and step % save_steps == 0 and step < total:
+            self.save_state()
+            paths = self.export(suffix=f"-{step:06d}")
+            self.emit(TrainingEvent("saved", step=step, total_steps=total, paths=[str(p) for p in paths]))
 
     # -- outputs ----------------------------------------------------------------------------------
 
-    def export(self, layers: dict[str, LoraLinear], arch: str, base_gguf: Path | None, base_dir: Path | None,
-               suffix: str = "") -> list[Path]:
+    def save_state(self) -> None:
+        """The training state at the current position (what ``resume`` continues from)."""
+        save_training_state(self.state_root, step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch,
+                            lora=lora_state(self.layers), optimizer=self.optimizer, scheduler=self.scheduler)
+
+    def export(self, suffix: str = "") -> list[Path]:
         """Write the GGUF adapter (and, for the final save, the PEFT folder); returns the paths."""
-        adapter = to_adapter(layers, arch, {"lora_bridge.base_model": str(setting(self.config, "base_model", ""))})
+        config, base = self.config, self.base_gguf or self.base_dir
+        adapter = to_adapter(self.layers, self.model.config.arch, {"lora_bridge.base_model": str(config.base_model
+                                                                                                  or "")})
         out: list[Path] = []
-        gguf_dtype = str(setting(self.config, "gguf_adapter_dtype", "f32"))
         out.append(converters.save_adapter(adapter, self.output_dir / f"{self.name}{suffix}.gguf", to="gguf",
-                                           base=base_gguf or base_dir, dtype=gguf_dtype, name=self.name, force=True))
+                                           base=base, dtype=str(config.gguf_adapter_dtype), name=self.name,
+                                           force=True))
         if not suffix:
-            peft_dtype = _SAVE_DTYPES.get(str(setting(self.config, "save_precision", "fp32")), "f32")
-            out.append(converters.save_adapter(adapter, self.output_dir / self.name, to="peft",
-                                               base=base_gguf or base_dir, dtype=peft_dtype, name=self.name,
-                                               force=True))
+            peft_dtype = _SAVE_DTYPES.get(str(config.save_precision), "f32")
+            out.append(converters.save_adapter(adapter, self.output_dir / self.name, to="peft", base=base,
+                                               dtype=peft_dtype, name=self.name, force=True))
         return [Path(p) for p in out]
 
+    def finish(self, status: str) -> TrainResult:
+        """Final state and adapter, the usage lines and the llama.cpp check, the done event."""
+        step, total = self.step, self.total
+        self.model.eval()
+        self.save_state()
+        paths = self.export()
+        self.emit(TrainingEvent("saved", step=step, total_steps=total, paths=[str(p) for p in paths]))
+        message = _usage_lines(self.base_gguf, paths[0]) + "\n" + _llama_cpp_result(
+            self.config, self.model, self.base_gguf, paths[0], self.samples)
+        # The usage lines and the check result travel once: in the done event and the result (the CLI
+        # prints the result, the WebUI shows it), not also in a log event.
+        self.emit(TrainingEvent("done", step=step, total_steps=total, loss=self.loss, paths=[str(p) for p in paths],
+                                message=message))
+        return TrainResult(status, output_files=[str(p) for p in paths], final_loss=self.loss, steps=step,
+                           message=message)
 
-def train_text(config: Any, callback: EventCallback | None = None,
+
+def train_text(config: TrainConfig | dict, callback: EventCallback | None = None,
                control: TrainingControl | None = None) -> TrainResult:
     """Train a text LoRA as ``config`` says; see the module docstring for what is written."""
-    run = _Run(config, callback, control)
+    run = _Run(as_config(config), callback, control)
     tune_heap_for_training()
     try:
-        return _train(run)
+        return run.train()
     except NonFiniteLoss as exc:
         run.emit(TrainingEvent("error", message=str(exc)))
         return TrainResult("failed", message=str(exc))
@@ -135,118 +285,10 @@ def train_text(config: Any, callback: EventCallback | None = None,
         restore_heap_after_training()  # the process may be a long-running WebUI
 
 
-def _train(run: _Run) -> TrainResult:
-    config = run.config
-    seed = int(setting(config, "seed", 42))
-    data_dir = setting(config, "train_data_dir", None)
-    if not data_dir:
-        raise UserError("config: train_data_dir is not set; give a .txt or .jsonl file (or a folder of them)")
-    model, tokenizer, _ = load_base(config)
-    samples = load_text_dataset(
-        data_dir, tokenizer, data_format=str(setting(config, "data_format", "auto")),
-        max_length=int(setting(config, "max_length", 512)),
-        train_on_responses_only=bool(setting(config, "train_on_responses_only", True)),
-        chat_template=setting(config, "chat_template", None),
-    )
-    batch_size = int(setting(config, "batch_size", 1))
-    longest = max(len(s.ids) for s in samples)  # load_text_dataset refuses an empty dataset
-    keep_activations_in_heap(model.largest_activation_bytes(batch_size * longest))
-    model.limit_kept_outputs(batch_size * longest)  # checkpointing's kept outputs within a fixed budget
-    run.output_dir.mkdir(parents=True, exist_ok=True)
-
-    def log(line: str) -> None:
-        run.emit(TrainingEvent("log", message=line))
-
-    base_gguf = prepare_base_gguf(config, run.output_dir, log)
-    base_dir = Path(setting(config, "base_model", "")) if base_gguf is None else None
-
-    torch.manual_seed(seed)
-    rank = int(setting(config, "lora_rank", 16))
-    layout, init = text_layout(config, model, base_gguf or base_dir, log)
-    layers = inject_lora(model, layout.names, rank, float(setting(config, "lora_alpha", rank)),
-                         float(setting(config, "lora_dropout", 0.0)), module_ranks=layout.ranks)
-    if init is not None:
-        load_text_init(layout, layers)
-    ranks = "/".join(str(r) for r in sorted({layer.rank for layer in layers.values()}))
-    model.gradient_checkpointing = bool(setting(config, "gradient_checkpointing", False))
-    params = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
-    optimizer = build_optimizer(params, config)
-    accelerator, autocast_dtype = _accelerator(config)
-
-    accum = int(setting(config, "gradient_accumulation_steps", 1))
-    n_batches = math.ceil(len(samples) / batch_size)
-    steps_per_epoch = math.ceil(n_batches / accum)
-    max_steps = setting(config, "max_train_steps", None)
-    total = int(max_steps) if max_steps else int(setting(config, "epochs", 1)) * steps_per_epoch
-    scheduler = build_scheduler(optimizer, config, total)
-
-    step, epoch, batch_in_epoch = 0, 0, 0
-    resume = setting(config, "resume", None)
-    if resume:
-        path = latest_state(run.state_root) if str(resume) == "auto" else Path(resume)
-        if path is not None:
-            state = load_training_state(path)
-            load_lora_state(layers, state.lora)
-            optimizer.load_state_dict(state.optimizer)
-            scheduler.load_state_dict(state.scheduler)
-            restore_rng(state.rng)
-            step, epoch, batch_in_epoch = state.step, state.epoch, state.batch_in_epoch
-
-    pad_id = tokenizer.eos_id if tokenizer.eos_id is not None else 0
-    save_steps = int(setting(config, "save_steps", 0))
-    max_norm = float(setting(config, "max_grad_norm", 0.0))
-    meter = Throughput(total)
-    run.emit(TrainingEvent("start", step=step, total_steps=total, epoch=epoch,
-                           message=f"text LoRA: {len(samples)} samples, {len(layers)} layers, rank {ranks}, "
-                                   f"base {model.config.arch} ({setting(config, 'base_model', '')})"))
-    model.train()
-    loss_value = None
-    status = "done"
-    while step < total and status == "done":
-        order = _epoch_order(len(samples), seed, epoch)
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-        epoch_now = epoch
-        while epoch == epoch_now and step < total:
-            group = [[samples[i] for i in b] for b in batches[batch_in_epoch:batch_in_epoch + accum]]
-            loss_value = _optimizer_step(model, group, params, optimizer, scheduler, pad_id, max_norm,
-                                         accelerator, autocast_dtype)
-            batch_in_epoch += len(group)
-            step += 1
-            check_finite(loss_value, step)
-            rate, eta = meter.update(step)
-            run.emit(TrainingEvent("step", step=step, total_steps=total, epoch=epoch, loss=loss_value,
-                                   lr=scheduler.get_last_lr()[0], it_per_second=rate, eta_seconds=eta))
-            if batch_in_epoch >= len(batches):
-                epoch, batch_in_epoch = epoch + 1, 0
-            if save_steps and step % save_steps == 0 and step < total:
-                _save_state(run, layers, optimizer, scheduler, step, epoch, batch_in_epoch)
-                paths = run.export(layers, model.config.arch, base_gguf, base_dir, suffix=f"-{step:06d}")
-                run.emit(TrainingEvent("saved", step=step, total_steps=total, paths=[str(p) for p in paths]))
-            if run.control.cancel_requested:
-                run.emit(TrainingEvent("cancelled", step=step, total_steps=total))
-                return TrainResult("cancelled", final_loss=loss_value, steps=step)
-            if run.control.stop_requested:
-                status = "stopped"
-                break
-
-    model.eval()
-    _save_state(run, layers, optimizer, scheduler, step, epoch, batch_in_epoch)
-    paths = run.export(layers, model.config.arch, base_gguf, base_dir)
-    run.emit(TrainingEvent("saved", step=step, total_steps=total, paths=[str(p) for p in paths]))
-    message = _usage_lines(base_gguf, paths[0]) + "\n" + _llama_cpp_result(config, model, base_gguf, paths[0],
-                                                                           samples)
-    # The usage lines and the check result travel once: in the done event and the result (the CLI
-    # prints the result, the WebUI shows it), not also in a log event.
-    run.emit(TrainingEvent("done", step=step, total_steps=total, loss=loss_value, paths=[str(p) for p in paths],
-                           message=message))
-    return TrainResult(status, output_files=[str(p) for p in paths], final_loss=loss_value, steps=step,
-                       message=message)
-
-
-def _llama_cpp_result(config: Any, model: TextModel, base_gguf: Path | None, adapter: Path,
+def _llama_cpp_result(config: TrainConfig, model: TextModel, base_gguf: Path | None, adapter: Path,
                       samples: list[Sample]) -> str:
     """The llama.cpp check's report line, or why it did not run."""
-    check = str(setting(config, "llama_cpp_check", "auto"))
+    check = str(config.llama_cpp_check)
     if check == "off":
         return "not checked in llama.cpp (llama_cpp_check: off)"
     if base_gguf is None:
@@ -254,12 +296,7 @@ def _llama_cpp_result(config: Any, model: TextModel, base_gguf: Path | None, ada
     from .llama_check import check_adapter_in_llama_cpp
 
     return check_adapter_in_llama_cpp(model, base_gguf, adapter, samples[:3],
-                                      float(setting(config, "llama_cpp_tolerance", 1e-3)), required=check == "on")
-
-
-def _save_state(run: _Run, layers, optimizer, scheduler, step: int, epoch: int, batch_in_epoch: int) -> None:
-    save_training_state(run.state_root, step=step, epoch=epoch, batch_in_epoch=batch_in_epoch,
-                        lora=lora_state(layers), optimizer=optimizer, scheduler=scheduler)
+                                      float(config.llama_cpp_tolerance), required=check == "on")
 
 
 def _optimizer_step(model: TextModel, group: list[list[Sample]], params, optimizer, scheduler, pad_id: int,

@@ -250,25 +250,3 @@ def gguf_metadata(ggml: GGMLFile, n_kv_heads: int | None = None, rms_eps: float 
         "tokenizer.ggml.bos_token_id": 1,
         "tokenizer.ggml.eos_token_id": 2,
     }
-
-
-def load_ggml_model(path: str | Path, n_kv_heads: int | None = None, rms_eps: float | None = None,
-                    context_length: int | None = None, rope_base: float | None = None):
-    """A ``TextModel`` straight from a GGML file (weights stay packed)."""
-    from .gguf_model import build_model, config_from_gguf, gguf_to_hf_name
-
-    ggml = read_ggml(path)
-    meta = gguf_metadata(ggml, n_kv_heads, rms_eps, context_length, rope_base)
-    cfg = config_from_gguf(Path(path), meta)
-    tensors = {}
-    for name, tensor in ggml.tensors.items():
-        gguf_name = gguf_tensor_name(name)
-        hf = gguf_to_hf_name(gguf_name) if gguf_name else None
-        if hf is not None:
-            raw = tensor.raw
-            if hf.endswith(("q_proj.weight", "k_proj.weight")):
-                # Reordered into a copy when the model is built: read without the map, so their file
-                # pages do not stay in the process next to the copy (600 MB at 7B), as for GGUF.
-                raw = np.fromfile(path, dtype=np.uint8, count=raw.size, offset=tensor.offset)
-            tensors[hf] = (raw, tensor.qtype, tensor.shape)
-    return build_model(cfg, tensors, permuted_qk=True)

@@ -15,8 +15,10 @@ from gguf import GGMLQuantizationType
 
 from .._converters import converters
 from ..errors import UserError
-from .base_gguf import SOURCE_KEY
 from .ggml_legacy import GGMLFile, gguf_metadata, gguf_tensor_name, read_ggml
+
+# What a GGUF copy of a GGML base was made from (``base_gguf.source_stamp``); its reuse check reads it back.
+SOURCE_KEY = "lora_bridge.ggml_source"
 
 
 def _write_metadata(writer, meta: dict) -> None:

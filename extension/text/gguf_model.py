@@ -435,6 +435,28 @@ def load_hf_model(folder: str | Path) -> TextModel:
     return build_model(cfg, tensors, permuted_qk=False)
 
 
+def load_ggml_model(path: str | Path, n_kv_heads: int | None = None, rms_eps: float | None = None,
+                    context_length: int | None = None, rope_base: float | None = None) -> TextModel:
+    """A ``TextModel`` straight from a GGML file (weights stay packed)."""
+    from .ggml_legacy import gguf_metadata, gguf_tensor_name, read_ggml
+
+    ggml = read_ggml(path)
+    meta = gguf_metadata(ggml, n_kv_heads, rms_eps, context_length, rope_base)
+    cfg = config_from_gguf(Path(path), meta)
+    tensors = {}
+    for name, tensor in ggml.tensors.items():
+        gguf_name = gguf_tensor_name(name)
+        hf = gguf_to_hf_name(gguf_name) if gguf_name else None
+        if hf is not None:
+            raw = tensor.raw
+            if hf.endswith(("q_proj.weight", "k_proj.weight")):
+                # Reordered into a copy when the model is built: read without the map, so their file
+                # pages do not stay in the process next to the copy (600 MB at 7B), as for GGUF.
+                raw = np.fromfile(path, dtype=np.uint8, count=raw.size, offset=tensor.offset)
+            tensors[hf] = (raw, tensor.qtype, tensor.shape)
+    return build_model(cfg, tensors, permuted_qk=True)
+
+
 def load_text_model(base: str | Path, ggml_options: dict | None = None) -> TextModel:
     """Load a ``.gguf``, a legacy GGML ``.bin`` or an HF folder as a ``TextModel``."""
     base = Path(base)
@@ -446,7 +468,7 @@ def load_text_model(base: str | Path, ggml_options: dict | None = None) -> TextM
         magic = fh.read(4)
     if magic == b"GGUF":
         return load_gguf_model(base)
-    from .ggml_legacy import GGML_MAGICS, load_ggml_model
+    from .ggml_legacy import GGML_MAGICS
 
     if int.from_bytes(magic, "little") in GGML_MAGICS:
         return load_ggml_model(base, **(ggml_options or {}))

@@ -10,7 +10,8 @@ Nothing depends on it. The torch code runs instead, with identical values, when:
 - the build or its self-test against the torch code fails;
 - ``LORA_BRIDGE_NATIVE=0`` is set.
 The library is cached in ``$LORA_BRIDGE_CACHE`` (default ``~/.cache/lora-bridge``) under a
-name derived from the source and the compiler.
+name derived from the source and the compiler. The torch code it is tested against is passed in
+(``quant.torch_dequantize_rows``), so this module imports nothing from ``quant``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -31,6 +33,9 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 log = logging.getLogger("lora_bridge.text")
+
+# The torch dequantizer the compiled one must match bit for bit: (packed rows, type, row length) -> float32.
+Reference = Callable[[torch.Tensor, GGMLQuantizationType, int], torch.Tensor]
 
 SOURCE = Path(__file__).with_name("dequant.c")
 NATIVE_TYPES = frozenset({
@@ -157,16 +162,14 @@ class NativeDequantizer:
             return self._pool
 
 
-def _self_test(native: NativeDequantizer) -> bool:
+def _self_test(native: NativeDequantizer, reference: Reference) -> bool:
     """True when every native type gives the torch code's values bit for bit on random blocks."""
-    from .quant import dequantize_rows
-
     gen = torch.Generator().manual_seed(0)
     for qtype in sorted(NATIVE_TYPES):
         block, size = GGML_QUANT_SIZES[qtype]
         raw = torch.randint(0, 256, (64, size), dtype=torch.uint8, generator=gen)
         _sane_scales(raw, qtype)
-        expected = dequantize_rows(raw, qtype, block, native=False)
+        expected = reference(raw, qtype, block)
         got, portable = torch.empty(64, block), torch.empty(64, block)
         native.into(raw, qtype, got)
         native.into(raw, qtype, portable, portable=True)
@@ -191,19 +194,20 @@ _LOCK = threading.Lock()
 _STATE: dict[str, NativeDequantizer | None] = {}
 
 
-def native_dequantizer() -> NativeDequantizer | None:
-    """The compiled dequantizer, built and self-tested on first call; None when unavailable or disabled."""
+def native_dequantizer(reference: Reference) -> NativeDequantizer | None:
+    """The compiled dequantizer, built and self-tested against ``reference`` on first call; None when unavailable
+    or disabled."""
     if os.environ.get("LORA_BRIDGE_NATIVE", "1").strip().lower() in ("0", "off", "false", "no"):
         return None
     if "lib" in _STATE:  # every dequantization asks: no lock once decided
         return _STATE["lib"]
     with _LOCK:
         if "lib" not in _STATE:
-            _STATE["lib"] = _load()
+            _STATE["lib"] = _load(reference)
         return _STATE["lib"]
 
 
-def _load() -> NativeDequantizer | None:
+def _load(reference: Reference) -> NativeDequantizer | None:
     cc = _compiler()
     if cc is None:
         log.info("no C compiler found: dequantizing with torch (slower, same values)")
@@ -213,4 +217,4 @@ def _load() -> NativeDequantizer | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
         log.info("native dequantization unavailable (%s): dequantizing with torch", exc)
         return None
-    return native if _self_test(native) else None
+    return native if _self_test(native, reference) else None

@@ -200,7 +200,7 @@ def row_bytes(qtype: GGMLQuantizationType, n_cols: int) -> int:
 def _native_for(qtype: GGMLQuantizationType, raw: torch.Tensor) -> NativeDequantizer | None:
     if qtype not in NATIVE_TYPES or raw.dtype != torch.uint8 or not raw.is_contiguous() or raw.device.type != "cpu":
         return None
-    return native_dequantizer()
+    return native_dequantizer(torch_dequantize_rows)
 
 
 def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int, native: bool = True) -> torch.Tensor:
@@ -229,6 +229,11 @@ def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int,
     values = dequantize(raw.numpy(), qtype)
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(rows, n_cols)
 
+
+
+def torch_dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int) -> torch.Tensor:
+    """``dequantize_rows`` with the torch code only: the reference the compiled helper must match."""
+    return dequantize_rows(raw, qtype, n_cols, native=False)
 
 def dequantize_into(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int, out: torch.Tensor) -> torch.Tensor:
     """Like ``dequantize_rows`` but writes into the float32 tensor ``out`` (rows, n_cols); returns it."""

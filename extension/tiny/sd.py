@@ -6,8 +6,8 @@ encoders), so LDM/kohya naming is exercised exactly as on full-size models.
 
 - ``build_tiny_sd(kind)``: the diffusers/transformers components in a dict.
 - ``save_tiny_sd_pipeline(kind, folder)``: a diffusers folder (``from_pretrained`` offline).
-- ``save_tiny_sd_checkpoint(kind, path)``: an A1111-style single-file ``.safetensors`` with LDM
-  keys and a sidecar ``<stem>.yaml`` LDM config describing the tiny dims.
+- ``sd_checkpoint.save_tiny_sd_checkpoint(kind, path)``: an A1111-style single-file ``.safetensors``
+  with LDM keys and a sidecar ``<stem>.yaml`` LDM config describing the tiny dims.
 """
 
 from __future__ import annotations
@@ -207,17 +207,3 @@ def save_tiny_sd_pipeline(kind: str, folder: str | Path, seed: int = 0) -> Path:
     build_pipeline(kind, seed).save_pretrained(str(folder), safe_serialization=True)
     return folder
 
-
-def save_tiny_sd_checkpoint(kind: str, path: str | Path, seed: int = 0) -> Path:
-    """Write an A1111-style single-file checkpoint with LDM keys plus a sidecar ``<stem>.yaml``."""
-    from .._converters import converters
-    from .sd_checkpoint import ldm_state_dict, ldm_yaml
-
-    st_io = converters.safetensors_io
-    atomic = converters.atomic
-    path = Path(path)
-    tensors = ldm_state_dict(kind, build_tiny_sd(kind, seed))
-    st_io.write_safetensors(path, tensors, metadata={"format": "pt"})
-    with atomic.atomic_file(path.with_suffix(".yaml")) as tmp:
-        tmp.write_text(ldm_yaml(kind), encoding="utf-8")
-    return path

@@ -9,6 +9,7 @@ diffusers' single-file loader read.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import yaml
@@ -210,3 +211,15 @@ def ldm_yaml(kind: str) -> str:
     # Not an LDM key (A1111 reads only model:): CLIP dims that the weights' shapes cannot tell.
     config["text_encoders"] = [{"num_attention_heads": tiny.HEADS} for _ in range(2 if kind == "sdxl" else 1)]
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def save_tiny_sd_checkpoint(kind: str, path: str | Path, seed: int = 0) -> Path:
+    """Write an A1111-style single-file checkpoint with LDM keys plus a sidecar ``<stem>.yaml``."""
+    st_io = converters.safetensors_io
+    atomic = converters.atomic
+    path = Path(path)
+    tensors = ldm_state_dict(kind, tiny.build_tiny_sd(kind, seed))
+    st_io.write_safetensors(path, tensors, metadata={"format": "pt"})
+    with atomic.atomic_file(path.with_suffix(".yaml")) as tmp:
+        tmp.write_text(ldm_yaml(kind), encoding="utf-8")
+    return path

@@ -1,4 +1,4 @@
-"""``init_lora``: start a run's LoRA from an existing adapter (incremental training), for both engines.
+"""``init_lora``: start a run's LoRA from an existing adapter (incremental training), the part both engines share.
 
 The file is read through the format layer (kohya, PEFT, diffusers; GGUF adapters for text) and
 checked against the base before anything trains. Its modules, ranks and alphas decide the layout:
@@ -11,6 +11,9 @@ checked against the base before anything trains. Its modules, ranks and alphas d
   file's single rank/alpha when left at the default).
 
 Unlike ``resume`` nothing else carries over: optimizer, schedule and step count start anew.
+
+Each engine plans its own components from these pieces: ``image/init_lora.py`` (UNet, text encoders)
+and ``text/init_lora.py`` (the packed LLaMA model).
 """
 
 from __future__ import annotations
@@ -23,25 +26,8 @@ from typing import Any
 import numpy as np
 
 from .._converters import converters
+from ..config import TrainConfig
 from ..errors import UserError
-from .optimizers import setting
-
-# LLM-style attention names the lora-scripts articles use for SD UNets, and the UNet's own names.
-LLM_TO_UNET = {"q_proj": "to_q", "k_proj": "to_k", "v_proj": "to_v", "o_proj": "to_out.0", "out_proj": "to_out.0"}
-
-
-def unet_target_names(targets: list[str], log: Callable[[str], None]) -> list[str]:
-    """``unet_target_modules`` with LLM-style names (q_proj, v_proj, ...) mapped to the UNet's (to_q, to_v, ...).
-
-    SD UNets have no ``q_proj``; the articles' configs use those names for the attention projections.
-    One line through ``log`` says what was mapped.
-    """
-    mapped = [LLM_TO_UNET.get(t.strip(), t.strip()) for t in targets if t and t.strip()]
-    changed = [t.strip() for t in targets if t and t.strip() in LLM_TO_UNET]
-    if changed:
-        pairs = ", ".join(f"{t} -> {LLM_TO_UNET[t]}" for t in dict.fromkeys(changed))
-        log(f"unet_target_modules: LLM names mapped to the SD UNet's attention layers ({pairs})")
-    return list(dict.fromkeys(mapped))
 
 
 @dataclass
@@ -96,11 +82,6 @@ def read_init_lora(path: str, base: str | Path, component_of: Callable[[str], tu
         component, path_in = component_of(name)
         by_component.setdefault(component, {})[path_in] = module
     return InitLora(p, adapter, by_component)
-
-
-def _is_conv3x3(module: Any) -> bool:
-    down = np.asarray(module.down)
-    return down.ndim == 4 and tuple(down.shape[2:]) != (1, 1)
 
 
 def _single(values: set) -> Any:
@@ -183,148 +164,6 @@ def copy_into(param: Any, array: np.ndarray, what: str) -> None:
         param.copy_(tensor.reshape(param.shape).to(param.dtype))
 
 
-def is_default(config: Any, key: str) -> bool:
+def is_default(config: TrainConfig, key: str) -> bool:
     """Whether ``key`` holds the schema default (then the init file's value is taken)."""
-    from ..config import TrainConfig
-
-    return setting(config, key, None) == getattr(TrainConfig(), key)
-
-
-# -- image (diffusers + peft) -------------------------------------------------------------------------
-
-_TE_KEYS = ("text_encoder", "text_encoder_2")
-
-
-def _sd_component(name: str) -> tuple[str, str]:
-    component, _, path = name.partition(".")
-    return component, path
-
-
-def _encoder_paths(encoder: Any) -> dict[str, str]:
-    """Canonical CLIP path (always with ``text_model.``) -> the encoder's own module path."""
-    from .lora_export import _text_path
-
-    return {_text_path(n): n for n, _ in encoder.named_modules() if n}
-
-
-def image_layout(config: Any, base: Any, log: Callable[[str], None]) -> tuple[dict[str, ComponentLayout],
-                                                                              InitLora | None]:
-    """LoRA layers per component (``unet``, and the text encoders when they train) and the init file, if any.
-
-    Without ``init_lora`` this is the configured layout: unet_target_modules (LLM names mapped),
-    LoCon convs when conv_rank > 0, text_encoder_target_modules when train_text_encoder.
-    """
-    from ..config import DEFAULT_TEXT_ENCODER_TARGETS, DEFAULT_UNET_TARGETS
-    from .lora_export import conv_targets, resolve_targets
-
-    rank, alpha = int(config.lora_rank), float(config.lora_alpha)
-    conv_rank = int(setting(config, "conv_rank", 0))
-    conv_alpha = setting(config, "conv_alpha", None)
-    conv_alpha = float(conv_alpha if conv_alpha is not None else conv_rank)
-    train_te = bool(setting(config, "train_text_encoder", False))
-    unet_targets = unet_target_names(list(config.unet_target_modules), log)
-    wanted = {"unet": resolve_targets(base.unet, unet_targets, "unet")}
-    wanted_conv = conv_targets(base.unet) if conv_rank else []
-    encoders = {}
-    for i, encoder in enumerate(base.text_encoders):
-        encoders[_TE_KEYS[i]] = encoder
-        if train_te:
-            wanted[_TE_KEYS[i]] = resolve_targets(encoder, config.text_encoder_target_modules, _TE_KEYS[i])
-
-    source = setting(config, "init_lora", None)
-    if not source:
-        layouts = {}
-        for key, names in wanted.items():
-            lay = ComponentLayout(names=list(names), ranks={n: (rank, alpha) for n in names})
-            if key == "unet" and wanted_conv:
-                lay = merge_layouts(lay, ComponentLayout(names=wanted_conv,
-                                                         ranks={n: (conv_rank, conv_alpha) for n in wanted_conv}))
-            layouts[key] = lay
-        return layouts, None
-
-    init = read_init_lora(source, config.base_model, _sd_component, arch=base.arch)
-    for key in init.components():
-        if key in _TE_KEYS and not train_te:
-            raise UserError(f"init_lora {init.path}: has {key} modules; set train_text_encoder: true to continue "
-                            "them (training only the UNet would drop them from the output)")
-        if key not in ("unet", *encoders):
-            raise UserError(f"init_lora {init.path}: has {key} modules, which this base does not have")
-    for key, encoder in encoders.items():  # canonical CLIP paths -> this transformers version's paths
-        if key in init.by_component:
-            own = _encoder_paths(encoder)
-            init.by_component[key] = {own.get(p, p): m for p, m in init.by_component[key].items()}
-
-    rank_setting = ("lora_rank", rank, is_default(config, "lora_rank"))
-    alpha_setting = ("lora_alpha", alpha, is_default(config, "lora_alpha"))
-    unet_default = [t.strip() for t in config.unet_target_modules] == DEFAULT_UNET_TARGETS
-    layouts = {"unet": merge_layouts(
-        plan_component(init, "unet", wanted["unet"], "unet_target_modules", unet_default, rank_setting,
-                       alpha_setting, module_filter=lambda m: not _is_conv3x3(m)),
-        plan_component(init, "unet", wanted_conv, "conv_rank", conv_rank == 0,
-                       ("conv_rank", conv_rank, conv_rank == 0),
-                       ("conv_alpha", conv_alpha, setting(config, "conv_alpha", None) is None),
-                       module_filter=_is_conv3x3),
-    )}
-    te_default = [t.strip() for t in config.text_encoder_target_modules] == DEFAULT_TEXT_ENCODER_TARGETS
-    for key in encoders:
-        if key in wanted:
-            layouts[key] = plan_component(init, key, wanted[key], "text_encoder_target_modules", te_default,
-                                          rank_setting, alpha_setting)
-    log(summary(init, layouts))
-    return layouts, init
-
-
-def load_image_init(layouts: dict[str, ComponentLayout], models: dict[str, Any]) -> None:
-    """Copy the init file's weights into the peft LoRA layers of ``models`` (component -> module)."""
-    from .lora_export import ADAPTER
-
-    for key, layout in layouts.items():
-        model = models[key]
-        for name, module in layout.loaded.items():
-            layer = model.get_submodule(name)
-            copy_into(layer.lora_A[ADAPTER].weight, module.down, f"{key}.{name} lora_down")
-            copy_into(layer.lora_B[ADAPTER].weight, module.up, f"{key}.{name} lora_up")
-
-
-# -- text (our packed LLaMA model) ---------------------------------------------------------------------
-
-
-def text_layout(config: Any, model: Any, base: Path, log: Callable[[str], None]) -> tuple[ComponentLayout,
-                                                                                         InitLora | None]:
-    """The text model's LoRA layers (full module names with rank and alpha) and the init file, if any.
-
-    ``base`` is the GGUF file (the upgraded copy for GGML bases) or HF folder the file is checked
-    against; GGUF adapters need it to undo llama.cpp's Q/K row order.
-    """
-    from ..config import DEFAULT_LLM_TARGETS
-    from ..text.lora import target_names
-
-    rank = int(setting(config, "lora_rank", 16))
-    alpha = float(setting(config, "lora_alpha", rank))
-    targets = list(setting(config, "lora_target_modules", DEFAULT_LLM_TARGETS))
-    source = setting(config, "init_lora", None)
-    if not source:
-        names = target_names(model, targets)
-        return ComponentLayout(names=names, ranks={n: (rank, alpha) for n in names}), None
-    init = read_init_lora(source, base, lambda name: ("model", name))
-    adaptable = {n for n, m in model.named_modules() if hasattr(m, "in_features") and not n.endswith(".base")}
-    cannot = [n for n in init.by_component.get("model", {}) if n not in adaptable]
-    if cannot:
-        raise UserError(f"init_lora {init.path}: has {len(cannot)} module(s) this trainer cannot adapt (e.g. "
-                        f"{cannot[0]}: only linear layers); continue from an adapter without them")
-    targets_default = [t.strip() for t in targets] == DEFAULT_LLM_TARGETS
-    wanted = target_names(model, targets)
-    layout = plan_component(init, "model", wanted, "lora_target_modules", targets_default,
-                            ("lora_rank", rank, is_default(config, "lora_rank")),
-                            ("lora_alpha", alpha, is_default(config, "lora_alpha")))
-    order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-    layout.names.sort(key=order.__getitem__)
-    log(summary(init, {"model": layout}))
-    return layout, init
-
-
-def load_text_init(layout: ComponentLayout, layers: dict[str, Any]) -> None:
-    """Copy the init file's weights into the text model's LoRA layers (name -> LoraLinear)."""
-    for name, module in layout.loaded.items():
-        copy_into(layers[name].lora_A, module.down, f"{name} lora_A")
-        copy_into(layers[name].lora_B, module.up, f"{name} lora_B")
+    return getattr(config, key) == getattr(TrainConfig(), key)

@@ -10,15 +10,10 @@ from typing import Any
 
 import torch
 
+from ..config import TrainConfig
 from ..errors import UserError
 
 OPTIMIZERS = ("adamw", "adamw8bit", "prodigy", "adafactor")
-
-
-def setting(config: Any, name: str, default: Any) -> Any:
-    """``config.name`` if the config has it and it is not None, else ``default``."""
-    value = getattr(config, name, None)
-    return default if value is None else value
 
 
 def _normalise(name: str) -> str:
@@ -38,18 +33,19 @@ def _lazy(module: str, package: str, optimizer: str) -> Any:
         ) from None
 
 
-def build_optimizer(param_groups: Iterable[dict] | Iterable[torch.nn.Parameter], config: Any) -> torch.optim.Optimizer:
+def build_optimizer(param_groups: Iterable[dict] | Iterable[torch.nn.Parameter],
+                    config: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer ``config.optimizer`` over ``param_groups`` (each group may carry its own ``lr``).
 
     Reads ``learning_rate``, ``weight_decay``, ``adam_beta1/2``, ``adam_epsilon`` and
-    ``optimizer_args`` (a dict passed through to the optimizer) from ``config`` when present.
+    ``optimizer_args`` (a dict passed through to the optimizer) from ``config``.
     """
-    name = _normalise(setting(config, "optimizer", "adamw"))
-    lr = float(setting(config, "learning_rate", 1e-4))
-    weight_decay = float(setting(config, "weight_decay", 1e-2))
-    betas = (float(setting(config, "adam_beta1", 0.9)), float(setting(config, "adam_beta2", 0.999)))
-    eps = float(setting(config, "adam_epsilon", 1e-8))
-    extra = dict(setting(config, "optimizer_args", {}) or {})
+    name = _normalise(config.optimizer)
+    lr = float(config.learning_rate)
+    weight_decay = float(config.weight_decay)
+    betas = (float(config.adam_beta1), float(config.adam_beta2))
+    eps = float(config.adam_epsilon)
+    extra = dict(config.optimizer_args or {})
     items = list(param_groups)
     groups = [dict(g, params=list(g["params"])) for g in items] if items and isinstance(items[0], dict) else [
         {"params": items}
@@ -81,5 +77,5 @@ def build_optimizer(param_groups: Iterable[dict] | Iterable[torch.nn.Parameter],
             "weight_decay": weight_decay,
         } | extra
         return optimization.Adafactor(groups, **kwargs)
-    raise UserError(f"unknown optimizer {setting(config, 'optimizer', '')!r}; use one of: AdamW, AdamW8bit, "
+    raise UserError(f"unknown optimizer {config.optimizer!r}; use one of: AdamW, AdamW8bit, "
                     "Prodigy, Adafactor")

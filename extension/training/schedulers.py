@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from ..config import TrainConfig
 from ..errors import UserError
-from .optimizers import setting
 
 SCHEDULERS = ("constant", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
@@ -48,26 +47,26 @@ def lr_factor(name: str, total_steps: int, warmup_steps: int = 0, num_cycles: in
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: Any,
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR for ``config.lr_scheduler`` with ``lr_warmup_steps`` warmup over ``total_steps``.
 
     Also reads ``lr_scheduler_num_cycles`` (restarts) and ``lr_scheduler_power`` (polynomial).
     ``lr_warmup_steps`` below 1 is read as a fraction of ``total_steps``.
     """
-    name = str(setting(config, "lr_scheduler", "constant")).lower().replace("-", "_")
+    name = str(config.lr_scheduler).lower().replace("-", "_")
     if name == "constant_with_warmup":
         name = "constant"
     if name not in SCHEDULERS:
         raise UserError(f"unknown lr_scheduler {name!r}; use one of: {', '.join(SCHEDULERS)}")
-    warmup = float(setting(config, "lr_warmup_steps", 0))
+    warmup = float(config.lr_warmup_steps)
     if 0 < warmup < 1:
         warmup = warmup * total_steps
     factor = lr_factor(
         name,
         total_steps,
         int(warmup),
-        num_cycles=int(setting(config, "lr_scheduler_num_cycles", 1)),
-        power=float(setting(config, "lr_scheduler_power", 1.0)),
+        num_cycles=int(config.lr_scheduler_num_cycles),
+        power=float(config.lr_scheduler_power),
     )
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

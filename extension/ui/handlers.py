@@ -10,7 +10,6 @@ import functools
 import html
 import json
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -449,15 +448,3 @@ def _inside(path: Path, folder: Path) -> bool:
     except ValueError:
         return False
     return True
-
-
-def publish(src: str | Path, lora_dir: str | Path) -> Path:
-    """Copy a finished LoRA into the host's Lora folder (atomically); returns the new path."""
-    src, dst = Path(src), Path(lora_dir) / Path(src).name
-    if src.resolve() == dst.resolve():
-        return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    atomic = converters.atomic
-    with atomic.atomic_file(dst) as tmp:  # readable per the umask, like the WebUI's own files
-        shutil.copyfile(src, tmp)
-    return dst

@@ -7,6 +7,7 @@ WebUI (checkpoint list, Lora folder, VRAM, queue lock, progress bar, captioners,
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +175,6 @@ class Host:
         """
         image = self.task_type == "text-to-image"
         if image and Path(path).stem == self.last_output_name:
-            from .handlers import publish
-
             path = str(publish(path, self.lora_dir()))
             self.published.append(path)
             try:
@@ -207,3 +206,15 @@ class Host:
         if problems:
             line += f"; first: {problems[0]}"
         return line
+
+
+def publish(src: str | Path, lora_dir: str | Path) -> Path:
+    """Copy a finished LoRA into the host's Lora folder (atomically); returns the new path."""
+    src, dst = Path(src), Path(lora_dir) / Path(src).name
+    if src.resolve() == dst.resolve():
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    atomic = converters.atomic
+    with atomic.atomic_file(dst) as tmp:  # readable per the umask, like the WebUI's own files
+        shutil.copyfile(src, tmp)
+    return dst

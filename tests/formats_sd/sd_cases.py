@@ -81,8 +81,8 @@ def build_case(kind: str, root: Path, uniform: bool = False, seed: int = 0) -> S
     import torch
     from peft import get_peft_model
 
-    from extension.tiny.sd import build_tiny_sd, save_tiny_sd_checkpoint, save_tiny_sd_pipeline
-    from extension.tiny.sd_checkpoint import ldm_state_dict
+    from extension.tiny.sd import build_tiny_sd, save_tiny_sd_pipeline
+    from extension.tiny.sd_checkpoint import ldm_state_dict, save_tiny_sd_checkpoint
 
     root.mkdir(parents=True, exist_ok=True)
     parts = build_tiny_sd(kind, seed)

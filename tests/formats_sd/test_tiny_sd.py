@@ -12,7 +12,8 @@ def test_single_file_checkpoint_loads_in_diffusers(tmp_path, kind):
     import torch
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    from extension.tiny.sd import build_tiny_sd, save_tiny_sd_checkpoint, save_tiny_sd_pipeline
+    from extension.tiny.sd import build_tiny_sd, save_tiny_sd_pipeline
+    from extension.tiny.sd_checkpoint import save_tiny_sd_checkpoint
 
     cls = StableDiffusionXLPipeline if kind == "sdxl" else StableDiffusionPipeline
     # The config folder has other weights (seed 1): everything loaded must come from the checkpoint (seed 0).
@@ -52,7 +53,8 @@ def test_pipeline_folder_runs_offline(tmp_path):
 
 def test_sd2_v_variant(tmp_path):
     from converters.sd_base import read_sd_base_shapes
-    from extension.tiny.sd import build_tiny_sd, save_tiny_sd_checkpoint
+    from extension.tiny.sd import build_tiny_sd
+    from extension.tiny.sd_checkpoint import save_tiny_sd_checkpoint
 
     parts = build_tiny_sd("sd2-v")
     assert parts["scheduler"].config.prediction_type == "v_prediction"

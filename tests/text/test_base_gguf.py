@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 
+from extension.config import TrainConfig
 from extension.text.base_gguf import prepare_base_gguf
 
 
 def _config(base, **extra):
-    return SimpleNamespace(base_model=str(base), ggml_n_kv_heads=2, **extra)
+    return TrainConfig(base_model=str(base), ggml_n_kv_heads=2, **extra)
 
 
 @pytest.mark.parametrize("old_gguf_py", [False, True], ids=["gguf-py", "gguf-py without contents()"])

@@ -22,7 +22,7 @@ def _blocks(qtype: Q, n_blocks: int, seed: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("qtype", sorted(native.NATIVE_TYPES), ids=lambda q: q.name)
 def test_threaded_dequantization_is_bit_identical(monkeypatch, qtype):
-    lib = native.native_dequantizer()
+    lib = native.native_dequantizer(quant.torch_dequantize_rows)
     if lib is None:
         pytest.fail("no native dequantizer: CI has a C compiler, so the build or its self-test failed")
     monkeypatch.setattr(native, "PARALLEL_BLOCKS", 8)  # 101 blocks: split 3 ways into uneven runs
@@ -67,7 +67,7 @@ def test_weights_above_the_whole_limit_go_by_chunks(monkeypatch):
 def test_ggml_q_and_k_are_not_read_through_the_file_map(tiny, monkeypatch):
     """Q/K are reordered into copies; their file pages must not also stay mapped into the process."""
     from extension.text import gguf_model
-    from extension.text.ggml_legacy import load_ggml_model
+    from extension.text.gguf_model import load_ggml_model
 
     seen: dict[str, np.ndarray] = {}
     build = gguf_model.build_model

@@ -9,7 +9,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize
 
 from extension.text import native
-from extension.text.quant import dequantize_into, dequantize_rows
+from extension.text.quant import dequantize_into, dequantize_rows, torch_dequantize_rows
 
 Q = GGMLQuantizationType
 NATIVE = sorted(native.NATIVE_TYPES)
@@ -17,7 +17,7 @@ NATIVE = sorted(native.NATIVE_TYPES)
 
 @pytest.fixture(scope="module")
 def lib():
-    found = native.native_dequantizer()
+    found = native.native_dequantizer(torch_dequantize_rows)
     if found is None:
         pytest.fail("no native dequantizer: CI has a C compiler, so the build or its self-test failed")
     return found
@@ -74,7 +74,7 @@ def test_packed_paths_use_it_and_agree(lib):
 
 def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("LORA_BRIDGE_NATIVE", "0")
-    assert native.native_dequantizer() is None
+    assert native.native_dequantizer(torch_dequantize_rows) is None
     raw = torch.from_numpy(_random_blocks(Q.Q4_0, 16, 3))
     assert torch.equal(dequantize_rows(raw, Q.Q4_0, 32), dequantize_rows(raw, Q.Q4_0, 32, native=False))
 
@@ -83,7 +83,7 @@ def test_without_a_compiler_torch_is_used(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("PATH", str(tmp_path))  # no cc, gcc or clang either
     assert native._compiler() is None
-    assert native._load() is None
+    assert native._load(torch_dequantize_rows) is None
 
 
 def test_build_is_cached_and_atomic(tmp_path):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 def tiny_checkpoint(kind: str, folder: Path) -> Path:
     """An A1111-style single file with its ``.yaml`` and a tokenizer sidecar (``<stem>.tokenizer[_2]/``)."""
-    from extension.tiny.sd import save_tiny_sd_checkpoint, write_tokenizer_files
+    from extension.tiny.sd import write_tokenizer_files
+    from extension.tiny.sd_checkpoint import save_tiny_sd_checkpoint
 
     folder.mkdir(parents=True, exist_ok=True)
     path = save_tiny_sd_checkpoint(kind, folder / f"tiny-{kind}.safetensors", seed=0)

@@ -17,7 +17,7 @@ from image_setup import image_config, tiny_checkpoint  # noqa: E402
 from extension.cli import main
 from extension.config import config_from_dict
 from extension.errors import UserError
-from extension.training.runner import run_training
+from extension.runner import run_training
 
 # As the articles publish it; the test puts a tiny SD1 checkpoint and images at its paths.
 ARTICLE_IMAGE_YAML = (Path(__file__).resolve().parents[2] / "configs" / "lora_scripts_image.yaml").read_text()

@@ -1,27 +1,29 @@
-"""The pieces both engines share: schedules, optimizers, training state, outputs, prompts, the NaN guard."""
+"""The pieces both engines share (schedules, optimizers, training state, the NaN guard) and image outputs and prompts.
+
+Configs are built as ``TrainConfig(...)`` without validation, so a test can hold a value the schema refuses."""
 
 from __future__ import annotations
 
 import math
 import random
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from extension.config import TrainConfig
 from extension.errors import UserError
+from extension.image.samples import parse_prompt
 from extension.training import checkpoint as ckpt
 from extension.training.optimizers import build_optimizer
 from extension.training.progress import NonFiniteLoss, Throughput, check_finite
-from extension.training.samples import parse_prompt
 from extension.training.schedulers import build_scheduler, lr_factor
 
 
 def _lrs(name, total=10, warmup=2, **kw):
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    sched = build_scheduler(opt, SimpleNamespace(lr_scheduler=name, lr_warmup_steps=warmup, **kw), total)
+    sched = build_scheduler(opt, TrainConfig(lr_scheduler=name, lr_warmup_steps=warmup, **kw), total)
     out = []
     for _ in range(total):
         out.append(sched.get_last_lr()[0])
@@ -49,27 +51,27 @@ def test_schedules_with_warmup():
 def test_optimizers_by_name():
     params = [torch.nn.Parameter(torch.zeros(3))]
     groups = [{"params": params, "lr": 0.5}]
-    opt = build_optimizer(groups, SimpleNamespace(optimizer="AdamW", learning_rate=1e-3, weight_decay=0.0))
+    opt = build_optimizer(groups, TrainConfig(optimizer="AdamW", learning_rate=1e-3, weight_decay=0.0))
     assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[0]["lr"] == 0.5
-    opt = build_optimizer(groups, SimpleNamespace(optimizer="adafactor", learning_rate=1e-3))
+    opt = build_optimizer(groups, TrainConfig(optimizer="adafactor", learning_rate=1e-3))
     assert type(opt).__name__ == "Adafactor"
     for name, module in (("adamw8bit", "bitsandbytes"), ("prodigy", "prodigyopt")):
         try:
             __import__(module)
         except ImportError:
             with pytest.raises(UserError, match=f"pip install {module}"):
-                build_optimizer(groups, SimpleNamespace(optimizer=name))
+                build_optimizer(groups, TrainConfig(optimizer=name))
     with pytest.raises(UserError, match="unknown optimizer"):
-        build_optimizer(groups, SimpleNamespace(optimizer="sgdx"))
+        build_optimizer(groups, TrainConfig(optimizer="sgdx"))
     with pytest.raises(UserError, match="nothing to train"):
-        build_optimizer([{"params": []}], SimpleNamespace(optimizer="adamw"))
+        build_optimizer([{"params": []}], TrainConfig(optimizer="adamw"))
 
 
 def test_training_state_round_trip_and_keep_last(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 4)
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
-    sched = build_scheduler(opt, SimpleNamespace(lr_scheduler="linear", lr_warmup_steps=1), 10)
+    sched = build_scheduler(opt, TrainConfig(lr_scheduler="linear", lr_warmup_steps=1), 10)
     for _ in range(3):
         model(torch.randn(2, 4)).sum().backward()
         opt.step()
@@ -103,7 +105,7 @@ def test_training_state_round_trip_and_keep_last(tmp_path):
 
 def test_output_files_keep_last_n(tmp_path):
     from extension._converters import converters
-    from extension.training.outputs import OutputFiles
+    from extension.image.outputs import OutputFiles
 
     rng = np.random.default_rng(0)
     module = converters.LoraModule(down=rng.standard_normal((2, 8)).astype(np.float32),
@@ -141,7 +143,7 @@ def test_prompt_weights_and_guards():
 def test_train_items_match_the_data_layer(shapes):
     """The engine's lazily-decoded items carry exactly what the data layer's samples carry."""
     from extension.config import config_from_dict
-    from extension.training.image_data import ImageData
+    from extension.image.data import ImageData
 
     config = config_from_dict(dict(train_data_dir=str(shapes), resolution=64, min_bucket_reso=64, max_bucket_reso=64,
                                    flip_aug=True, shuffle_caption=True, seed=4), source="test")

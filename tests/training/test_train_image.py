@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from extension.config import config_from_dict
-from extension.training.runner import run_training
+from extension.runner import run_training
 
 # The kohya metadata keys the WebUIs and LoRA browsers read.
 REQUIRED_META = [
@@ -125,7 +125,7 @@ def test_stop_saves_and_cancel_does_not(bases, shapes, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_files(bases, shapes, tmp_path, monkeypatch):
-    from extension.training import image_engine
+    from extension.image import engine as image_engine
 
     real = image_engine.diffusion_loss
     calls = {"n": 0}
@@ -177,7 +177,7 @@ def test_every_option_together_on_sd2_v(bases, shapes, tmp_path):
 def test_min_snr_and_v_targets():
     from diffusers import DDPMScheduler
 
-    from extension.training.noise import min_snr_weights, snr, target_for
+    from extension.image.noise import min_snr_weights, snr, target_for
 
     eps = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     v = DDPMScheduler.from_config(eps.config, prediction_type="v_prediction")

@@ -58,7 +58,7 @@ def any_webui(request):
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     """A tiny SD1 single-file checkpoint (WebUI layout)."""
-    from extension.tiny.sd import save_tiny_sd_checkpoint
+    from extension.tiny.sd_checkpoint import save_tiny_sd_checkpoint
 
     folder = tmp_path_factory.mktemp("base")
     return save_tiny_sd_checkpoint("sd1", folder / "tiny-sd1.safetensors")
@@ -175,7 +175,7 @@ def tiny_gguf(tmp_path_factory) -> Path:
 def text_adapters(tmp_path_factory, tiny_gguf) -> tuple[Path, Path]:
     """(GGUF adapter, PEFT folder) from a real 2-step text run on ``tiny_gguf``."""
     from extension.config import config_from_dict
-    from extension.training.runner import run_training
+    from extension.runner import run_training
 
     root = tmp_path_factory.mktemp("text_run")
     (root / "t.txt").write_text("hello world\n" * 20)

@@ -8,9 +8,8 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
-from .optimizers import setting
+from ..config import TrainConfig
 
 _VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
 _SPEC_ARCH = {
@@ -21,22 +20,22 @@ _SPEC_ARCH = {
 }
 
 
-def training_metadata(config: Any, base, data, *, step: int, epoch: int, started_at: float, total_steps: int,
+def training_metadata(config: TrainConfig, base, data, *, step: int, epoch: int, started_at: float, total_steps: int,
                       world: int = 1, cache_latents: bool = False, num_epochs: int | None = None) -> dict[str, str]:
     """Every metadata key the WebUIs and LoRA browsers read, for the state of the run at ``step``.
 
     ``epoch`` is 0-based (``ss_epoch`` is 1-based, as kohya writes it); ``num_epochs`` is the number
     of epochs the run has (``max_train_steps`` may cut it short of ``config.epochs``).
     """
-    name = str(setting(config, "output_name", "my_lora"))
+    name = str(config.output_name)
     rank, alpha = int(config.lora_rank), float(config.lora_alpha)
-    conv_rank = int(setting(config, "conv_rank", 0))
-    conv_alpha = setting(config, "conv_alpha", None)
-    batch = int(setting(config, "batch_size", 1))
-    gas = int(setting(config, "gradient_accumulation_steps", 1))
-    resolution = int(setting(config, "resolution", 512))
-    te_lr = setting(config, "text_encoder_lr", None)
-    train_te = bool(setting(config, "train_text_encoder", False))
+    conv_rank = int(config.conv_rank)
+    conv_alpha = config.conv_alpha
+    batch = int(config.batch_size)
+    gas = int(config.gradient_accumulation_steps)
+    resolution = int(config.resolution)
+    te_lr = config.text_encoder_lr
+    train_te = bool(config.train_text_encoder)
     network_args = {}
     if conv_rank:
         network_args = {"conv_dim": str(conv_rank), "conv_alpha": str(conv_alpha if conv_alpha is not None
@@ -46,13 +45,13 @@ def training_metadata(config: Any, base, data, *, step: int, epoch: int, started
         "ss_network_dim": str(rank),
         "ss_network_alpha": _num(alpha),
         "ss_network_args": json.dumps(network_args) if network_args else "null",
-        "ss_network_dropout": _num(float(setting(config, "lora_dropout", 0.0))),
+        "ss_network_dropout": _num(float(config.lora_dropout)),
         "ss_output_name": name,
         "ss_v2": str(base.arch in ("sd2", "sd2-v")),
         "ss_base_model_version": _VERSION[base.arch],
         "ss_sd_model_name": Path(str(config.base_model)).name,
         "ss_resolution": f"({resolution}, {resolution})",
-        "ss_clip_skip": str(int(setting(config, "clip_skip", 1))),
+        "ss_clip_skip": str(int(config.clip_skip)),
         "ss_learning_rate": _num(float(config.learning_rate)),
         "ss_unet_lr": _num(float(config.learning_rate)),
         "ss_text_encoder_lr": _num(float(te_lr if te_lr is not None else config.learning_rate)) if train_te else "0",
@@ -60,32 +59,32 @@ def training_metadata(config: Any, base, data, *, step: int, epoch: int, started
         "ss_batch_size_per_device": str(batch),
         "ss_total_batch_size": str(batch * gas * world),
         "ss_gradient_accumulation_steps": str(gas),
-        "ss_gradient_checkpointing": str(bool(setting(config, "gradient_checkpointing", False))),
+        "ss_gradient_checkpointing": str(bool(config.gradient_checkpointing)),
         "ss_max_train_steps": str(total_steps),
-        "ss_num_epochs": str(num_epochs if num_epochs is not None else int(setting(config, "epochs", 1))),
+        "ss_num_epochs": str(num_epochs if num_epochs is not None else int(config.epochs)),
         "ss_epoch": str(epoch + 1),
         "ss_steps": str(step),
-        "ss_seed": str(int(setting(config, "seed", 42))),
-        "ss_mixed_precision": str(setting(config, "mixed_precision", "no")),
+        "ss_seed": str(int(config.seed)),
+        "ss_mixed_precision": str(config.mixed_precision),
         "ss_full_fp16": "False",
-        "ss_save_precision": str(setting(config, "save_precision", "fp16")),
-        "ss_optimizer": str(setting(config, "optimizer", "adamw")),
-        "ss_lr_scheduler": str(setting(config, "lr_scheduler", "constant")),
-        "ss_lr_warmup_steps": str(setting(config, "lr_warmup_steps", 0)),
-        "ss_max_grad_norm": _num(float(setting(config, "max_grad_norm", 1.0))),
-        "ss_noise_offset": _num(float(setting(config, "noise_offset", 0.0))),
-        "ss_min_snr_gamma": _num(float(setting(config, "min_snr_gamma", None) or 0)),
+        "ss_save_precision": str(config.save_precision),
+        "ss_optimizer": str(config.optimizer),
+        "ss_lr_scheduler": str(config.lr_scheduler),
+        "ss_lr_warmup_steps": str(config.lr_warmup_steps),
+        "ss_max_grad_norm": _num(float(config.max_grad_norm)),
+        "ss_noise_offset": _num(float(config.noise_offset)),
+        "ss_min_snr_gamma": _num(float(config.min_snr_gamma or 0)),
         "ss_prediction_type": base.prediction_type,
         "ss_v_parameterization": str(base.prediction_type == "v_prediction"),
         "ss_cache_latents": str(bool(cache_latents)),
-        "ss_shuffle_caption": str(bool(setting(config, "shuffle_caption", False))),
-        "ss_keep_tokens": str(int(setting(config, "keep_tokens", 0))),
-        "ss_caption_dropout_rate": _num(float(setting(config, "caption_dropout_rate", 0.0))),
-        "ss_caption_tag_dropout_rate": _num(float(setting(config, "tag_dropout_rate", 0.0))),
-        "ss_flip_aug": str(bool(setting(config, "flip_aug", False))),
-        "ss_enable_bucket": str(bool(setting(config, "enable_bucket", True))),
-        "ss_min_bucket_reso": str(setting(config, "min_bucket_reso", 256)),
-        "ss_max_bucket_reso": str(setting(config, "max_bucket_reso", 1024)),
+        "ss_shuffle_caption": str(bool(config.shuffle_caption)),
+        "ss_keep_tokens": str(int(config.keep_tokens)),
+        "ss_caption_dropout_rate": _num(float(config.caption_dropout_rate)),
+        "ss_caption_tag_dropout_rate": _num(float(config.tag_dropout_rate)),
+        "ss_flip_aug": str(bool(config.flip_aug)),
+        "ss_enable_bucket": str(bool(config.enable_bucket)),
+        "ss_min_bucket_reso": str(config.min_bucket_reso),
+        "ss_max_bucket_reso": str(config.max_bucket_reso),
         "ss_training_started_at": repr(float(started_at)),
         "ss_training_finished_at": repr(float(time.time())),
         "ss_training_comment": "trained with lora-bridge",
@@ -99,7 +98,7 @@ def training_metadata(config: Any, base, data, *, step: int, epoch: int, started
         "modelspec.prediction_type": "v" if base.prediction_type == "v_prediction" else "epsilon",
     }
     meta.update({k: str(v) for k, v in data.metadata().items()})
-    if setting(config, "init_lora", None):
+    if config.init_lora:
         # Ranks and alphas came from the init file, not from lora_rank/lora_alpha: the kohya writer
         # states them from the modules themselves.
         for key in ("ss_network_dim", "ss_network_alpha", "ss_network_args"):

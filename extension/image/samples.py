@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from .._converters import converters
-from .lora_export import restore_lora_scales, set_lora_multiplier
+from .lora import restore_lora_scales, set_lora_multiplier
 
 _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
 

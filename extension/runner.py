@@ -1,4 +1,7 @@
-"""The one entry point every front end calls: ``run_training`` (API/UI) and ``train_from_cli`` (CLI)."""
+"""The one entry point every front end calls: ``run_training`` (API/UI) and ``train_from_cli`` (CLI).
+
+It sits above both engines (``image/``, ``text/``) and the lifecycle pieces they share (``training/``).
+"""
 
 from __future__ import annotations
 
@@ -6,26 +9,28 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .events import EventCallback, TrainingControl, TrainResult
-from .optimizers import setting
-from .progress import TensorBoardSink, TqdmSink, fan_out
+from .config import TrainConfig, as_config
+from .training.events import EventCallback, TrainingControl, TrainResult
+from .training.progress import TensorBoardSink, TqdmSink, fan_out
 
 
-def run_training(config: Any, callback: EventCallback | None = None,
+def run_training(config: TrainConfig | dict[str, Any], callback: EventCallback | None = None,
                  control: TrainingControl | None = None) -> TrainResult:
     """Train what ``config.task_type`` says; events go to ``callback``; ``control`` stops or cancels.
+
+    ``config`` is a ``TrainConfig`` or a mapping in its schema (validated here, defaults from the schema).
 
     Bad input raises ``UserError``; a NaN/inf loss returns a ``failed`` result with the last good
     files kept. TensorBoard scalars are written under ``logging_dir`` (default ``output_dir/logs``).
     """
-    task = str(setting(config, "task_type", "text-to-image"))
-    if task == "text-generation":
-        from ..text.engine import train_text
+    config = as_config(config)
+    if config.task_type == "text-generation":
+        from .text.engine import train_text
 
         return train_text(config, callback, control)
-    from .image_engine import train_image
+    from .image.engine import train_image
 
-    logdir = setting(config, "logging_dir", None) or str(Path(setting(config, "output_dir", "output")) / "logs")
+    logdir = config.logging_dir or str(Path(config.output_dir) / "logs")
     callback = fan_out(callback, TensorBoardSink(logdir))
 
     return train_image(config, callback, control)
@@ -33,7 +38,7 @@ def run_training(config: Any, callback: EventCallback | None = None,
 
 def train_from_cli(config_path: str, overrides: list[str]) -> int:
     """``lora-bridge train --config F [--set k=v]``: load, lint, train with a progress bar, print the result."""
-    from ..config import config_warnings, load_config, require_keys
+    from .config import config_warnings, load_config, require_keys
 
     config = load_config(config_path, overrides)
     require_keys(config, config_path)
@@ -54,9 +59,9 @@ def train_from_cli(config_path: str, overrides: list[str]) -> int:
     return 0
 
 
-def _lint_first(config: Any) -> None:
+def _lint_first(config: TrainConfig) -> None:
     """Run the dataset lint before any model loads; report skips, stop on fatal problems."""
-    from ..data.lint import enforce_bad_data, lint_dataset
+    from .data.lint import enforce_bad_data, lint_dataset
 
     report = lint_dataset(config.train_data_dir, config)
     enforce_bad_data(report, config.bad_data)
