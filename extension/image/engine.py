@@ -24,6 +24,7 @@ from .._converters import converters
 from ..config import TrainConfig, as_config
 from ..errors import UserError
 from ..training import checkpoint as ckpt
+from ..training.amp import loss_scaler, optimizer_step, unscale_gradients
 from ..training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult
 from ..training.optimizers import build_optimizer
 from ..training.progress import NonFiniteLoss, Throughput, check_finite
@@ -289,9 +290,10 @@ class _ImageRun:
             mean_loss = acc.reduce(mean_loss, reduction="mean")
         self.last_loss = check_finite(float(mean_loss), self.step + 1)
         params = [p for g in optimizer.param_groups for p in g["params"]]
+        unscale_gradients(optimizer, loss_scaler(acc))  # fp16 on CUDA: see training/amp.py
         if self.max_norm > 0:
             acc.clip_grad_norm_(params, self.max_norm)
-        optimizer.step()
+        optimizer_step(optimizer, loss_scaler(acc))
         self.lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         self.step += 1

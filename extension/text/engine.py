@@ -29,6 +29,7 @@ import torch
 from .._converters import converters
 from ..config import TrainConfig, as_config
 from ..errors import UserError
+from ..training.amp import loss_scaler, optimizer_step, unscale_gradients
 from ..training.checkpoint import latest_state, load_training_state, restore_rng, save_training_state
 from ..training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult
 from ..training.optimizers import build_optimizer
@@ -63,16 +64,29 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=gen).tolist()
 
 
-def _accelerator(config: TrainConfig):
-    """(accelerate.Accelerator or None, autocast dtype or None)."""
-    mp = str(config.mixed_precision)
-    cuda = torch.cuda.is_available()
-    if not cuda and mp == "fp16":
-        mp = "bf16"  # fp16 autocast is GPU-only; bf16 is the CPU equivalent
+def training_device(cuda_available: bool | None = None) -> torch.device:
+    """Where a text run trains: the current CUDA device when torch has one, else the CPU.
+
+    The base's packed blocks, the LoRA and every step tensor live there, so on CUDA the blocks are
+    dequantized on the GPU (``quant.dequant_backend``). The WebUI hand-off assumes the same
+    (``webui/host.py``: a text run frees VRAM exactly when torch would train on a GPU).
+    """
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    return torch.device("cuda" if cuda else "cpu")
+
+
+def mixed_precision_for(mp: str, device: torch.device) -> str:
+    """The accelerate precision used on ``device``: fp16 autocast is GPU-only, bf16 is its CPU equivalent."""
+    return "bf16" if device.type != "cuda" and mp == "fp16" else mp
+
+
+def _accelerator(config: TrainConfig, device: torch.device):
+    """(accelerate.Accelerator or None, autocast dtype or None) for training on ``device``."""
+    mp = mixed_precision_for(str(config.mixed_precision), device)
     try:
         from accelerate import Accelerator
 
-        acc = Accelerator(mixed_precision=mp, cpu=not cuda)
+        acc = Accelerator(mixed_precision=mp, cpu=device.type != "cuda")
     except Exception:  # accelerate missing, or a process-wide state set up differently by another run
         acc = None
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
@@ -101,6 +115,7 @@ class _Run:
         logdir = config.logging_dir or self.output_dir / "logs"
         self.emit = fan_out(callback if callback is not None else TqdmSink("text lora"), TensorBoardSink(logdir))
         self.state_root = self.output_dir / f"{self.name}-state"
+        self.device = training_device()
         self.loss: float | None = None
 
     def log(self, line: str) -> None:
@@ -137,7 +152,7 @@ class _Run:
         self.pad_id = tokenizer.eos_id if tokenizer.eos_id is not None else 0
         self.batch_size = int(config.batch_size)
         longest = max(len(s.ids) for s in self.samples)  # load_text_dataset refuses an empty dataset
-        keep_activations_in_heap(self.model.largest_activation_bytes(self.batch_size * longest))
+        keep_activations_in_heap(self.model.largest_activation_bytes(self.batch_size * longest), self.device)
         self.model.limit_kept_outputs(self.batch_size * longest)  # checkpointing's kept outputs: fixed budget
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.base_gguf = prepare_base_gguf(config, self.output_dir, self.log)
@@ -154,13 +169,14 @@ class _Run:
         if init is not None:
             load_text_init(layout, self.layers)
         model.gradient_checkpointing = bool(config.gradient_checkpointing)
+        model.to(self.device)  # packed blocks, norms and LoRA; a no-op on CPU
 
     def build_optimizer(self) -> None:
         """Optimizer, accelerate, run length (max_train_steps, else epochs) and the schedule over it."""
         config = self.config
         self.params = [p for layer in self.layers.values() for p in (layer.lora_A, layer.lora_B)]
         self.optimizer = build_optimizer(self.params, config)
-        self.accelerator, self.autocast_dtype = _accelerator(config)
+        self.accelerator, self.autocast_dtype = _accelerator(config, self.device)
         self.max_norm = float(config.max_grad_norm)
         self.accum = int(config.gradient_accumulation_steps)
         n_batches = math.ceil(len(self.samples) / self.batch_size)
@@ -272,7 +288,7 @@ def train_text(config: TrainConfig | dict, callback: EventCallback | None = None
                control: TrainingControl | None = None) -> TrainResult:
     """Train a text LoRA as ``config`` says; see the module docstring for what is written."""
     run = _Run(as_config(config), callback, control)
-    tune_heap_for_training()
+    tune_heap_for_training(run.device)
     try:
         return run.train()
     except NonFiniteLoss as exc:
@@ -282,7 +298,7 @@ def train_text(config: TrainConfig | dict, callback: EventCallback | None = None
         run.emit(TrainingEvent("error", message=str(exc)))
         raise
     finally:
-        restore_heap_after_training()  # the process may be a long-running WebUI
+        restore_heap_after_training(run.device)  # the process may be a long-running WebUI
 
 
 def _llama_cpp_result(config: TrainConfig, model: TextModel, base_gguf: Path | None, adapter: Path,
@@ -306,9 +322,9 @@ def _optimizer_step(model: TextModel, group: list[list[Sample]], params, optimiz
     total = 0.0
     for batch in group:
         ids, labels = collate(batch, pad_id)
-        ids_t, labels_t = torch.tensor(ids), torch.tensor(labels)
-        ctx = torch.autocast("cuda" if ids_t.is_cuda else "cpu", dtype=autocast_dtype) if autocast_dtype \
-            else contextlib.nullcontext()
+        device = params[0].device  # the model's (training_device)
+        ids_t, labels_t = torch.tensor(ids, device=device), torch.tensor(labels, device=device)
+        ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         with ctx:
             loss = model.causal_lm_loss_sum(ids_t, labels_t, ignore_index=IGNORE) / max(1, n_tokens)
         if accelerator is not None:
@@ -316,9 +332,11 @@ def _optimizer_step(model: TextModel, group: list[list[Sample]], params, optimiz
         else:
             loss.backward()
         total += float(loss.detach())
+    scaler = loss_scaler(accelerator)  # fp16 on CUDA (training/amp.py)
+    unscale_gradients(optimizer, scaler)
     if max_norm > 0:
         torch.nn.utils.clip_grad_norm_(params, max_norm)
-    optimizer.step()
+    optimizer_step(optimizer, scaler)
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
     return total

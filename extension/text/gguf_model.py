@@ -159,7 +159,7 @@ class TextModel(nn.Module):
         self.register_buffer("inv_freq", inv.to(torch.float32), persistent=False)
 
     def _rope(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(t, dtype=torch.float32)
+        pos = torch.arange(t, dtype=torch.float32, device=self.inv_freq.device)
         freqs = torch.outer(pos, self.inv_freq)
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos()[None, None], emb.sin()[None, None]
@@ -215,7 +215,7 @@ class TextModel(nn.Module):
             x = checkpointed_layer(layer, memo, x, cos, sin, arena=arena) if checkpointing else layer(x, cos, sin)
         if checkpointing:  # scratch space and free heap pages are idle until the backward
             release_buffers()
-            release_free_heap()
+            release_free_heap(x.device)
         return self.model.norm(x)
 
 

@@ -93,8 +93,9 @@ def torch_logits(model: torch.nn.Module, ids: list[int], lora: bool = True) -> n
         if not lora:
             for layer in layers:
                 layer.scale = 0.0
+        device = next(iter(model.buffers()), torch.empty(0)).device  # where the packed weights live
         with torch.no_grad(), ggml_activation_rounding():
-            return model(torch.tensor([ids]))[0].float().numpy()
+            return model(torch.tensor([ids], device=device))[0].float().cpu().numpy()
     finally:
         for layer, scale in zip(layers, saved, strict=False):
             layer.scale = scale

@@ -21,10 +21,22 @@ from .quant import PackedWeight, dequantize_into
 # accumulator rescaled per slice); with 16M it is within ~25%. The slice is transient.
 _SLICE_WEIGHTS = 1 << 24
 _SLICE_LOGITS = 1 << 22  # and at most this many logits per slice
+# On a GPU a slice costs a few kernel launches and a host sync rather than cache misses:
+# 32M weights (128 MB) and 64M logits per slice make a 32K x 4096 output layer 4 slices.
+_CUDA_SLICE_WEIGHTS = 1 << 25
+_CUDA_SLICE_LOGITS = 1 << 26
 
 
-def _slice_rows(vocab: int, hidden: int, tokens: int) -> int:
-    rows = min(_SLICE_WEIGHTS // max(1, hidden), _SLICE_LOGITS // max(1, tokens))
+def slice_budget(device: torch.device | str) -> tuple[int, int]:
+    """(output-weight elements, logits) per vocabulary slice for a loss computed on ``device``."""
+    if torch.device(device).type == "cuda":
+        return _CUDA_SLICE_WEIGHTS, _CUDA_SLICE_LOGITS
+    return _SLICE_WEIGHTS, _SLICE_LOGITS
+
+
+def _slice_rows(vocab: int, hidden: int, tokens: int, device: torch.device | str = "cpu") -> int:
+    weights, logits = slice_budget(device)
+    rows = min(weights // max(1, hidden), logits // max(1, tokens))
     return max(64, min(vocab, rows))
 
 
@@ -41,7 +53,7 @@ class _SlicedCrossEntropy(torch.autograd.Function):
         running_sum = torch.zeros(n, **on)
         target = torch.zeros(n, **on)
         acc = torch.zeros(n, width, **on) if need_grad else None
-        step = _slice_rows(vocab, width, n)
+        step = _slice_rows(vocab, width, n, h.device)
         weight_space = torch.empty(step * width, device=weight.raw.device)  # both reused by every slice
         logits_space = torch.empty(n * step, **on)
         for r0 in range(0, vocab, step):

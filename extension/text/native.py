@@ -194,6 +194,18 @@ _LOCK = threading.Lock()
 _STATE: dict[str, NativeDequantizer | None] = {}
 
 
+def native_for(device: torch.device | str, reference: Reference) -> NativeDequantizer | None:
+    """The compiled dequantizer for blocks held on ``device``, or None.
+
+    The one place the native library is chosen by device: C can only read host memory, so any
+    other device (CUDA) gets None and dequantizes with torch ops where its tensors live; the
+    library is not even built then. ``reference`` as for ``native_dequantizer``.
+    """
+    if torch.device(device).type != "cpu":
+        return None
+    return native_dequantizer(reference)
+
+
 def native_dequantizer(reference: Reference) -> NativeDequantizer | None:
     """The compiled dequantizer, built and self-tested against ``reference`` on first call; None when unavailable
     or disabled."""

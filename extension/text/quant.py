@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from .native import NATIVE_TYPES, NativeDequantizer, native_dequantizer
+from .native import NATIVE_TYPES, NativeDequantizer, native_for
 from .recompute import KeptMatmul, LayerMemo, active_memo
 
 Q = GGMLQuantizationType
@@ -42,7 +42,7 @@ def _nibbles(qs: torch.Tensor) -> torch.Tensor:
 
 def _high_bits(qh: torch.Tensor) -> torch.Tensor:
     """(n, 4) bytes of a little-endian u32 -> (n, 32) bits, bit j for element j."""
-    shifts = torch.arange(8, dtype=torch.uint8)
+    shifts = torch.arange(8, dtype=torch.uint8, device=qh.device)
     bits = (qh.unsqueeze(-1) >> shifts) & 1  # (n, 4, 8): byte b, bit k -> element 8b + k
     return bits.reshape(qh.shape[0], 32)
 
@@ -56,31 +56,33 @@ class _Buffers(threading.local):
     """
 
     def __init__(self) -> None:
-        self.scratch: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self.scratch: dict[tuple[str, torch.dtype, torch.device], torch.Tensor] = {}
 
 
 _BUF = _Buffers()
 
 
-def scratch(tag: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """This thread's reusable tensor ``tag`` viewed as ``shape``, for temporaries that never leave the caller.
+def scratch(tag: str, shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device | str = "cpu") -> torch.Tensor:
+    """This thread's reusable tensor ``tag`` on ``device`` as ``shape``, for temporaries that never leave the caller.
 
-    Valid until ``tag`` is asked for again or ``release_buffers()`` runs.
+    Valid until ``tag`` is asked for again (on that device) or ``release_buffers()`` runs.
     """
     n = 1
     for dim in shape:
         n *= int(dim)
-    buf = _BUF.scratch.get((tag, dtype))
+    key = (tag, dtype, torch.device(device))
+    buf = _BUF.scratch.get(key)
     if buf is None or buf.numel() < n:
-        buf = _BUF.scratch[(tag, dtype)] = torch.empty(n, dtype=dtype)
+        buf = _BUF.scratch[key] = torch.empty(n, dtype=dtype, device=key[2])
     return buf[:n].view(shape)
 
 
 def _block_scales(b: torch.Tensor, offset: int = 0) -> torch.Tensor:
     """The f16 scale at byte ``offset`` of each block as float32 (n, 1), through scratch space."""
-    half = scratch("d16", (b.shape[0], 2), torch.uint8)
+    half = scratch("d16", (b.shape[0], 2), torch.uint8, b.device)
     half.copy_(b[:, offset:offset + 2])
-    scale = scratch("d32", (b.shape[0], 1), torch.float32)
+    scale = scratch("d32", (b.shape[0], 1), torch.float32, b.device)
     return scale.copy_(half.view(torch.float16))
 
 
@@ -95,7 +97,7 @@ def _q4_0_into(b: torch.Tensor, out: torch.Tensor) -> None:
     # remain: about 3x faster than a table lookup, and exact.
     # Nibbles are split two bytes at a time (int16 lanes; the 18-byte blocks keep them 2-aligned).
     n = b.shape[0]
-    nib = scratch("nib", (n, 2, 16), torch.uint8)
+    nib = scratch("nib", (n, 2, 16), torch.uint8, b.device)
     try:
         qs = b.view(torch.int16)[:, 1:]
     except RuntimeError:  # odd storage offset: byte by byte
@@ -116,13 +118,13 @@ _BLOCK_INTO = {Q.Q8_0: _q8_0_into, Q.Q4_0: _q4_0_into}
 
 
 def _dequant_q8_0(b: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(b.shape[0], 32)
+    out = torch.empty(b.shape[0], 32, device=b.device)
     _q8_0_into(b, out)
     return out
 
 
 def _dequant_q4_0(b: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(b.shape[0], 32)
+    out = torch.empty(b.shape[0], 32, device=b.device)
     _q4_0_into(b, out)
     return out
 
@@ -197,10 +199,22 @@ def row_bytes(qtype: GGMLQuantizationType, n_cols: int) -> int:
     return n_cols // block * size
 
 
+def dequant_backend(qtype: GGMLQuantizationType, device: torch.device | str) -> str:
+    """Which code dequantizes ``qtype`` blocks held on ``device`` (the one place this is chosen).
+
+    "native": the compiled C helper, for host memory only (``native.native_for``); "torch": torch
+    ops on the blocks' own device, so on CUDA the blocks never leave the GPU; "numpy": gguf-py's
+    reference code through host memory (rare types: Q2_K, Q3_K, Q5_K, IQ*).
+    """
+    if qtype in NATIVE_TYPES and native_for(device, torch_dequantize_rows) is not None:
+        return "native"
+    return "torch" if qtype in TORCH_TYPES else "numpy"
+
+
 def _native_for(qtype: GGMLQuantizationType, raw: torch.Tensor) -> NativeDequantizer | None:
-    if qtype not in NATIVE_TYPES or raw.dtype != torch.uint8 or not raw.is_contiguous() or raw.device.type != "cpu":
+    if raw.dtype != torch.uint8 or not raw.is_contiguous() or dequant_backend(qtype, raw.device) != "native":
         return None
-    return native_dequantizer(torch_dequantize_rows)
+    return native_for(raw.device, torch_dequantize_rows)
 
 
 def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int, native: bool = True) -> torch.Tensor:
@@ -226,8 +240,8 @@ def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int,
         return fn(raw.reshape(-1, size)).reshape(rows, n_cols)
     from gguf.quants import dequantize
 
-    values = dequantize(raw.numpy(), qtype)
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(rows, n_cols)
+    values = dequantize(raw.cpu().numpy(), qtype)
+    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(rows, n_cols).to(raw.device)
 
 
 
@@ -316,19 +330,30 @@ class PackedWeight(torch.nn.Module):
 # but not a 32K-vocabulary output layer (131M at 7B: 0.5 GB; the loss slices it, see lm_loss.py).
 _WHOLE_ELEMENTS = 100_000_000
 _CHUNK_ELEMENTS = 1 << 24  # larger weights go by chunks of ~16M weights (64 MB)
+# On a GPU each chunk costs kernel launches rather than cache misses: every projection of a 7B
+# model (up to 45M elements, 180 MB as float32) is dequantized whole, larger ones 16M at a time.
+_CUDA_CHUNK_ELEMENTS = 1 << 24
+_CUDA_WHOLE_ELEMENTS = 1 << 26
+
+
+def matmul_chunking(device: torch.device | str) -> tuple[int, int]:
+    """(elements per row chunk, largest weight dequantized whole) for weights held on ``device``."""
+    if torch.device(device).type == "cuda":
+        return _CUDA_CHUNK_ELEMENTS, _CUDA_WHOLE_ELEMENTS
+    return _CHUNK_ELEMENTS, _WHOLE_ELEMENTS
 
 
 def _row_chunks(packed: PackedWeight):
-    """(first row, last row + 1) spans of about ``_CHUNK_ELEMENTS`` weights each."""
+    """(first row, last row + 1) spans of about ``matmul_chunking``'s chunk size each."""
     rows, cols = packed.shape
-    step = max(1, _CHUNK_ELEMENTS // max(1, cols))
+    step = max(1, matmul_chunking(packed.raw.device)[0] // max(1, cols))
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
 
 
 def _chunk(packed: PackedWeight, r0: int, r1: int, dtype: torch.dtype) -> torch.Tensor:
     """Float rows r0:r1 of W in scratch space (valid until the next call)."""
-    buf = scratch("chunk", (r1 - r0, packed.shape[1]), torch.float32)
+    buf = scratch("chunk", (r1 - r0, packed.shape[1]), torch.float32, packed.raw.device)
     return dequantize_into(packed.raw[r0:r1], packed.qtype, packed.shape[1], buf).to(dtype)
 
 
@@ -336,7 +361,7 @@ def _whole(packed: PackedWeight, dtype: torch.dtype) -> torch.Tensor | None:
     """The whole float weight (F32 as stored, else dequantized into scratch space), or None when too big."""
     if packed.qtype == Q.F32:
         return packed.raw.to(dtype)
-    if packed.shape[0] * packed.shape[1] > _WHOLE_ELEMENTS:
+    if packed.shape[0] * packed.shape[1] > matmul_chunking(packed.raw.device)[1]:
         return None
     return _chunk(packed, 0, packed.shape[0], dtype)
 
@@ -350,7 +375,7 @@ def packed_matmul(x: torch.Tensor, packed: PackedWeight, out: torch.Tensor | Non
         out = x.new_empty(*x.shape[:-1], packed.shape[0])
     x2, out2 = x.reshape(-1, x.shape[-1]), out.view(-1, packed.shape[0])
     for r0, r1 in _row_chunks(packed):
-        part = scratch("mm", (x2.shape[0], r1 - r0), x.dtype)
+        part = scratch("mm", (x2.shape[0], r1 - r0), x.dtype, x.device)
         torch.mm(x2, _chunk(packed, r0, r1, x.dtype).t(), out=part)
         out2[:, r0:r1] = part
     return out
