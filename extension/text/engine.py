@@ -153,6 +153,7 @@ class _Run:
         self.batch_size = int(config.batch_size)
         longest = max(len(s.ids) for s in self.samples)  # load_text_dataset refuses an empty dataset
         keep_activations_in_heap(self.model.largest_activation_bytes(self.batch_size * longest), self.device)
+        self.model.limit_kept_outputs(self.batch_size * longest)  # checkpointing's kept outputs: fixed budget
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.base_gguf = prepare_base_gguf(config, self.output_dir, self.log)
         self.base_dir = Path(config.base_model or "") if self.base_gguf is None else None

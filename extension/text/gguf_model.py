@@ -28,7 +28,7 @@ from ..errors import UserError
 from .heap import release_free_heap
 from .lm_loss import sliced_cross_entropy_sum
 from .quant import PackedEmbedding, PackedLinear, PackedWeight, activation_rounding_active, release_buffers
-from .recompute import DEFAULT_KEPT, GradArena, LayerMemo, checkpointed_layer
+from .recompute import DEFAULT_KEPT, KEPT_BYTES, GradArena, LayerMemo, checkpointed_layer, plan_kept
 
 SUPPORTED_ARCHES = ("llama", "mistral", "qwen2")
 
@@ -181,6 +181,25 @@ class TextModel(nn.Module):
             return sliced_cross_entropy_sum(hidden, head.weight, targets, ignore_index)
         logits = head(hidden).to(torch.float32)  # a LoRA on lm_head, or llama.cpp emulation: plain
         return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
+
+    def limit_kept_outputs(self, tokens: int, budget: int = KEPT_BYTES) -> list[str]:
+        """Under checkpointing, keep only the projection outputs that fit ``budget`` bytes for ``tokens``-token steps.
+
+        Turns ``keep_output`` off where it does not fit (never on); returns the projection names still kept.
+        """
+        wanted: dict[str, list[PackedLinear]] = {}
+        for layer in self.model.layers:
+            for owner in (layer.self_attn, layer.mlp):
+                for name, child in owner.named_children():
+                    base = getattr(child, "base", child)  # under a LoRA wrapper
+                    if isinstance(base, PackedLinear) and base.keep_output:
+                        wanted.setdefault(name, []).append(base)
+        kept = plan_kept({n: sum(m.out_features for m in ms) for n, ms in wanted.items()}, tokens, budget)
+        for name, modules in wanted.items():
+            if name not in kept:
+                for module in modules:
+                    module.keep_output = False
+        return kept
 
     def largest_activation_bytes(self, tokens: int) -> int:
         """Bytes of the widest float32 activation a step over ``tokens`` tokens makes (for heap.py)."""
@@ -429,7 +448,12 @@ def load_ggml_model(path: str | Path, n_kv_heads: int | None = None, rms_eps: fl
         gguf_name = gguf_tensor_name(name)
         hf = gguf_to_hf_name(gguf_name) if gguf_name else None
         if hf is not None:
-            tensors[hf] = (tensor.raw, tensor.qtype, tensor.shape)
+            raw = tensor.raw
+            if hf.endswith(("q_proj.weight", "k_proj.weight")):
+                # Reordered into a copy when the model is built: read without the map, so their file
+                # pages do not stay in the process next to the copy (600 MB at 7B), as for GGUF.
+                raw = np.fromfile(path, dtype=np.uint8, count=raw.size, offset=tensor.offset)
+            tensors[hf] = (raw, tensor.qtype, tensor.shape)
     return build_model(cfg, tensors, permuted_qk=True)
 
 

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -41,6 +42,7 @@ NATIVE_TYPES = frozenset({
     GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_0, GGMLQuantizationType.Q5_1,
     GGMLQuantizationType.Q8_0, GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q6_K,
 })
+_TYPE_NUMBERS = frozenset(int(t) for t in NATIVE_TYPES)  # what lb_dequantize's switch handles
 
 
 def cache_dir() -> Path:
@@ -91,11 +93,19 @@ def build_library(cc: str, target_dir: Path) -> Path:
     return target
 
 
+# Below this many blocks a weight is dequantized on the calling thread alone: splitting a small
+# one costs more in hand-over than it gains (and, inside training, torch's OpenMP workers still
+# spin for a moment after each matmul). 32K blocks are 1M Q4_0 weights, ~1 ms of work.
+PARALLEL_BLOCKS = 1 << 15
+
+
 class NativeDequantizer:
     """``lb_dequantize`` from a compiled ``dequant.c``.
 
-    Single-threaded on purpose: splitting a weight among threads measured slower inside training,
-    where torch's OpenMP workers still spin on the other cores between matmuls.
+    A large weight is split into contiguous runs of blocks, one per torch thread (the caller
+    dequantizes the first run, a small pool the others): ctypes releases the GIL during the call,
+    so the runs proceed in parallel. Each block is converted by the same code either way, so the
+    values do not depend on the split.
     """
 
     def __init__(self, path: Path) -> None:
@@ -103,11 +113,16 @@ class NativeDequantizer:
         self._fn = self._lib.lb_dequantize
         self._fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
         self._fn.restype = ctypes.c_int
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
+        self._pool_lock = threading.Lock()
 
-    def into(self, raw: torch.Tensor, qtype: GGMLQuantizationType, out: torch.Tensor, portable: bool = False) -> None:
+    def into(self, raw: torch.Tensor, qtype: GGMLQuantizationType, out: torch.Tensor, portable: bool = False,
+             threads: int | None = None) -> None:
         """Dequantize contiguous packed bytes ``raw`` into the contiguous float32 tensor ``out``.
 
         ``portable`` skips the SIMD variants (Q4_0/Q8_0 on x86 with AVX2), for testing them against it.
+        ``threads``: how many threads share a large weight (default: ``torch.get_num_threads()``).
         """
         block, size = GGML_QUANT_SIZES[qtype]
         n_blocks = raw.numel() // size
@@ -116,8 +131,35 @@ class NativeDequantizer:
                 and out.dtype == torch.float32 and out.numel() == n_blocks * block and raw.numel() == n_blocks * size):
             raise ValueError("native dequantization needs contiguous uint8 blocks and a matching float32 output, "
                              "on the CPU")
-        if self._fn(int(qtype), raw.data_ptr(), out.data_ptr(), n_blocks, int(portable)) != 0:
+        if int(qtype) not in _TYPE_NUMBERS:
             raise ValueError(f"native dequantization does not handle {qtype.name}")
+        n_threads = max(1, min(threads or torch.get_num_threads(), n_blocks // PARALLEL_BLOCKS or 1))
+        src, dst = raw.data_ptr(), out.data_ptr()
+        if n_threads == 1:
+            self._run(qtype, src, dst, 0, n_blocks, portable, block, size)
+            return
+        bounds = [n_blocks * i // n_threads for i in range(n_threads + 1)]
+        pool = self._executor(n_threads - 1)
+        rest = [pool.submit(self._run, qtype, src, dst, bounds[i], bounds[i + 1], portable, block, size)
+                for i in range(1, n_threads)]
+        self._run(qtype, src, dst, bounds[0], bounds[1], portable, block, size)
+        for future in rest:
+            future.result()
+
+    def _run(self, qtype: GGMLQuantizationType, src: int, dst: int, first: int, end: int, portable: bool,
+             block: int, size: int) -> None:
+        """Blocks ``first``..``end`` (exclusive) of the weight at ``src`` into the floats at ``dst``."""
+        if self._fn(int(qtype), src + first * size, dst + first * block * 4, end - first, int(portable)) != 0:
+            raise ValueError(f"native dequantization does not handle {qtype.name}")
+
+    def _executor(self, workers: int) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None or self._pool_size < workers:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lora-bridge-dequant")
+                self._pool_size = workers
+            return self._pool
 
 
 def _self_test(native: NativeDequantizer, reference: Reference) -> bool:

@@ -322,11 +322,14 @@ class PackedWeight(torch.nn.Module):
         return f"{self.qtype.name}, shape={self.shape}"
 
 
-_CHUNK_ELEMENTS = 1 << 20  # dequantize ~1M weights at a time: bounded temporaries, cache-friendly
-# Up to this size a weight is dequantized whole into scratch space and multiplied in one matmul:
-# a row-chunked product pays a copy of every output chunk (~10% of a 300M model's step). 16M
-# elements covers every projection up to hidden size 4096 (64 MB of scratch).
-_WHOLE_ELEMENTS = 1 << 24
+# Up to this size a weight is dequantized whole into scratch space and multiplied in one matmul,
+# the same matmul as on a float model. Row chunks cost more than their dequantization saves: each
+# output chunk is copied, and small chunks make small matmuls (1M-weight chunks made a 7B MLP
+# projection's forward + backward 35% slower than one matmul; whole, it is within 2-5% of the
+# matmul alone). 100M elements covers every projection up to 13B (7B's MLP: 45M, 180 MB of scratch)
+# but not a 32K-vocabulary output layer (131M at 7B: 0.5 GB; the loss slices it, see lm_loss.py).
+_WHOLE_ELEMENTS = 100_000_000
+_CHUNK_ELEMENTS = 1 << 24  # larger weights go by chunks of ~16M weights (64 MB)
 # On a GPU each chunk costs kernel launches rather than cache misses: every projection of a 7B
 # model (up to 45M elements, 180 MB as float32) is dequantized whole, larger ones 16M at a time.
 _CUDA_CHUNK_ELEMENTS = 1 << 24

@@ -25,6 +25,27 @@ import torch
 # about half of the second run's matmul work; keeping gate/up too would save the rest for
 # 2*intermediate more floats.
 DEFAULT_KEPT = ("q_proj", "k_proj", "v_proj", "o_proj", "down_proj")
+# Which of them go first when a step's kept outputs would not fit in KEPT_BYTES (as at 7B, where
+# each costs 128 MB at batch 4 x 64 tokens): matmul work saved per byte kept is the projection's
+# input width, which for down_proj is the MLP width (2.7x the others' in LLaMA shapes).
+KEPT_PRIORITY = ("down_proj", "o_proj", "q_proj", "k_proj", "v_proj")
+KEPT_BYTES = 256 << 20
+
+
+def plan_kept(out_features: dict[str, int], tokens: int, budget: int = KEPT_BYTES) -> list[str]:
+    """Projections whose outputs to keep: ``KEPT_PRIORITY`` order, while their float32 outputs fit ``budget``.
+
+    ``out_features`` maps a projection name to its output width summed over all layers; names not
+    in ``KEPT_PRIORITY`` come after those in it.
+    """
+    order = [n for n in KEPT_PRIORITY if n in out_features] + [n for n in out_features if n not in KEPT_PRIORITY]
+    kept, total = [], 0
+    for name in order:
+        size = int(tokens) * 4 * out_features[name]
+        if total + size <= budget:
+            kept.append(name)
+            total += size
+    return kept
 
 
 class _Active(threading.local):
