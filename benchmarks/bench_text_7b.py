@@ -43,9 +43,6 @@ SHAPE_7B = {"hidden": 4096, "ffn": 11008, "layers": 32, "heads": 32, "vocab": 32
 GGML_LAYER = (("attention_norm", None), ("attention.wq", "h"), ("attention.wk", "h"), ("attention.wv", "h"),
               ("attention.wo", "h"), ("ffn_norm", None), ("feed_forward.w1", "up"), ("feed_forward.w2", "down"),
               ("feed_forward.w3", "up"))
-GGUF_NAMES = {"attention_norm": "attn_norm", "attention.wq": "attn_q", "attention.wk": "attn_k",
-              "attention.wv": "attn_v", "attention.wo": "attn_output", "ffn_norm": "ffn_norm",
-              "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down", "feed_forward.w3": "ffn_up"}
 Q4_0, Q4_0_BLOCK = 2, 18
 
 
@@ -112,60 +109,11 @@ def write_random_ggml(path: Path, shape: dict, seed: int = 0) -> Path:
 
 
 def write_random_gguf(path: Path, shape: dict, seed: int = 0) -> Path:
-    """The same model as a GGUF (gguf-py's writer, tensor data streamed one tensor at a time)."""
-    import gguf
+    """A random model of the same shape as a GGUF: ``q4_builder``'s writer (one tensor in memory at a time)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from q4_builder import LLAMA2_7B, write_random_q4_gguf
 
-    sys.path.insert(0, str(ROOT))
-    from converters import atomic
-
-    rng = np.random.default_rng(seed)
-    tokens, scores, types = _vocab()
-    h = shape["hidden"]
-    with atomic.atomic_file(path) as tmp:
-        writer = gguf.GGUFWriter(str(tmp), "llama")
-        writer.add_name("bench-7b-shape")
-        writer.add_context_length(4096)
-        writer.add_embedding_length(h)
-        writer.add_block_count(shape["layers"])
-        writer.add_feed_forward_length(shape["ffn"])
-        writer.add_head_count(shape["heads"])
-        writer.add_head_count_kv(shape["heads"])
-        writer.add_layer_norm_rms_eps(1e-5)
-        writer.add_rope_freq_base(10000.0)
-        writer.add_rope_dimension_count(h // shape["heads"])
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
-        writer.add_bos_token_id(1)
-        writer.add_eos_token_id(2)
-        writer.add_unk_token_id(0)
-        names = []
-        for name, dims in _tensors(shape):
-            stem = name.rsplit(".", 1)[0]
-            top = {"tok_embeddings": "token_embd", "norm": "output_norm", "output": "output"}
-            if stem in top:
-                gguf_name = top[stem] + ".weight"
-            else:
-                _, i, rest = stem.split(".", 2)
-                gguf_name = f"blk.{i}.{GGUF_NAMES[rest]}.weight"
-            if len(dims) == 1:
-                writer.add_tensor_info(gguf_name, dims, np.dtype(np.float32), dims[0] * 4)
-            else:
-                nbytes = dims[0] * dims[1] // 32 * Q4_0_BLOCK
-                writer.add_tensor_info(gguf_name, (dims[0], nbytes // dims[0]), np.dtype(np.uint8), nbytes,
-                                       raw_dtype=gguf.GGMLQuantizationType.Q4_0)
-            names.append(dims)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for dims in names:
-            writer.write_tensor_data(_data(rng, dims))
-        writer.close()
-    return path
-
+    return write_random_q4_gguf(path, LLAMA2_7B.smaller(shape["layers"]), seed=seed)
 
 def write_dataset(path: Path, lines: int, tokens: int, seed: int = 0) -> None:
     """Plain-text samples of at least ``tokens`` tokens each (the run truncates them to exactly that)."""

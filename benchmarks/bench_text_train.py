@@ -39,7 +39,7 @@ def write_synthetic_gguf(path: Path, seed: int = 0) -> int:
     from gguf.quants import quantize
 
     sys.path.insert(0, str(ROOT))
-    from extension.tiny.llama import tiny_vocab
+    from extension.tiny.llama import TinyVocab, add_llama_header, tiny_vocab
 
     rng = np.random.default_rng(seed)
     vocab = tiny_vocab()
@@ -49,24 +49,9 @@ def write_synthetic_gguf(path: Path, seed: int = 0) -> int:
     h, f, kv = SHAPE["hidden"], SHAPE["ffn"], SHAPE["hidden"] // SHAPE["heads"] * SHAPE["kv_heads"]
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name("bench-300m")
-    writer.add_context_length(2048)
-    writer.add_embedding_length(h)
-    writer.add_block_count(SHAPE["layers"])
-    writer.add_feed_forward_length(f)
-    writer.add_head_count(SHAPE["heads"])
-    writer.add_head_count_kv(SHAPE["kv_heads"])
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
-    writer.add_rope_dimension_count(h // SHAPE["heads"])
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
+    add_llama_header(writer, context=2048, hidden=h, layers=SHAPE["layers"], ffn=f, heads=SHAPE["heads"],
+                     kv_heads=SHAPE["kv_heads"], rms_eps=1e-5, file_type=gguf.LlamaFileType.MOSTLY_Q4_0,
+                     vocab=TinyVocab(tokens=tokens, scores=scores, types=types))
     count = 0
 
     def add(name: str, shape: tuple[int, ...]) -> None:

@@ -110,6 +110,7 @@ def write_random_q4_gguf(path: str | Path, shape: LlamaShape = LLAMA2_7B, seed: 
     import gguf
 
     from extension._converters import converters
+    from extension.tiny.llama import add_llama_header
 
     rng = np.random.default_rng(seed)
     vocab = padded_vocab(shape.vocab)
@@ -117,24 +118,9 @@ def write_random_q4_gguf(path: str | Path, shape: LlamaShape = LLAMA2_7B, seed: 
     with converters.atomic.atomic_file(path) as tmp:
         writer = gguf.GGUFWriter(tmp, "llama")
         writer.add_name(f"random-q4_0-{shape.layers}x{shape.hidden}")
-        writer.add_context_length(shape.context)
-        writer.add_embedding_length(shape.hidden)
-        writer.add_block_count(shape.layers)
-        writer.add_feed_forward_length(shape.intermediate)
-        writer.add_head_count(shape.heads)
-        writer.add_head_count_kv(shape.kv_heads)
-        writer.add_layer_norm_rms_eps(shape.rms_eps)
-        writer.add_rope_freq_base(10000.0)
-        writer.add_rope_dimension_count(shape.hidden // shape.heads)
-        writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_0)
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(vocab.tokens)
-        writer.add_token_scores(vocab.scores)
-        writer.add_token_types(vocab.types)
-        writer.add_bos_token_id(vocab.bos_id)
-        writer.add_eos_token_id(vocab.eos_id)
-        writer.add_unk_token_id(vocab.unk_id)
+        add_llama_header(writer, context=shape.context, hidden=shape.hidden, layers=shape.layers,
+                         ffn=shape.intermediate, heads=shape.heads, kv_heads=shape.kv_heads, rms_eps=shape.rms_eps,
+                         file_type=gguf.LlamaFileType.MOSTLY_Q4_0, vocab=vocab)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
         q4 = gguf.GGMLQuantizationType.Q4_0

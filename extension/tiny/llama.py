@@ -206,6 +206,32 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+
+def add_llama_header(writer, *, context: int, hidden: int, layers: int, ffn: int, heads: int, kv_heads: int,
+                     rms_eps: float, file_type: int, vocab: TinyVocab, rope_base: float = 10000.0) -> None:
+    """Add the ``llama.*`` hyperparameters and the SPM ``tokenizer.ggml.*`` keys to a ``gguf.GGUFWriter``.
+
+    The one place every LLaMA GGUF writer of ours (tiny models, benchmark bases) spells these keys.
+    """
+    writer.add_context_length(context)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(rms_eps)
+    writer.add_rope_freq_base(rope_base)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_file_type(file_type)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(vocab.tokens)
+    writer.add_token_scores(vocab.scores)
+    writer.add_token_types(vocab.types)
+    writer.add_bos_token_id(vocab.bos_id)
+    writer.add_eos_token_id(vocab.eos_id)
+    writer.add_unk_token_id(vocab.unk_id)
+
 def write_tiny_gguf(model, path: str | Path, qtype: str = "F32", vocab: TinyVocab | None = None,
                     chat_template: str | None = None, name: str = "tiny-llama") -> Path:
     """Write ``model`` as a GGUF llama.cpp loads: hparams, tokenizer.ggml.*, weights as ``qtype``.
@@ -226,24 +252,11 @@ def write_tiny_gguf(model, path: str | Path, qtype: str = "F32", vocab: TinyVoca
     with converters.atomic.atomic_file(path) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
         writer.add_name(name)
-        writer.add_context_length(config.max_position_embeddings)
-        writer.add_embedding_length(config.hidden_size)
-        writer.add_block_count(config.num_hidden_layers)
-        writer.add_feed_forward_length(config.intermediate_size)
-        writer.add_head_count(config.num_attention_heads)
-        writer.add_head_count_kv(kv_heads(model))
-        writer.add_layer_norm_rms_eps(config.rms_norm_eps)
-        writer.add_rope_freq_base(_rope_theta(config))
-        writer.add_rope_dimension_count(config.hidden_size // config.num_attention_heads)
-        writer.add_file_type(getattr(gguf.LlamaFileType, file_types[qtype]))
-        writer.add_tokenizer_model("llama")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(vocab.tokens)
-        writer.add_token_scores(vocab.scores)
-        writer.add_token_types(vocab.types)
-        writer.add_bos_token_id(vocab.bos_id)
-        writer.add_eos_token_id(vocab.eos_id)
-        writer.add_unk_token_id(vocab.unk_id)
+        add_llama_header(writer, context=config.max_position_embeddings, hidden=config.hidden_size,
+                         layers=config.num_hidden_layers, ffn=config.intermediate_size,
+                         heads=config.num_attention_heads, kv_heads=kv_heads(model), rms_eps=config.rms_norm_eps,
+                         rope_base=_rope_theta(config),
+                         file_type=getattr(gguf.LlamaFileType, file_types[qtype]), vocab=vocab)
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
         if chat_template:
