@@ -113,8 +113,8 @@ def child_ours(gguf_path: Path, steps: int, seq: int, checkpointing: bool) -> di
     import torch
 
     from extension.text.gguf_model import load_text_model
-    from extension.text.heap import keep_activations_in_heap, tune_heap_for_training
     from extension.text.lora import inject_lora
+    from extension.training.heap import keep_activations_in_heap, tune_heap_for_training
 
     tune_heap_for_training()  # as the text engine does before training
     torch.manual_seed(0)

@@ -8,8 +8,6 @@ them again for the duration of the render.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import gc
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +15,7 @@ from typing import Any
 import torch
 
 from ..models.sd_loader import ALL_PARTS
+from ..training.heap import release_free_heap
 from .conditioning import Conditioner, LatentCache
 
 ENCODERS = ("vae", "text_encoders")
@@ -80,10 +79,12 @@ def load_encoders(base: Any) -> None:
 
 
 def trim() -> None:
-    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise)."""
+    """Collect garbage and hand freed heap pages back to the OS (glibc keeps them otherwise).
+
+    The encoders were loaded into host memory, so the host heap is trimmed whatever the run's device.
+    """
     gc.collect()
-    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    release_free_heap("cpu")
 
 
 def planned_epochs(config: Any, data: Any, rank: int, world: int) -> int:

@@ -32,13 +32,13 @@ from ..errors import UserError
 from ..training.amp import loss_scaler, optimizer_step, unscale_gradients
 from ..training.checkpoint import latest_state, load_training_state, restore_rng, save_training_state
 from ..training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult
+from ..training.heap import keep_activations_in_heap, restore_heap_after_training, tune_heap_for_training
 from ..training.optimizers import build_optimizer
 from ..training.progress import NonFiniteLoss, TensorBoardSink, Throughput, TqdmSink, check_finite, fan_out
 from ..training.schedulers import build_scheduler
 from .base_gguf import ggml_options, prepare_base_gguf
 from .data import IGNORE, Sample, collate, load_text_dataset
 from .gguf_model import TextModel, load_text_model
-from .heap import keep_activations_in_heap, restore_heap_after_training, tune_heap_for_training
 from .init_lora import load_text_init, text_layout
 from .lora import inject_lora, load_lora_state, lora_state, to_adapter
 from .tokenizer import HFTokenizer, Tokenizer

@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from .._converters import converters
 from ..errors import UserError
-from .heap import release_free_heap
+from ..training.heap import release_free_heap
 from .lm_loss import sliced_cross_entropy_sum
 from .quant import PackedEmbedding, PackedLinear, PackedWeight, activation_rounding_active, release_buffers
 from .recompute import DEFAULT_KEPT, KEPT_BYTES, GradArena, LayerMemo, checkpointed_layer, plan_kept

@@ -15,9 +15,10 @@ import pytest
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from extension.text import engine, heap, lm_loss, native, quant
+from extension.text import engine, lm_loss, native, quant
 from extension.text.gguf_model import load_text_model
 from extension.text.lora import inject_lora
+from extension.training import heap
 
 Q = GGMLQuantizationType
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")

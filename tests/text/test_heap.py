@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from extension.text import heap
+from extension.training import heap
 
 
 class _MallInfo2(ctypes.Structure):
