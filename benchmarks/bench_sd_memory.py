@@ -55,8 +55,9 @@ runpy.run_path(script, run_name="__main__")
 """
 
 OURS_SETTINGS = {
-    "levers off": {"frozen_weight_dtype": "fp32", "release_encoders": False},
+    "levers off": {"frozen_weight_dtype": "fp32", "release_encoders": False, "inplace_lora_add": False},
     "default": {},
+    "default - inplace_lora_add": {"inplace_lora_add": False},
     "default + gradient_checkpointing": {"gradient_checkpointing": True},
     "bf16 storage": {"frozen_weight_dtype": "bf16"},
     "bf16 compute": {"frozen_compute_dtype": "bf16"},

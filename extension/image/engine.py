@@ -34,6 +34,7 @@ from .conditioning import Conditioner, LatentCache, time_ids
 from .data import ImageData
 from .frozen_weights import adapters_in_fp32
 from .init_lora import image_layout, load_image_init
+from .lean_lora import use_lean_lora
 from .lora import export_adapter, inject_lora, load_lora_state, lora_parameters, lora_state
 from .metadata import training_metadata
 from .noise import diffusion_loss, sample_noise, sample_timesteps, step_generator, target_for
@@ -180,6 +181,9 @@ class _ImageRun:
                     # nothing inside would get a gradient unless the embedding output requires one.
                     encoder.enable_input_require_grads()
         self._place_modules()
+        if config.inplace_lora_add:
+            for component in components.values():
+                use_lean_lora(component)
         if init is not None:
             load_image_init(layouts, components)
 

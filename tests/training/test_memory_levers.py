@@ -192,3 +192,28 @@ def test_bf16_compute_plan(half_base):
     assert memory.memory_plan(config, data, torch.float32).unet_storage == "bf16-compute"
     base = load_sd_base(half_base, unet_storage="bf16-compute")
     assert base.unet_dtype == torch.bfloat16 and base.unet.conv_in.weight.dtype == torch.bfloat16
+
+
+def test_inplace_lora_add_trains_the_same_lora_as_peft(half_base, shapes, tmp_path):
+    """The engine's in-place LoRA add (default) against PEFT's own forward: same LoRA up to float rounding."""
+    from safetensors.torch import load_file
+
+    from extension.image.engine import _ImageRun
+    from extension.image.lora import lora_layers
+    from extension.training.events import TrainingControl
+
+    outputs, wrapped = {}, {}
+    for name, flag in (("peft", False), ("inplace", True)):
+        run = _ImageRun(image_config(half_base, shapes, tmp_path / name, inplace_lora_add=flag), None,
+                        TrainingControl())
+        result = run.train()
+        assert result.status == "done"
+        outputs[name] = load_file(result.output_files[-1])
+        wrapped[name] = sum("forward" in layer.__dict__ for _, layer in lora_layers(run.base.unet))
+    assert wrapped["peft"] == 0 and wrapped["inplace"] > 0
+    assert outputs["peft"].keys() == outputs["inplace"].keys()
+    moved = 0
+    for key, value in outputs["peft"].items():
+        torch.testing.assert_close(outputs["inplace"][key].float(), value.float(), rtol=1e-3, atol=1e-6)
+        moved += "lora_up" in key and bool(value.abs().sum() > 0)
+    assert moved > 0  # the runs trained something
