@@ -176,10 +176,11 @@ def _store_unet(base: SDBase, choice: str, file_dtype: torch.dtype | None) -> No
     from ..image.frozen_weights import storage_dtype, store_frozen_weights
 
     dtype = storage_dtype(choice, file_dtype, torch.float32)
-    if base.unet is not None and dtype != torch.float32:
+    if base.unet is not None:
         base.unet.requires_grad_(False)  # the frozen base; LoRA layers added later train
         store_frozen_weights(base.unet, dtype, "bf16" if choice == "bf16-compute" else "fp32")
-        base.unet_dtype = dtype
+        if dtype != torch.float32:
+            base.unet_dtype = dtype
 
 
 def _load_folder(path: Path, model_arch, prediction_type, tokenizer_path) -> SDBase:

@@ -217,3 +217,31 @@ def test_inplace_lora_add_trains_the_same_lora_as_peft(half_base, shapes, tmp_pa
         torch.testing.assert_close(outputs["inplace"][key].float(), value.float(), rtol=1e-3, atol=1e-6)
         moved += "lora_up" in key and bool(value.abs().sum() > 0)
     assert moved > 0  # the runs trained something
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_low_resolution_convs_run_in_slices_with_the_same_math(dtype, monkeypatch):
+    """Big-weight convolutions on few positions run per slice of output channels (see chunk_rows)."""
+    from extension.image import frozen_weights
+
+    monkeypatch.setattr(frozen_weights, "CHUNK_MIN_WEIGHT", 1)
+    monkeypatch.setattr(frozen_weights, "CHUNK_BYTES", 16 * 36 * 4)  # 16 output channels per slice
+    torch.manual_seed(0)
+    ref = torch.nn.Conv2d(36, 64, 3, padding=1)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.copy_(p.half().float())
+    ref.requires_grad_(False)
+    sliced = torch.nn.Conv2d(36, 64, 3, padding=1)
+    sliced.load_state_dict(ref.state_dict())
+    sliced.requires_grad_(False)
+    store_frozen_weights(sliced, dtype)
+    x = torch.randn(2, 36, 4, 4)
+    assert frozen_weights.chunk_rows(sliced.weight, x, sliced.stride, 1) == 16
+    assert frozen_weights.chunk_rows(sliced.weight, torch.randn(1, 36, 32, 32), sliced.stride, 1) == 0  # many positions
+    x_ref, x_sliced = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_ref, out_sliced = ref(x_ref), sliced(x_sliced)
+    torch.testing.assert_close(out_sliced, out_ref, rtol=0, atol=1e-6)
+    out_ref.square().sum().backward()
+    out_sliced.square().sum().backward()
+    torch.testing.assert_close(x_sliced.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
