@@ -7,7 +7,9 @@ Plain ``F.linear(x, w.float())`` would let autograd keep each fp32 upcast alive 
 held by the module) and, since the weight needs no gradient, no copy of a conv's input either.
 
 Real checkpoints ship fp16, so storing their UNet in fp16 loses nothing: the upcast values are the
-very floats the fp32 path computes with.
+very floats the fp32 path computes with. Low-resolution convolutions with big weights run in slices
+of output channels (``chunk_rows``), whether the weights are stored in half or in fp32, so both
+storages train the same LoRA.
 """
 
 from __future__ import annotations
@@ -172,9 +174,19 @@ def _linear_forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return _HalfLinear.apply(x, self.weight, self.bias)
 
 
+def _sliced(self: torch.nn.Conv2d, x: torch.Tensor) -> bool:
+    return (x.dtype == self.weight.dtype and self.padding_mode == "zeros" and isinstance(self.padding, tuple)
+            and bool(chunk_rows(self.weight, x, self.stride, self.groups)))
+
+
+def _fp32_conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    if _sliced(self, x):
+        return _HalfConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+    return type(self).forward(self, x)  # torch's own (autocast and all, on a GPU)
+
+
 def _conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    if x.dtype == self.weight.dtype and not (self.padding_mode == "zeros" and isinstance(self.padding, tuple)
-                                             and chunk_rows(self.weight, x, self.stride, self.groups)):
+    if x.dtype == self.weight.dtype and not _sliced(self, x):
         return self._conv_forward(x, self.weight, self.bias)
     if self.padding_mode != "zeros":  # no UNet uses these; keep torch's own path
         return self._conv_forward(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -205,7 +217,7 @@ def store_frozen_weights(model: torch.nn.Module, dtype: torch.dtype, compute: st
     if dtype == torch.float32:  # fp32 math on fp32 weights: only the sliced low-resolution convolutions
         for module in frozen_layers(model):
             if isinstance(module, torch.nn.Conv2d):
-                module.forward = types.MethodType(_conv_forward, module)
+                module.forward = types.MethodType(_fp32_conv_forward, module)
         return 0
     total = 0
     for module in frozen_layers(model):
