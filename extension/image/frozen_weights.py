@@ -248,8 +248,13 @@ def adapters_in_fp32() -> Iterator[None]:
         yield
         return
     original = BaseTunerLayer.__dict__.get("_get_base_layer_device_and_dtype")
-    if original is None:  # older peft: the adapter is cast; the engine casts it back to fp32 (rounded init)
-        yield
+    if original is None:  # peft < 0.14 (the WebUIs' 0.13.2) moves and casts in one method
+        mover = BaseTunerLayer._move_adapter_to_device_of_base_layer
+        BaseTunerLayer._move_adapter_to_device_of_base_layer = _move_to_base_device_only
+        try:
+            yield
+        finally:
+            BaseTunerLayer._move_adapter_to_device_of_base_layer = mover
         return
     function = original.__func__ if isinstance(original, staticmethod) else original
 
@@ -263,6 +268,22 @@ def adapters_in_fp32() -> Iterator[None]:
         yield
     finally:
         BaseTunerLayer._get_base_layer_device_and_dtype = original
+
+
+def _move_to_base_device_only(self, adapter_name: str, device: torch.device | None = None) -> None:  # noqa: ANN001
+    """peft 0.13's ``_move_adapter_to_device_of_base_layer`` without its cast to the base layer's dtype."""
+    base = self.get_base_layer()
+    weight = next((w for w in (getattr(base, "weight", None), getattr(base, "qweight", None)) if w is not None), None)
+    if device is None and weight is None:
+        return
+    device = device if device is not None else weight.device
+    for name in self.adapter_layer_names + self.other_param_names:
+        layer = getattr(self, name, None)
+        if not isinstance(layer, torch.nn.Module) or adapter_name not in layer:
+            continue
+        if any(p.device.type == "meta" for p in layer.parameters()):
+            continue
+        layer[adapter_name] = layer[adapter_name].to(device)
 
 
 def frozen_weight_names(model: torch.nn.Module) -> set[str]:
