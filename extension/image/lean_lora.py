@@ -19,6 +19,7 @@ import types
 
 import torch
 
+from ..training.amp import autocast_state
 from .lora import ADAPTER, lora_layers
 
 
@@ -28,16 +29,9 @@ def _plain_lora(layer: torch.nn.Module, x: torch.Tensor, args: tuple, kwargs: di
         return False
     if ADAPTER in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(ADAPTER, False):
         return False
-    if _autocast_on(x.device.type):
+    if autocast_state(x.device.type)[0]:
         return False
     return x.dtype == layer.lora_A[ADAPTER].weight.dtype == layer.lora_B[ADAPTER].weight.dtype
-
-
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4: no device argument; CPU autocast has its own query
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 def _lean_forward(self: torch.nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:  # noqa: ANN002, ANN003

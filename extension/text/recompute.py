@@ -20,6 +20,8 @@ from collections.abc import Callable
 
 import torch
 
+from ..training.amp import autocast_state
+
 # Outputs kept by default: the attention projections and down_proj (gate_proj and up_proj are
 # recomputed). Per token and layer that is 2*hidden + 2*kv_dim + hidden floats, and it saves
 # about half of the second run's matmul work; keeping gate/up too would save the rest for
@@ -136,16 +138,6 @@ class KeptMatmul(torch.autograd.Function):
         return ctx.grad_fn(grad), None, None
 
 
-def _autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
-    """(enabled, dtype) of autocast for ``device_type``; torch 2.1 and current spell it differently."""
-    try:
-        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
-    except TypeError:  # torch < 2.4
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
-        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
-
-
 class _CheckpointedLayer(torch.autograd.Function):
     """Forward without building a graph; backward recomputes the layer (taking kept outputs) and differentiates.
 
@@ -160,7 +152,7 @@ class _CheckpointedLayer(torch.autograd.Function):
         ctx.layer, ctx.memo, ctx.arena, ctx.n_args = layer, memo, arena, n_args
         ctx.args, ctx.params = rest[:n_args], rest[n_args:]
         ctx.device = x.device
-        ctx.autocast = _autocast_state(x.device.type)
+        ctx.autocast = autocast_state(x.device.type)
         ctx.rng = torch.get_rng_state()
         ctx.cuda_rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else None
         ctx.generation = memo.start(replay=False)

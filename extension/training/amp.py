@@ -5,7 +5,8 @@ GradScaler's scale (65536 at first). It unscales only optimizers passed to ``pre
 engines keep their own optimizer (its state dict is what resume saves), so they unscale here:
 before clipping (else the clip threshold applies to scaled gradients) and through the scaler's
 ``step`` (a step with inf/NaN gradients is skipped and the scale lowered). Everywhere else
-(CPU, bf16, fp32) there is no scaler and these are a plain ``optimizer.step()``.
+(CPU, bf16, fp32) there is no scaler and these are a plain ``optimizer.step()``. ``autocast_state``
+is the one place the autocast query is spelled for both torch 2.1 and current torch.
 """
 
 from __future__ import annotations
@@ -33,3 +34,13 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
         return
     scaler.step(optimizer)
     scaler.update()
+
+
+def autocast_state(device_type: str) -> tuple[bool, torch.dtype | None]:
+    """(enabled, dtype) of autocast for ``device_type``; torch 2.1 and current spell it differently."""
+    try:
+        return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+    except TypeError:  # torch < 2.4
+        if device_type == "cpu":
+            return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
+        return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
