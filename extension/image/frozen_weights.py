@@ -72,7 +72,9 @@ class _HalfLinear(torch.autograd.Function):
         return grad.matmul(_upcast(weight, grad.dtype)), None, None
 
 
-class _HalfConv2d(torch.autograd.Function):
+class _FrozenConv2d(torch.autograd.Function):
+    """A frozen conv: half weights upcast per call, and low-resolution calls sliced (``chunk_rows``)."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation, groups):  # noqa: ANN001, ANN205
         ctx.save_for_backward(weight)
@@ -181,7 +183,7 @@ def _sliced(self: torch.nn.Conv2d, x: torch.Tensor) -> bool:
 
 def _fp32_conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     if _sliced(self, x):
-        return _HalfConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        return _FrozenConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
     return type(self).forward(self, x)  # torch's own (autocast and all, on a GPU)
 
 
@@ -190,7 +192,7 @@ def _conv_forward(self: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(x, self.weight, self.bias)
     if self.padding_mode != "zeros":  # no UNet uses these; keep torch's own path
         return self._conv_forward(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-    return _HalfConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+    return _FrozenConv2d.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def frozen_layers(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
