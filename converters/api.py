@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from .errors import AdapterError
-from .formats import FORMATS, WRITABLE, WriteOptions, detect_format, format_for_destination
+from .formats import FORMATS, WRITABLE, WriteOptions, detect_format, format_for_destination, peft
 from .model import LoraAdapter, LoraModule, LycorisModule
 
 
@@ -62,14 +63,50 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, base: str |
 
     ``svd_rank``: replace LoHa/LoKr modules by their best rank-R LoRA (for targets that take plain
     LoRA only); the worst relative error is put into ``report`` (``svd_worst_rel_error``,
-    ``svd_worst_module``, ``svd_modules``) when a dict is given.
+    ``svd_worst_module``, ``svd_modules``) when a dict is given. ``force=True`` replaces an existing
+    destination only if it is an adapter (``check_replaceable``).
     """
+    if options.get("force"):
+        check_replaceable(Path(dst), folder=(to or format_for_destination(dst)) == "peft")
     adapter = load_adapter(src, arch=arch, base=base)
     if svd_rank is not None:
         stats = approximate_as_lora(adapter, svd_rank)
         if report is not None:
             report.update(stats)
     return save_adapter(adapter, dst, to=to, base=base, arch=arch, **options)
+
+
+# Never replaced by --force, whatever they hold: a converted adapter must not land where code runs from.
+CODE_SUFFIXES = frozenset((".py", ".pyc", ".pyo", ".pyw", ".pyi", ".pth", ".pyx", ".so", ".pyd", ".dll", ".dylib",
+                           ".exe", ".sh", ".bash", ".zsh", ".bat", ".cmd", ".ps1", ".js", ".mjs", ".cjs", ".html",
+                           ".htm", ".css", ".json", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".txt", ".md"))
+
+
+def check_replaceable(dst: Path, folder: bool) -> None:
+    """Refuse ``--force`` onto anything but an adapter of the same kind (file for file, folder for folder).
+
+    A file must be a non-code file this tool reads as an adapter; a folder must be a PEFT adapter
+    holding nothing but its files (``peft.ADAPTER_FILES``, and the SD component subfolders).
+    Links and special files are refused: what they point at is not ours to replace.
+    """
+    if not os.path.lexists(dst):
+        return
+    keep = "; --force replaces only a LoRA adapter: choose another destination or remove it yourself"
+    if dst.is_symlink():
+        raise AdapterError(f"{dst}: is a link{keep}")
+    if dst.is_dir() != folder or not (dst.is_dir() or dst.is_file()):
+        kind = "folder" if dst.is_dir() else "file" if dst.is_file() else "special file"
+        raise AdapterError(f"{dst}: is a {kind}, the output would be a {'folder' if folder else 'file'}{keep}")
+    if dst.is_file() and dst.suffix.lower() in CODE_SUFFIXES:
+        raise AdapterError(f"{dst}: is a {dst.suffix} file{keep}")
+    if dst.is_dir():
+        stray = peft.non_adapter_entry(dst)
+        if stray is not None:
+            raise AdapterError(f"{dst}: holds {stray.relative_to(dst)}, which is not part of an adapter{keep}")
+    try:
+        load_adapter(dst)
+    except Exception:
+        raise AdapterError(f"{dst}: exists and is not an adapter LoRA Bridge can read{keep}") from None
 
 
 def approximate_as_lora(adapter: LoraAdapter, rank: int) -> dict:

@@ -76,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=int, default=7861)
     ui.add_argument("--models-dir", help="folder of checkpoints/GGUF files to offer")
     ui.add_argument("--output-dir", help="where trained LoRAs are written")
+    ui.add_argument("--allow-dir", action="append", default=[], metavar="DIR",
+                    help="a further folder the app may write to (Convert, Save YAML, runs); repeatable")
     return parser
 
 
@@ -145,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "ui":
         from .ui.standalone import launch
 
-        return launch(host=args.host, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir)
+        return launch(host=args.host, port=args.port, models_dir=args.models_dir, output_dir=args.output_dir,
+                      allow_dirs=args.allow_dir)
     raise AssertionError(args.command)
 
 

@@ -36,6 +36,8 @@ WEIGHTS = "adapter_model.safetensors"
 WEIGHTS_BIN = "adapter_model.bin"
 SIDECAR = "lora_bridge.json"
 SD_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+# What a PEFT folder holds (``save_pretrained`` adds README.md): --force replaces a folder of only these.
+ADAPTER_FILES = frozenset((CONFIG, WEIGHTS, WEIGHTS_BIN, SIDECAR, "README.md"))
 PEFT_PREFIX = "base_model.model."
 _TAGS = {"lora_A": "down", "lora_B": "up", "lora_embedding_A": "down", "lora_embedding_B": "up",
          "lora_magnitude_vector": "magnitude"}
@@ -103,6 +105,21 @@ def sniff(path: Path) -> bool:
     if path.is_dir():
         return (path / CONFIG).is_file() or bool(_component_dirs(path))
     return path.name in (WEIGHTS, WEIGHTS_BIN) and (path.parent / CONFIG).is_file()
+
+
+def non_adapter_entry(folder: Path) -> Path | None:
+    """The first entry of ``folder`` that is not a PEFT adapter's file (SD: in a component subfolder), or None."""
+    for entry in sorted(Path(folder).iterdir()):
+        if entry.is_symlink():
+            return entry
+        if entry.is_dir() and entry.name in SD_COMPONENTS:
+            inner = next((e for e in sorted(entry.iterdir())
+                          if e.is_symlink() or not e.is_file() or e.name not in ADAPTER_FILES), None)
+            if inner is not None:
+                return inner
+        elif not (entry.is_file() and entry.name in ADAPTER_FILES):
+            return entry
+    return None
 
 
 # ------------------------------------------------------------------------------------------ read

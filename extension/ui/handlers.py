@@ -19,6 +19,7 @@ import yaml
 from .._converters import converters
 from ..errors import UserError
 from ..jobs import RUNNING_STATES
+from ..path_policy import check_convert_paths, save_yaml_path
 from . import chart, dataset_view
 from .form import FormField, from_widget, schema_fields, to_widget
 from .host import Host
@@ -68,7 +69,7 @@ class Handlers:
     def load_dataset(self, folder: str) -> tuple[list[Any], str, str, str]:
         """(gallery, summary, first image path, its caption)."""
         try:
-            items = dataset_view.list_images(folder)
+            items = dataset_view.list_images(str(self.host.path_policy().readable(folder, "image folder")))
         except Exception as exc:
             return [], _error_text(exc), "", ""
         self._dataset_items = items
@@ -88,6 +89,9 @@ class Handlers:
     @friendly(lambda msg: msg)
     def save_caption(self, folder: str, image_path: str, caption: str) -> str:
         """Write an edited caption; returns a status line."""
+        root = self.host.path_policy().writable(folder, "image folder (captions are written there)")
+        if not _inside(Path(str(image_path)), root):
+            raise UserError(f"{image_path}: not an image of {folder}; select an image in the gallery first")
         message = dataset_view.save_caption(folder, image_path, caption)
         self._dataset_items = [(p, caption.strip() if p == image_path else c) for p, c in self._dataset_items]
         return message
@@ -98,6 +102,7 @@ class Handlers:
         if not captioner or captioner not in self.host.captioners():
             raise UserError(f"captioner {captioner or '(none)'} is not available here; inside the WebUI choose BLIP "
                             "or DeepBooru, standalone run `lora-bridge caption DIR --model BLIP_FOLDER`")
+        self.host.path_policy().writable(folder, "image folder (captions are written there)")
         items = dataset_view.list_images(folder)
         done = 0
         for path, caption in items:
@@ -114,7 +119,7 @@ class Handlers:
         """The engine's dataset lint report, as text."""
         from ..data import lint as lint_module
 
-        report = lint_module.lint_dataset(folder)
+        report = lint_module.lint_dataset(str(self.host.path_policy().readable(folder, "image folder")))
         for attr in ("format", "summary", "to_text", "text"):
             value = getattr(report, attr, None)
             if callable(value):
@@ -142,6 +147,7 @@ class Handlers:
             return "No model chosen."
         try:
             path = self.host.checkpoint_path(title)
+            self.host.path_policy().readable(path, "base model")
             arch, shapes = converters.base_module_shapes(path, "sd")
         except Exception as exc:
             return f"Could not read {title}: {_error_text(exc)}"
@@ -188,12 +194,15 @@ class Handlers:
 
     @friendly(lambda msg: msg)
     def save_yaml(self, text: str, path: str) -> str:
-        """Write the YAML box to a file (atomically)."""
-        if not path:
+        """Write the YAML box to a ``.yaml``/``.yml`` file inside the host's folders (atomically)."""
+        if not str(path or "").strip():
             raise UserError("give a file name for the YAML (e.g. my_lora.yaml)")
+        target = save_yaml_path(self.host.path_policy(), path)
+        if not isinstance(text, str):
+            raise UserError("the YAML box must hold text")
         yaml.safe_load(text)
-        dataset_view.write_text_atomic(Path(path).expanduser(), text)
-        return f"saved {path}"
+        dataset_view.write_text_atomic(target, text)
+        return f"saved {target}"
 
     def import_yaml(self, text_or_path: str) -> list[Any]:
         """[message, data dir, model, output name, *field values] from YAML text or a YAML file path."""
@@ -204,6 +213,7 @@ class Handlers:
             source = "YAML"
             candidate = Path(str(text_or_path).strip()).expanduser()
             if "\n" not in str(text_or_path).strip() and candidate.suffix in (".yaml", ".yml") and candidate.is_file():
+                self.host.path_policy().readable(candidate, "YAML file")
                 source, text_or_path = str(candidate), candidate.read_text(encoding="utf-8")
             cfg = config_from_dict(yaml.safe_load(text_or_path) or {}, source)
         except Exception as exc:
@@ -383,6 +393,7 @@ class Handlers:
         if not str(path or "").strip():
             raise UserError("give the path of a LoRA to check (.safetensors, .gguf or a PEFT folder)")
         target = Path(str(path).strip()).expanduser()
+        self.host.path_policy().readable(target, "LoRA to check")
         if not target.exists():
             raise UserError(f"{target}: no such file; give the path of a LoRA (.safetensors, .gguf or a PEFT folder)")
         return self.host.check_lora(str(target), image=target.suffix.lower() == ".safetensors")
@@ -393,9 +404,10 @@ class Handlers:
         """Convert between PEFT / diffusers / kohya / GGUF."""
         if not src or not dst:
             raise UserError("give a source file and a destination")
+        paths = check_convert_paths(self.host.path_policy(), src, dst, base)
         options = {"dtype": dtype} if dtype else {}
         try:
-            out = converters.convert(src.strip(), dst.strip(), to=to or None, base=(base or "").strip() or None,
+            out = converters.convert(paths["src"], paths["dst"], to=to or None, base=paths.get("base"),
                                      arch=arch or None, force=bool(force), **options)
         except converters.AdapterError as exc:  # the CLI's wording; here the flags are fields
             raise UserError(for_tab(str(exc))) from None
@@ -408,6 +420,10 @@ class Handlers:
         """Inspect an adapter (JSON)."""
         if not path:
             raise UserError("give the path of an adapter to inspect")
+        policy = self.host.path_policy()
+        policy.readable(path, "adapter")
+        if str(base or "").strip():
+            policy.readable(base, "base model")
         try:
             report = converters.inspect_adapter(path.strip(), base=(base or "").strip() or None)
         except converters.AdapterError as exc:
@@ -431,6 +447,10 @@ class Handlers:
             raise UserError("llama-cpp-python is not installed; `pip install llama-cpp-python` "
                             "(optional, never installed by install.py)") from None
         base_path = self.host.text_model_path(base)
+        policy = self.host.path_policy()
+        policy.readable(base_path, "base model")
+        if adapter:
+            policy.readable(adapter, "GGUF adapter")
         if not adapter or not Path(adapter).expanduser().is_file():
             raise UserError(f"{adapter or '(empty)'}: no such GGUF adapter; train or convert one first")
         llm = llama_cpp.Llama(model_path=base_path, lora_path=str(Path(adapter).expanduser()), n_ctx=64,

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._converters import converters
 from ..errors import UserError
 from ..jobs import JOBS, JobManager
+from ..path_policy import PathPolicy
 from ..training.events import TrainingEvent
 
 log = logging.getLogger("lora_bridge.ui")
@@ -29,9 +31,12 @@ class Host:
     in_webui = False
 
     def __init__(self, models_dir: str | Path | None = None, output_dir: str | Path | None = None,
-                 jobs: JobManager | None = None) -> None:
+                 jobs: JobManager | None = None, extra_folders: Sequence[str | Path] = (),
+                 local_only: bool = True) -> None:
         self.models_dir = Path(models_dir).expanduser() if models_dir else None
         self.output_dir = Path(output_dir).expanduser() if output_dir else Path.cwd() / "lora_output"
+        self.extra_folders = [Path(folder).expanduser() for folder in extra_folders]
+        self.local_only = local_only  # served on localhost only: reads are not restricted
         self.jobs = jobs or JOBS
         self.base_model: str | None = None
         self.last_output_name: str | None = None
@@ -105,6 +110,12 @@ class Host:
         """A run's own folder (intermediate saves, state, samples, logs): not the Lora folder."""
         return self.output_dir / "runs" / (output_name or "my_lora")
 
+    def path_policy(self) -> PathPolicy:
+        """Where the tab, REST and Convert may write (output, models and --allow-dir folders) and read."""
+        return PathPolicy.build([self.output_dir, self.models_dir, *self.extra_folders],
+                                read_anywhere=self.local_only, why_restricted="lora-bridge ui --host",
+                                hint="pass --allow-dir FOLDER to lora-bridge ui")
+
     def default_output_dir(self, config: dict[str, Any]) -> str:
         """The run folder a start without ``output_dir`` gets (tab and REST alike): ``work_dir`` of its name."""
         return str(self.work_dir(str(config.get("output_name") or "my_lora"),
@@ -127,6 +138,7 @@ class Host:
         Config, base model and dataset are checked before the job slot, the WebUI's lock or its
         model are touched (``preflight``); the tab's per-job fields change only once it started.
         """
+        from ..config import as_config
         from ..jobs import JobBusyError
         from .preflight import check_start
 
@@ -134,7 +146,9 @@ class Host:
             raise JobBusyError("a training job is already running; stop or cancel it first")
         if isinstance(config, dict) and not config.get("output_dir"):
             config = {**config, "output_dir": self.default_output_dir(config)}
-        cfg, dataset = check_start(config)
+        cfg = as_config(config, "start")
+        self.path_policy().check_config(cfg)  # before any file of the config is opened
+        cfg, dataset = check_start(cfg)
         previous = (self.base_model, self.last_output_name, self.task_type, self.published)
         self.base_model = str(cfg.base_model or "") or None
         self.last_output_name = str(cfg.output_name or "my_lora")

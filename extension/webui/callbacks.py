@@ -43,7 +43,7 @@ def on_ui_settings() -> None:
     from modules import shared
 
     from ..ui.presets import PRESETS
-    from .host import is_forge
+    from .host import EXTRA_FOLDERS_OPTION, is_forge
 
     check_label = ("After every save, check the file's keys against the base model (LoRA Bridge's own kohya "
                    "mapping: Forge's Lora loader is not used)" if is_forge() else
@@ -60,10 +60,18 @@ def on_ui_settings() -> None:
             "training on a GPU (on CPU both fit; txt2img keeps working)", gr.Radio,
             {"choices": list(TEXT_EXCLUSIVE)}, section=SECTION),
         "lora_bridge_check_with_loader": shared.OptionInfo(True, check_label, section=SECTION),
+        # Not settable through /sdapi/v1/options (restrict_api), and read-only under --hide-ui-dir-config.
+        EXTRA_FOLDERS_OPTION: shared.OptionInfo(
+            "", "Extra folders LoRA Bridge may write to (Convert, Save YAML, runs), one per line; under "
+            "--listen/--share also the only folders besides the model folders it reads datasets and models from",
+            gr.Textbox, {"lines": 3}, section=SECTION, restrict_api=True),
     }
     for key, info in options.items():
         info.category_id = CATEGORY  # the settings page lists the section under Training, not "Uncategorized"
         shared.opts.add_option(key, info)
+    restricted = getattr(shared, "restricted_opts", None)  # the --hide-ui-dir-config list (a set)
+    if isinstance(restricted, set):
+        restricted.add(EXTRA_FOLDERS_OPTION)
 
 
 def on_app_started(_demo: Any, app: Any) -> None:
@@ -75,7 +83,16 @@ def on_app_started(_demo: Any, app: Any) -> None:
     cmd_opts = shared.cmd_opts
     if not (getattr(cmd_opts, "api", False) or getattr(cmd_opts, "nowebui", False)):
         return
-    register_api(app, get_host(), api_auth=lambda: getattr(shared.cmd_opts, "api_auth", None))
+    register_api(app, get_host(), api_auth=lambda: getattr(shared.cmd_opts, "api_auth", None),
+                 origins=lambda: allowed_origins(shared.cmd_opts))
+
+
+def allowed_origins(cmd_opts: Any) -> list[str]:
+    """Origins the user let call the WebUI's API (``--cors-allow-origins`` list, ``--cors-allow-origins-regex``
+    as ``re:PATTERN``), as modules/cmd_args.py defines them; the API then accepts them too."""
+    out = [item.strip() for item in (getattr(cmd_opts, "cors_allow_origins", None) or "").split(",") if item.strip()]
+    regex = getattr(cmd_opts, "cors_allow_origins_regex", None)
+    return out + ([f"re:{regex}"] if regex else [])
 
 
 def register() -> None:

@@ -18,18 +18,37 @@ from typing import Any
 
 from ..errors import UserError
 from ..jobs import JobBusyError, JobManager
+from ..path_policy import PathPolicy, parse_folders
 from ..training.events import TrainingEvent
 from ..ui.host import Host
 
 log = logging.getLogger("lora_bridge.webui")
 
 BLIP, DEEPBOORU = "BLIP (WebUI)", "DeepBooru (WebUI)"
+EXTRA_FOLDERS_OPTION = "lora_bridge_extra_folders"
+NON_LOCAL_FLAGS = ("share", "listen", "ngrok", "server_name")
 LORA_PARTS = ("lora_down", "lora_up", "lora_A", "lora_B", "alpha", "lora_mid", "dora_scale")
 
 
 def _modules(name: str) -> Any:
     """``modules.<name>`` of the running WebUI."""
     return importlib.import_module(f"modules.{name}")
+
+
+def exposed_by(cmd_opts: Any) -> str:
+    """The flags that make the WebUI reachable beyond localhost, "" when it is local or trusted.
+
+    A1111 1.10.1 and Forge (modules/shared_cmd_options.py): ``webui_is_non_local = any([share, listen,
+    ngrok, server_name])`` and ``disable_extension_access = webui_is_non_local and not
+    enable_insecure_extension_access``; the WebUI's own value is used when it set one.
+    """
+    flags = [f"--{name.replace('_', '-')}" for name in NON_LOCAL_FLAGS if getattr(cmd_opts, name, None)]
+    restricted = getattr(cmd_opts, "disable_extension_access", None)
+    if restricted is None:
+        restricted = bool(flags) and not getattr(cmd_opts, "enable_insecure_extension_access", False)
+    if not restricted:
+        return ""
+    return (", ".join(flags) or "non-local WebUI") + " without --enable-insecure-extension-access"
 
 
 def is_forge() -> bool:
@@ -116,8 +135,25 @@ class WebUIHost(Host):
 
     def work_dir(self, output_name: str, task_type: str) -> Path:
         """Runs live under the WebUI's outputs/ folder; only the final file goes to the Lora folder."""
-        root = Path(getattr(_modules("paths"), "data_path", "."))
-        return root / "outputs" / "lora-bridge" / (output_name or "my_lora")
+        return self.runs_dir() / (output_name or "my_lora")
+
+    def runs_dir(self) -> Path:
+        """``outputs/lora-bridge`` of the WebUI's data folder."""
+        return Path(getattr(_modules("paths"), "data_path", ".")) / "outputs" / "lora-bridge"
+
+    def path_policy(self) -> PathPolicy:
+        """Writes: Lora folder, models/LLM, outputs/lora-bridge and Settings' extra folders. Reads: anywhere
+        unless the WebUI is reachable from the network (``exposed_by``); then those and the model folders."""
+        models = Path(getattr(_modules("paths"), "models_path", "models"))
+        shared = _modules("shared")
+        extra = parse_folders(shared.opts.data.get(EXTRA_FOLDERS_OPTION, ""))
+        checkpoints = [getattr(shared.cmd_opts, "ckpt_dir", None),
+                       getattr(_modules("sd_models"), "model_path", None)]
+        exposed = exposed_by(shared.cmd_opts)
+        return PathPolicy.build([self.lora_dir(), models / "LLM", self.runs_dir(), *extra],
+                                read_roots=[models, *[c for c in checkpoints if c]],
+                                read_anywhere=not exposed, why_restricted=exposed,
+                                hint="add the folder in Settings → Training → LoRA Training → extra folders")
 
     # ---- captioners ----------------------------------------------------------------------
     def captioners(self) -> list[str]:

@@ -35,6 +35,9 @@ def fake_webui(tmp_path, monkeypatch):
     sd_models.model_path = str(tmp_path / "models" / "Stable-diffusion")
     (tmp_path / "models" / "Lora").mkdir(parents=True)
     shared.cmd_opts.lora_dir = None
+    # The tests' user added tmp_path in Settings → LoRA Training (write-anywhere-below-it, like --allow-dir);
+    # tests of the path policy itself set this option themselves.
+    shared.opts.data["lora_bridge_extra_folders"] = str(tmp_path)
     yield sys.modules["modules"]
     _purge_fake()
 

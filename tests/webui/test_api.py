@@ -20,7 +20,8 @@ def basic(user: str, password: str) -> dict[str, str]:
 @pytest.fixture
 def client_factory(tmp_path, runner_factory):
     def make(api_auth=None, **runner_kw):
-        host = Host(output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(**runner_kw)))
+        host = Host(output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(**runner_kw)),
+                    extra_folders=[tmp_path])  # a user who added tmp_path (--allow-dir)
         app = FastAPI()
         assert register(app, host, api_auth=lambda: api_auth)
         assert not register(app, host, api_auth=lambda: api_auth)  # Reload UI: routes are not doubled

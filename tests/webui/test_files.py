@@ -32,7 +32,7 @@ def _mode(path: Path) -> int:
 @pytest.mark.parametrize("mask", [0o022, 0o027])
 def test_converter_outputs_follow_the_umask(umask, mask, tmp_path, tiny_lora):
     umask(mask)
-    h = Handlers(Host(output_dir=tmp_path / "loras", jobs=JobManager()))
+    h = Handlers(Host(output_dir=tmp_path / "loras", extra_folders=[tmp_path], jobs=JobManager()))
     kohya, peft = tmp_path / "out.safetensors", tmp_path / "peft_out"
     assert h.convert(str(tiny_lora), str(kohya), "kohya", "", "", "", False).startswith("wrote")
     assert h.convert(str(tiny_lora), str(peft), "peft", "", "", "", False).startswith("wrote")
@@ -44,7 +44,8 @@ def test_converter_outputs_follow_the_umask(umask, mask, tmp_path, tiny_lora):
 
 def test_published_lora_follows_the_umask(umask, tmp_path, runner_factory, dataset, tiny_base):
     umask(0o022)
-    host = Host(output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(steps=2)))
+    host = Host(output_dir=tmp_path / "loras",
+                extra_folders=[tmp_path], jobs=JobManager(runner=runner_factory(steps=2)))
     host.start_job({"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_name": "shared",
                     "output_dir": str(host.work_dir("shared", "text-to-image"))})
     assert host.jobs.wait(30)["state"] == "done"
@@ -54,7 +55,7 @@ def test_published_lora_follows_the_umask(umask, tmp_path, runner_factory, datas
 
 @pytest.mark.parametrize("how", ["failed", "cancelled"])
 def test_failed_and_cancelled_runs_leave_no_empty_folders(how, tmp_path, runner_factory, dataset, tiny_base):
-    host = Host(output_dir=tmp_path / "loras",
+    host = Host(output_dir=tmp_path / "loras", extra_folders=[tmp_path],
                 jobs=JobManager(runner=runner_factory(steps=300, delay=0.02, fail=how == "failed")))
     run_dir = host.work_dir("gone", "text-to-image")
     host.start_job({"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_name": "gone",
@@ -72,7 +73,7 @@ def test_epoch_metadata_states_what_ran(tmp_path, dataset, tiny_base):
     from extension.tiny.sd import write_tokenizer_files
     from extension.ui.form import to_widget
 
-    host = Host(output_dir=tmp_path / "loras", jobs=JobManager())  # the real engine
+    host = Host(output_dir=tmp_path / "loras", extra_folders=[tmp_path], jobs=JobManager())  # the real engine
     h = Handlers(host)
     values = {f.name: to_widget(f, f.default) for f in h.image_fields}
     values.update(resolution=64, epochs=10, max_train_steps="2", batch_size=1, lora_rank=2, lora_alpha=2,

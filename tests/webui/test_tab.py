@@ -27,7 +27,8 @@ def models_dir(tmp_path, tiny_base, tiny_gguf):
 
 @pytest.fixture
 def built(tmp_path, models_dir, runner_factory):
-    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory()))
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras",
+                extra_folders=[tmp_path], jobs=JobManager(runner=runner_factory()))
     tab = build_tab(host)
     return tab, tab.lora_bridge_handlers, host
 
@@ -182,7 +183,8 @@ def test_text_tab_shows_its_own_run_result_and_failure(tmp_path, models_dir):
     from extension.ui.form import to_widget
     from extension.ui.handlers import Handlers
 
-    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager())  # the real engine
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras",
+                extra_folders=[tmp_path], jobs=JobManager())  # the real engine
     h = Handlers(host)
     by_name = {f.name: to_widget(f, f.default) for f in h.text_fields}
     by_name.update(max_train_steps="3", llama_cpp_check="off")
@@ -215,7 +217,8 @@ def test_text_tab_shows_a_failed_run(tmp_path, models_dir, runner_factory):
     from extension.ui.form import to_widget
     from extension.ui.handlers import Handlers
 
-    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(fail=True)))
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras",
+                extra_folders=[tmp_path], jobs=JobManager(runner=runner_factory(fail=True)))
     h = Handlers(host)
     data = tmp_path / "text.txt"
     data.write_text("hello world\n" * 20)
@@ -253,7 +256,8 @@ def test_refusal_after_a_failed_run_shows_only_the_refusal(tmp_path, models_dir,
     """#10.9: a new refusal does not show the previous job's failure as its own."""
     from extension.ui.handlers import Handlers
 
-    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory(fail=True)))
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras",
+                extra_folders=[tmp_path], jobs=JobManager(runner=runner_factory(fail=True)))
     h = Handlers(host)
     values = h.apply_preset("SD1.5")
     assert h.start(str(dataset), tiny_base.name, "first", *values).startswith("started training first")
@@ -273,7 +277,8 @@ def test_webui_saved_values_do_not_cross_between_forms(tmp_path, models_dir, run
         return next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == f"lora_bridge_txt_{name}").value
 
     for saved in ({}, {"lora_training/Mixed precision/value": "fp16", "lora_training/LR scheduler/value": "cosine"}):
-        host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory()))
+        host = Host(models_dir=models_dir, output_dir=tmp_path / "loras",
+                    extra_folders=[tmp_path], jobs=JobManager(runner=runner_factory()))
         tab = build_tab(host, "SD1.5")
         h = tab.lora_bridge_handlers
         defaults = {f.name: f.default for f in h.text_fields}

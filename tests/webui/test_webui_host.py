@@ -79,7 +79,8 @@ def test_failure_still_restores(fake_webui, runner_factory, dataset, tiny_base):
     sd_models.list_models([str(tiny_base)])
     host = WebUIHost(jobs=JobManager(runner=runner_factory(fail=True)))
     model = sd_models.model_data.sd_model
-    host.start_job({"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_dir": "unused"})
+    host.start_job({"base_model": str(tiny_base), "train_data_dir": str(dataset),
+                    "output_dir": str(host.work_dir("unused", "text-to-image"))})
     st = host.jobs.wait(30)
     assert st["state"] == "failed" and "boom" in st["message"]
     assert model.device == "cuda" and not call_queue.queue_lock.locked()
