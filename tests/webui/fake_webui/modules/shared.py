@@ -13,6 +13,7 @@ class OptionInfo:
                  category_id=None):
         self.default, self.label, self.component, self.component_args = default, label, component, component_args
         self.section, self.category_id = section, category_id
+        self.restrict_api = restrict_api
 
 
 class Options:
@@ -23,6 +24,18 @@ class Options:
     def add_option(self, key, info):
         self.data_labels[key] = info
         self.data.setdefault(key, info.default)
+
+    def set(self, key, value, is_api=False, run_callbacks=True):
+        """modules/options.py ``Options.set``: refuses an API change of a ``restrict_api`` option and, with
+        --hide-ui-dir-config, any change of a ``restricted_opts`` key (its ``__setattr__`` raises)."""
+        if self.data.get(key) == value:
+            return False
+        if is_api and self.data_labels[key].restrict_api:
+            return False
+        if cmd_opts.hide_ui_dir_config and key in restricted_opts:
+            return False
+        self.data[key] = value
+        return True
 
     def __getattr__(self, item):
         if item in self.data:
@@ -66,7 +79,24 @@ class Interrogator:
 
 
 opts = Options()
-cmd_opts = SimpleNamespace(lora_dir=None, api=True, api_auth=None, nowebui=False)
+# The flags we read, with modules/cmd_args.py's defaults (A1111 1.10.1, Forge): --listen/--share/
+# --enable-insecure-extension-access/--hide-ui-dir-config store_true, --server-name/--ngrok/--ckpt-dir/
+# --cors-allow-origins(-regex)/--api-auth str or None.
+cmd_opts = SimpleNamespace(lora_dir=None, api=True, api_auth=None, nowebui=False, listen=False, share=False,
+                           ngrok=None, server_name=None, enable_insecure_extension_access=False, ckpt_dir=None,
+                           hide_ui_dir_config=False, cors_allow_origins=None, cors_allow_origins_regex=None)
+
+
+def derive_cmd_opts():
+    """What modules/shared_cmd_options.py computes once after parsing the flags (A1111 1.10.1, Forge)."""
+    cmd_opts.webui_is_non_local = any([cmd_opts.share, cmd_opts.listen, cmd_opts.ngrok, cmd_opts.server_name])
+    cmd_opts.disable_extension_access = cmd_opts.webui_is_non_local and not cmd_opts.enable_insecure_extension_access
+
+
+derive_cmd_opts()
+# modules/shared_options.py ``restricted_opts`` (shared.restricted_opts is the same set): options that
+# --hide-ui-dir-config makes read-only (a few of the real names).
+restricted_opts = {"samples_filename_pattern", "directories_filename_pattern", "outdir_samples"}
 state = State()
 interrogator = Interrogator()
 
