@@ -94,6 +94,11 @@ def test_existing_destination_needs_force(capsys, peft_adapters, llama_files, ou
     dst.write_bytes(b"keep me")
     _cli_fails(capsys, ["convert", str(folder), str(dst), "--base", str(llama_files["F32"])], "--force")
     assert dst.read_bytes() == b"keep me"
+    _cli_fails(capsys, ["convert", str(folder), str(dst), "--base", str(llama_files["F32"]), "--force"],
+               "not an adapter")  # --force replaces only an adapter
+    assert dst.read_bytes() == b"keep me"
+    dst.unlink()
+    assert main(["convert", str(folder), str(dst), "--base", str(llama_files["F32"])]) == 0
     assert main(["convert", str(folder), str(dst), "--base", str(llama_files["F32"]), "--force"]) == 0
 
 

@@ -109,6 +109,11 @@ def test_existing_destination_needs_force(capsys, kohya_file, tmp_path):
     folder.mkdir()
     code, _, err = _run(capsys, "convert", kohya_file, folder, "--to", "peft")
     _assert_user_error(code, err, "--force")
+    code, _, err = _run(capsys, "convert", kohya_file, dst, "--force")  # not an adapter: --force keeps it too
+    _assert_user_error(code, err, "not an adapter")
+    assert dst.read_bytes() == b"keep me"
+    dst.unlink()
+    assert _run(capsys, "convert", kohya_file, dst)[0] == 0
     code, _, err = _run(capsys, "convert", kohya_file, dst, "--force", "--dtype", "f32", "--name", "renamed")
     assert code == 0, err
     from converters.safetensors_io import SafetensorsFile
