@@ -12,8 +12,10 @@ The rule (README, Security):
 - The CLI is the user's own shell and takes no policy.
 
 The policy takes plain values; the WebUI's flags are read in ``extension/webui/host.py``.
-Paths are compared after resolving symlinks and ``..``, so a link inside an allowed folder that
-points outside it does not count as inside.
+Writes are compared after resolving symlinks and ``..``, so a link inside an allowed folder that
+points outside it does not count as inside. Reads also accept a path that lies in a folder as
+written, without ``..``: users link checkpoints into ``models/`` from shared folders, and only the
+user can make links there (nothing here writes one).
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def resolve(path: str | os.PathLike) -> Path:
     return Path(os.path.realpath(os.path.expanduser(os.fspath(path))))
 
 
+def _absolute(path: str | os.PathLike) -> Path:
+    """Absolute path as written (``~`` expanded, symlinks kept)."""
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+
+
 def _inside(path: Path, roots: Iterable[Path]) -> bool:
     return any(path == root or root in path.parents for root in roots)
 
@@ -86,9 +93,9 @@ class PathPolicy:
             out: list[Path] = []
             for item in items:
                 if item and str(item).strip() and "\x00" not in str(item):
-                    root = resolve(str(item).strip())
-                    if root not in out:
-                        out.append(root)
+                    for root in (resolve(str(item).strip()), _absolute(str(item).strip())):
+                        if root not in out:
+                            out.append(root)
             return tuple(out)
 
         extra = {"hint": hint} if hint else {}
@@ -99,17 +106,20 @@ class PathPolicy:
         """``path`` resolved, if it lies inside a write folder; else one UserError line naming it."""
         target = resolve(clean_path(path, what))
         if not _inside(target, self.write_roots):
-            folders = ", ".join(str(r) for r in self.write_roots) or "(none)"
+            folders = ", ".join(dict.fromkeys(str(r) for r in self.write_roots)) or "(none)"
             raise UserError(f"{path}: {what} is outside the folders LoRA Bridge writes to ({folders}); "
                             f"choose a path inside one, or {self.hint}")
         return target
 
     def readable(self, path: Any, what: str) -> Path:
         """``path`` resolved, if it may be read; else one UserError line naming it."""
-        target = resolve(clean_path(path, what))
-        if self.read_anywhere or _inside(target, self.write_roots + self.read_roots):
+        text = clean_path(path, what)
+        target, roots = resolve(text), self.write_roots + self.read_roots
+        if self.read_anywhere or _inside(target, roots):
             return target
-        folders = ", ".join(str(r) for r in self.write_roots + self.read_roots) or "(none)"
+        if ".." not in Path(text).parts and _inside(_absolute(text), roots):
+            return target  # a link the user put into an allowed folder (a checkpoint kept elsewhere)
+        folders = ", ".join(dict.fromkeys(str(r) for r in roots)) or "(none)"
         raise UserError(f"{path}: {what} is outside the folders LoRA Bridge reads while the WebUI is reachable "
                         f"from the network ({self.why_restricted}): {folders}; move it into one, or {self.hint}")
 

@@ -380,3 +380,22 @@ def test_standalone_reads_are_restricted_when_served_beyond_localhost(tmp_path, 
     assert is_local("127.0.0.1") and is_local("::1") and is_local("localhost") and not is_local("0.0.0.0")
     host = Host(output_dir=tmp_path / "loras", jobs=JobManager(), local_only=False)
     assert "lora-bridge ui --host" in Handlers(host).inspect(str(tiny_lora), "")
+
+
+def test_links_the_user_put_into_model_folders_are_read_but_never_written_through(fake_webui, tmp_path, tiny_lora,
+                                                                                    runner_factory):
+    """Checkpoints linked into models/ from a shared folder stay readable under --listen (found on real A1111);
+    a write through a link leaving the folders, and ``..`` out of a folder, are refused."""
+    client, host = _webui_site(tmp_path, runner_factory, listen=True)
+    linked = host.lora_dir() / "linked.safetensors"
+    linked.symlink_to(tiny_lora)
+    assert client.get(f"{PREFIX}/inspect", params={"path": str(linked)}).status_code == 200
+    escape = f"{host.lora_dir()}/../../../{tiny_lora.parent.name}/{tiny_lora.name}"
+    assert client.get(f"{PREFIX}/inspect", params={"path": escape}).status_code == 400
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (host.lora_dir() / "out_link").symlink_to(outside)
+    request = {"src": str(linked), "dst": str(host.lora_dir() / "out_link" / "x.safetensors"), "to": "kohya"}
+    answer = client.post(f"{PREFIX}/convert", json=request)
+    assert answer.status_code == 400 and "outside the folders" in answer.json()["error"]
+    assert not list(outside.iterdir())
