@@ -399,3 +399,19 @@ def test_links_the_user_put_into_model_folders_are_read_but_never_written_throug
     answer = client.post(f"{PREFIX}/convert", json=request)
     assert answer.status_code == 400 and "outside the folders" in answer.json()["error"]
     assert not list(outside.iterdir())
+
+
+def test_exposed_by_follows_a1111s_rule():
+    """modules/shared_cmd_options.py: non-local = share/listen/ngrok/server_name; the WebUI's own
+    ``disable_extension_access`` wins when it set one (A1111 1.10.1 and Forge always do)."""
+    from types import SimpleNamespace
+
+    from extension.webui.host import exposed_by
+
+    flags = {"share": False, "listen": False, "ngrok": None, "server_name": None,
+             "enable_insecure_extension_access": False}
+    assert exposed_by(SimpleNamespace(**flags)) == ""
+    assert exposed_by(SimpleNamespace(**{**flags, "listen": True})).startswith("--listen without")
+    assert exposed_by(SimpleNamespace(**{**flags, "share": True, "enable_insecure_extension_access": True})) == ""
+    assert exposed_by(SimpleNamespace(**{**flags, "listen": True, "disable_extension_access": False})) == ""
+    assert exposed_by(SimpleNamespace(disable_extension_access=True)).startswith("non-local WebUI")
