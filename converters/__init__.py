@@ -22,6 +22,7 @@ __all__ = [
     "AdapterError",
     "LoraAdapter",
     "LoraModule",
+    "adapter_problems",
     "base_module_shapes",
     "check_against_base",
     "convert",

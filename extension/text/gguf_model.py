@@ -323,6 +323,10 @@ def read_gguf_metadata(path: Path):
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
+        converters.gguf_check.check_gguf(path)
+    except converters.AdapterError as exc:
+        raise UserError(str(exc)) from None
+    try:
         reader = GGUFReader(str(path))
         meta = {name: field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
     except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on damaged files
