@@ -163,7 +163,8 @@ def enforce_bad_data(report: LintReport, bad_data: str) -> None:
         why = report.summary() or "no usable images"
         raise UserError(f"{report.root}: no usable images: {why}; fix the dataset (see `lora-bridge lint`)")
     if report.problems and bad_data == "fail":
-        raise UserError(f"{report.root}: {report.summary()}; fix them, or set bad_data: skip to train without them")
+        raise UserError(f"{report.root}: {report.summary()} (`lora-bridge lint` lists them); fix them, "
+                        "or set bad_data: skip to train without them")
 
 
 def lint_cli(directory: str, config: Any = None) -> int:
