@@ -174,6 +174,8 @@ def read_header(path: Path) -> tuple[dict, int]:
         if not raw.startswith(b"{"):
             raise AdapterError(f"{path}: not a safetensors file (the header is not a JSON object)")
         header = json.loads(raw.decode("utf-8"))
+    except AdapterError:
+        raise
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise AdapterError(f"{path}: corrupt safetensors header ({exc.__class__.__name__})") from None
     except OSError as exc:

@@ -141,3 +141,23 @@ def test_peft_base_config_is_not_copied_into_outputs(tmp_path, capsys):
     dst = tmp_path / "a.gguf"
     assert main(["convert", str(folder), str(dst), "--to", "gguf"]) == 0, capsys.readouterr().err
     assert SECRET.encode() not in dst.read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["file", "hf folder"])
+def test_text_base_model_content_is_not_echoed(tmp_path, capsys, kind):
+    if kind == "file":
+        base = tmp_path / "base.gguf"
+        base.write_text(f"Q9z!{SECRET}\n")
+    else:
+        base = tmp_path / "hf"
+        base.mkdir()
+        (base / "config.json").write_text(json.dumps({"model_type": SECRET, "num_attention_heads": 2}))
+        (base / "model.safetensors").write_bytes(b"")
+    data = tmp_path / "t.txt"
+    data.write_text("hello world\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(json.dumps({"task_type": "text-generation", "base_model": str(base), "train_data_dir": str(data),
+                                  "output_dir": str(tmp_path / "run")}))
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert base.name in err and SECRET not in err and "Q9z!" not in err, err
