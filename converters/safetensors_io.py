@@ -172,7 +172,7 @@ def read_header(path: Path) -> tuple[dict, int]:
                 raise AdapterError(f"{path}: not a safetensors file or truncated (bad header length)")
             raw = handle.read(header_len)
         if not raw.startswith(b"{"):
-            raise AdapterError(f"{path}: not a safetensors file (the header is not a JSON object)")
+            raise AdapterError(f"{path}: not a safetensors file or corrupt header (not a JSON object)")
         header = json.loads(raw.decode("utf-8"))
     except AdapterError:
         raise
