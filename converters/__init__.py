@@ -4,14 +4,16 @@ This package imports nothing from ``extension`` and keeps every import relative,
 load it under another top-level name.
 """
 
-from . import atomic, llm_names, safetensors_io, sd_names
+from . import atomic, gguf_check, llm_names, safetensors_io, sd_names
 from .api import base_module_shapes, check_against_base, convert, inspect_adapter, load_adapter, save_adapter
 from .errors import AdapterError
 from .formats import FORMATS, WRITABLE, detect_format
 from .model import LoraAdapter, LoraModule
+from .sanity import adapter_problems
 
 __all__ = [
     "atomic",
+    "gguf_check",
     "llm_names",
     "safetensors_io",
     "sd_names",
@@ -20,6 +22,7 @@ __all__ = [
     "AdapterError",
     "LoraAdapter",
     "LoraModule",
+    "adapter_problems",
     "base_module_shapes",
     "check_against_base",
     "convert",

@@ -10,6 +10,7 @@ import numpy as np
 from .errors import AdapterError
 from .formats import FORMATS, WRITABLE, WriteOptions, detect_format, format_for_destination, peft
 from .model import LoraAdapter, LoraModule, LycorisModule
+from .sanity import adapter_problems
 
 
 def load_adapter(path: str | Path, arch: str | None = None, format: str | None = None,
@@ -69,6 +70,10 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, base: str |
     if options.get("force"):
         check_replaceable(Path(dst), folder=(to or format_for_destination(dst)) == "peft")
     adapter = load_adapter(src, arch=arch, base=base)
+    problems = adapter_problems(adapter)
+    if problems:
+        more = f" (and {len(problems) - 1} more; lora-bridge inspect lists them)" if len(problems) > 1 else ""
+        raise AdapterError(f"{src}: {problems[0]}{more}; nothing was converted")
     if svd_rank is not None:
         stats = approximate_as_lora(adapter, svd_rank)
         if report is not None:
@@ -222,6 +227,7 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
         "alpha_form": adapter.alpha_form,
         "full_weights": sorted(adapter.full_weights),
         "metadata": adapter.metadata,
+        "problems": adapter_problems(adapter),
     }
     if base is not None:
         report["base"] = str(base)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AdapterError
+from .gguf_check import check_gguf
 from .llm_names import arch_from_config, gguf_to_hf
 from .safetensors_io import read_header
 
@@ -44,8 +45,16 @@ def gguf_field(reader, key: str):
     return scalar(field.parts[field.data[0]], field.types[0])
 
 
-def open_gguf(path: Path):
-    """A ``gguf.GGUFReader`` for ``path``; a truncated or corrupt file raises AdapterError."""
+# An adapter carries no vocabulary: a few small arrays at most. More means a model given as the adapter.
+ADAPTER_ARRAY_LIMIT = 1 << 16
+
+
+def open_gguf(path: Path, adapter: bool = False):
+    """A ``gguf.GGUFReader`` for ``path``; a truncated, corrupt or oversized file raises AdapterError.
+
+    ``adapter``: the file must be a LoRA adapter, so a model's vocabulary is refused before gguf-py
+    spends memory on it.
+    """
     import gguf
 
     try:
@@ -55,6 +64,11 @@ def open_gguf(path: Path):
         raise AdapterError(f"{path}: cannot read ({exc.strerror})") from None
     if magic != b"GGUF":
         raise AdapterError(f"{path}: not a GGUF file (bad magic)")
+    if adapter:
+        check_gguf(path, ADAPTER_ARRAY_LIMIT, "is a GGUF model (it holds a vocabulary), not a LoRA adapter; "
+                                              "pass it as --base, not as the adapter")
+    else:
+        check_gguf(path)
     try:
         return gguf.GGUFReader(path)
     except Exception as exc:  # gguf-py raises ValueError/IndexError/struct errors on damaged files

@@ -48,11 +48,11 @@ def _f32(array: np.ndarray) -> np.ndarray:
 
 
 def _alpha(parts: dict[str, np.ndarray], rank: int) -> float:
-    # kohya/LyCORIS convention: a missing (or zero, in LyCORIS) alpha means alpha = rank.
+    # kohya/LyCORIS convention: a missing alpha means alpha = rank. A stored 0 is kept as read:
+    # kohya takes it as alpha = rank, A1111 as scale 0, so convert refuses it (sanity.py).
     if "alpha" not in parts:
         return float(rank)
-    value = float(np.asarray(parts["alpha"], dtype=np.float32))
-    return value if value != 0 else float(rank)
+    return float(np.asarray(parts["alpha"], dtype=np.float32))
 
 
 def module_from_parts(name: str, parts: dict[str, np.ndarray], source: Path,

@@ -83,6 +83,9 @@ class SafetensorsFile:
     def raw(self, name: str) -> np.ndarray:
         """The tensor as stored (bf16 as uint16 bits), memory-mapped."""
         info = self.header[name]
+        if info["dtype"] not in _NUMPY_DTYPES:
+            raise AdapterError(f"{self.path}: tensor {name!r} is {info['dtype']}; LoRA Bridge reads only "
+                               f"{', '.join(_NUMPY_DTYPES)} tensors")
         if self._map is None:
             self._map = np.memmap(self.path, dtype=np.uint8, mode="r")
         begin, end = info["data_offsets"]
@@ -116,8 +119,48 @@ def has_tensor_prefix(path: Path, prefixes: str | tuple[str, ...]) -> bool:
     return any(k.startswith(prefixes) for k in header if k != "__metadata__")
 
 
+# Item sizes in bits of every dtype the safetensors library knows (its Dtype::bitsize), so a
+# header is validated as the library validates it even for dtypes this reader cannot convert.
+_DTYPE_BITS = {"BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8,
+               "F8_E8M0": 8, "I16": 16, "U16": 16, "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32,
+               "I64": 64, "U64": 64, "F64": 64}
+_USIZE = 2**64
+
+
+def _is_usize(value: object) -> bool:
+    return type(value) is int and 0 <= value < _USIZE
+
+
+def _check_entry(path: Path, name: str, info: object) -> tuple[int, int, int]:
+    """(begin, end, bytes the shape needs) of a tensor entry, or AdapterError as the library would refuse it."""
+    if not isinstance(info, dict):
+        raise AdapterError(f"{path}: corrupt safetensors header (entry of tensor {name!r} is not an object)")
+    dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+    if dtype not in _DTYPE_BITS:
+        raise AdapterError(f"{path}: corrupt safetensors header (tensor {name!r} has no known dtype)")
+    if not isinstance(shape, list) or not all(_is_usize(d) for d in shape):
+        raise AdapterError(f"{path}: corrupt safetensors header (tensor {name!r}: shape must be non-negative integers)")
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_usize(o) for o in offsets)):
+        raise AdapterError(f"{path}: corrupt safetensors header (tensor {name!r}: data_offsets must be two "
+                           "non-negative integers)")
+    count = 1
+    for dim in shape:
+        count *= dim
+    nbits = count * _DTYPE_BITS[dtype]
+    if nbits >= _USIZE or nbits % 8:
+        raise AdapterError(f"{path}: corrupt safetensors header (tensor {name!r}: shape overflows "
+                           "or is not whole bytes)")
+    return offsets[0], offsets[1], nbits // 8
+
+
 def read_header(path: Path) -> tuple[dict, int]:
-    """Parse and validate a safetensors header; return (header, offset of the data)."""
+    """Parse and validate a safetensors header as the safetensors library does; return (header, data offset).
+
+    The library's rules: header length within the file (and at most 100 MB), a UTF-8 JSON object,
+    ``__metadata__`` a str -> str map, every tensor a known dtype with non-negative integer shape
+    and offsets, and the tensors' byte ranges, sorted, tiling the data buffer exactly (no gap, no
+    overlap, nothing past the end or after the last tensor). Messages never quote the header text.
+    """
     try:
         size = path.stat().st_size
         with open(path, "rb") as handle:
@@ -127,26 +170,36 @@ def read_header(path: Path) -> tuple[dict, int]:
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(_MAX_HEADER, size - 8):
                 raise AdapterError(f"{path}: not a safetensors file or truncated (bad header length)")
-            header = json.loads(handle.read(header_len))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raw = handle.read(header_len)
+        if not raw.startswith(b"{"):
+            raise AdapterError(f"{path}: not a safetensors file or corrupt header (not a JSON object)")
+        header = json.loads(raw.decode("utf-8"))
+    except AdapterError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise AdapterError(f"{path}: corrupt safetensors header ({exc.__class__.__name__})") from None
     except OSError as exc:
         raise AdapterError(f"{path}: cannot read ({exc.strerror})") from None
     if not isinstance(header, dict):
-        raise AdapterError(f"{path}: corrupt safetensors header")
+        raise AdapterError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.get("__metadata__")
+    if metadata is not None and not (isinstance(metadata, dict)
+                                     and all(isinstance(v, str) for v in metadata.values())):
+        raise AdapterError(f"{path}: corrupt safetensors header (__metadata__ must map strings to strings)")
     data_start = 8 + header_len
-    data_len = size - data_start
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = info["data_offsets"]
-            dtype = _NUMPY_DTYPES[info["dtype"]]
-            count = int(np.prod(info["shape"], dtype=np.int64))
-        except (KeyError, TypeError, ValueError):
-            raise AdapterError(f"{path}: corrupt entry for tensor {name!r}") from None
-        if end > data_len or end - begin != count * dtype.itemsize:
-            raise AdapterError(f"{path}: tensor {name!r} lies past the end of the file (truncated?)")
+    spans = sorted((*_check_entry(path, name, info), name) for name, info in header.items() if name != "__metadata__")
+    end_of_last = 0
+    for begin, end, nbytes, name in spans:
+        if begin != end_of_last or end < begin:
+            raise AdapterError(f"{path}: corrupt safetensors header (tensor {name!r} has overlapping or "
+                               "out-of-order data_offsets)")
+        if end - begin != nbytes:
+            raise AdapterError(f"{path}: corrupt safetensors header (tensor {name!r}: data_offsets do not match "
+                               "its shape and dtype)")
+        end_of_last = end
+    if data_start + end_of_last != size:
+        raise AdapterError(f"{path}: the tensors do not cover the data exactly "
+                           f"({size - data_start} bytes stored, {end_of_last} described); truncated or damaged file")
     return header, data_start
 
 

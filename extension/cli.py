@@ -98,6 +98,8 @@ def _print_inspect(report: dict) -> None:
     for key, value in sorted(report["metadata"].items()):
         text = value if len(value) <= 100 else value[:97] + "..."
         print(f"  meta {key} = {text}")
+    for line in report.get("problems", []):
+        print(f"{'warning':>10}: {line}")
     if "base_problems" in report:
         problems = report["base_problems"]
         print(f"{'base':>10}: {report['base']}: " + ("fits" if not problems else f"{len(problems)} problem(s)"))

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, yaml_problem
 
 TASKS = ("text-to-image", "text-generation")
 # Other spellings of a choice: the lora-scripts articles call the image task "image-generation".
@@ -598,14 +598,12 @@ def load_config(path: str | os.PathLike, overrides: typing.Iterable[str] = ()) -
     except FileNotFoundError:
         raise UserError(f"{p}: config file not found; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{p}: cannot read the config ({exc}); pass a UTF-8 YAML file") from None
+        reason = f"{exc.reason} at byte {exc.start}" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise UserError(f"{p}: cannot read the config ({reason}); pass a UTF-8 YAML file") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise UserError(f"{p}: YAML error{where}: {problem}; fix the file") from None
+        raise UserError(f"{p}: YAML error at {yaml_problem(exc)}; fix the file") from None
     cfg = config_from_dict(data or {}, source=str(p))
     overrides = list(overrides)
     return apply_overrides(cfg, overrides) if overrides else cfg

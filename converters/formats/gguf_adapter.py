@@ -71,7 +71,7 @@ def _heads_needed_message(path: Path) -> str:
 
 def read(path: Path, arch: str | None = None, base: Path | None = None) -> LoraAdapter:
     """Read a GGUF LoRA adapter into the canonical form, undoing llama.cpp's Q/K row order."""
-    reader = open_gguf(path)
+    reader = open_gguf(path, adapter=True)
     kind = gguf_field(reader, "general.type")
     names = [t.name for t in reader.tensors]
     if kind not in (None, "adapter") or (kind is None and not any(n.endswith(_A) for n in names)):
@@ -113,13 +113,13 @@ def read(path: Path, arch: str | None = None, base: Path | None = None) -> LoraA
         rank = int(down.shape[0])
         modules[module] = LoraModule(down=down, up=up, alpha=alpha if alpha else float(rank),
                                      is_embedding=embedding)
+    import gguf
+
     metadata = {}
-    for key in reader.fields:
-        if key.startswith("GGUF."):
-            continue
-        value = gguf_field(reader, key)
-        if not isinstance(value, list):
-            metadata[key] = str(value)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or field.types[0] == gguf.GGUFValueType.ARRAY:
+            continue  # arrays (a vocabulary) are not adapter metadata: never turned into Python lists
+        metadata[key] = str(gguf_field(reader, key))
     return LoraAdapter(modules=modules, arch=arch, metadata=metadata, full_weights=full)
 
 

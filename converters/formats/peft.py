@@ -25,6 +25,7 @@ import numpy as np
 
 from ..atomic import atomic_dir
 from ..errors import AdapterError
+from ..llm_names import arch_from_config
 from ..model import LoraAdapter, LoraModule, LycorisModule, require_plain_lora
 from ..safetensors_io import SafetensorsFile, write_safetensors
 from ..sd_names import normalize_te_path
@@ -134,7 +135,9 @@ def _read_config(folder: Path) -> dict:
         raise AdapterError(f"{folder / CONFIG}: expected a JSON object")
     peft_type = str(config.get("peft_type") or "LORA").upper()
     if peft_type not in ("LORA", "LOHA", "LOKR"):
-        raise AdapterError(f"{folder}: PEFT method {peft_type} is not supported; LoRA, LoHa and LoKr adapters convert")
+        known = {"IA3", "ADALORA", "BOFT", "OFT", "VERA", "FOURIERFT", "PROMPT_TUNING", "PREFIX_TUNING", "P_TUNING"}
+        shown = peft_type if peft_type in known else "this"  # a config's own text is not echoed
+        raise AdapterError(f"{folder}: PEFT method {shown} is not supported; LoRA, LoHa and LoKr adapters convert")
     return config
 
 
@@ -194,8 +197,8 @@ def modules_from_tensors(
         alpha_default: float | None = float(config["lora_alpha"]) if config.get("lora_alpha") is not None else (
             8.0 if config else None)
     except (TypeError, ValueError):
-        bad = config.get("lora_alpha")
-        raise AdapterError(f"{source}: lora_alpha {bad!r} is not a number; fix the config") from None
+        kind = type(config.get("lora_alpha")).__name__
+        raise AdapterError(f"{source}: lora_alpha is a {kind}, not a number; fix the config") from None
     rslora = bool(config.get("use_rslora"))
     modules: dict[str, LoraModule] = {}
     for module, found in parts.items():
@@ -233,14 +236,42 @@ def _read_sidecar(folder: Path) -> dict:
         return {}
 
 
+_BASE_CONFIG_LIMIT = 1 << 20  # an HF config.json is a few kB
+
+
+def _base_facts(folder: Path) -> str | None:
+    """The arch and head counts of the HF base an adapter names, as a small JSON, or None.
+
+    The path comes from the adapter (a downloaded file), so only a ``config.json`` of sane size is
+    read, and only these facts leave it: a known model_type and integer head counts, never its text.
+    """
+    path = folder / "config.json"
+    try:
+        if not path.is_file() or path.stat().st_size > _BASE_CONFIG_LIMIT:
+            return None
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    inner = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    arch = arch_from_config(inner) or arch_from_config(config)
+    facts: dict[str, object] = {"model_type": arch} if arch else {}
+    for key in ("num_attention_heads", "num_key_value_heads", "n_head"):
+        value = inner.get(key)
+        if type(value) is int and 0 < value < 1 << 16:
+            facts[key] = value
+    return json.dumps(facts) if facts else None
+
+
 def _llm_metadata(config: dict) -> dict[str, str]:
     meta: dict[str, str] = {}
     base = config.get("base_model_name_or_path")
     if base:
         meta["base_model_name_or_path"] = str(base)
-        base_config = Path(str(base)) / "config.json"
-        if base_config.is_file():
-            meta["base_model_config"] = base_config.read_text(encoding="utf-8")
+        facts = _base_facts(Path(str(base)))
+        if facts:
+            meta["base_model_config"] = facts
     if config.get("task_type"):
         meta["peft_task_type"] = str(config["task_type"])
     return meta

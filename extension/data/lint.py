@@ -65,14 +65,10 @@ class LintReport:
         """Number of problems of each kind."""
         return dict(Counter(p.kind for p in self.problems))
 
-    def summary(self, max_names: int = 3) -> str:
-        """One line: counts per kind with the first few file names."""
-        parts = []
-        for kind, count in self.counts().items():
-            names = [p.path for p in self.problems if p.kind == kind]
-            shown = ", ".join(names[:max_names]) + (", ..." if len(names) > max_names else "")
-            parts.append(f"{count} {KIND_LABELS.get(kind, kind)} ({shown})")
-        return "; ".join(parts)
+    def summary(self) -> str:
+        """One line: counts per kind. No file names: errors and logs reach REST callers, and a wrong
+        ``train_data_dir`` (``/``) would list unrelated files; ``lines()`` (``lora-bridge lint``) names them."""
+        return "; ".join(f"{count} {KIND_LABELS.get(kind, kind)}" for kind, count in self.counts().items())
 
     def lines(self) -> list[str]:
         """The full report, one line per problem, grouped by kind, with the fix."""
@@ -167,7 +163,8 @@ def enforce_bad_data(report: LintReport, bad_data: str) -> None:
         why = report.summary() or "no usable images"
         raise UserError(f"{report.root}: no usable images: {why}; fix the dataset (see `lora-bridge lint`)")
     if report.problems and bad_data == "fail":
-        raise UserError(f"{report.root}: {report.summary()}; fix them, or set bad_data: skip to train without them")
+        raise UserError(f"{report.root}: {report.summary()} (`lora-bridge lint` lists them); fix them, "
+                        "or set bad_data: skip to train without them")
 
 
 def lint_cli(directory: str, config: Any = None) -> int:

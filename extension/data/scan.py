@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +27,9 @@ from ..errors import UserError
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
 _REPEAT_DIR = re.compile(r"^(\d+)_(.+)$")
+MAX_DEPTH = 3  # folder levels below the root: N_name/ and two more
+MAX_ENTRIES = 100_000
+MAX_SECONDS = 30
 _FILE_COLUMNS = ("filename", "file_name", "file", "image", "image_file")
 _TEXT_COLUMNS = ("prompt", "text", "caption", "captions")
 
@@ -97,8 +102,11 @@ def read_metadata_file(path: Path) -> list[tuple[int, str, str]]:
     rows: list[tuple[int, str, str]] = []
     try:
         text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read captions file ({exc}); save it as UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: captions file is not UTF-8 ({exc.reason} at byte {exc.start}); "
+                        "save it as UTF-8") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read captions file ({exc.strerror})") from None
     if path.suffix.lower() == ".jsonl":
         for number, line in enumerate(text.splitlines(), 1):
             if not line.strip():
@@ -117,8 +125,10 @@ def read_metadata_file(path: Path) -> list[tuple[int, str, str]]:
     columns = list(reader.fieldnames or [])
     file_col, text_col = _pick(columns, _FILE_COLUMNS), _pick(columns, _TEXT_COLUMNS)
     if file_col is None or text_col is None:
-        raise UserError(f"{path}: header must name the image and caption columns (filename,prompt or "
-                        f"file_name,text), found {','.join(c for c in columns if c) or 'nothing'}")
+        # the header is not quoted: metadata_path may name any file, and its first line may be a secret
+        raise UserError(f"{path}: line 1 must be a CSV header naming the image and caption columns "
+                        f"(filename,prompt or file_name,text); it has {len([c for c in columns if c])} "
+                        "other column(s)")
     for number, row in enumerate(reader, 2):
         name = (row.get(file_col) or "").strip()
         if not name:
@@ -127,18 +137,38 @@ def read_metadata_file(path: Path) -> list[tuple[int, str, str]]:
     return rows
 
 
-def _images_under(root: Path, exclude: tuple[Path, ...] = ()) -> list[Path]:
-    """Image files under ``root``, skipping hidden files and folders and ``exclude``d folders, sorted."""
-    found = []
-    for path in root.rglob("*"):
-        rel_parts = path.relative_to(root).parts
-        if any(part.startswith(".") or part == "__pycache__" for part in rel_parts):
-            continue
-        if exclude and any(ex == path or ex in path.parents for ex in exclude):
-            continue
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            found.append(path)
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+def _dataset_files(root: Path, exclude: tuple[Path, ...] = ()) -> tuple[list[Path], list[Path]]:
+    """(images, metadata files) under ``root``, sorted; hidden files and folders and ``exclude``d folders skipped.
+
+    The walk is bounded (``MAX_DEPTH`` folder levels, ``MAX_ENTRIES`` entries, ``MAX_SECONDS``): a dataset is a folder
+    of images in a few subfolders, and ``train_data_dir: /`` must not scan the whole disk. Symlinked
+    folders are not followed.
+    """
+    images: list[Path] = []
+    metas: list[Path] = []
+    seen = 0
+    deadline = time.monotonic() + MAX_SECONDS
+    for folder, dirs, files in os.walk(root, onerror=None, followlinks=False):
+        here = Path(folder)
+        depth = len(here.relative_to(root).parts)
+        seen += len(dirs) + len(files)
+        if seen > MAX_ENTRIES or time.monotonic() > deadline:
+            what = (f"more than {MAX_ENTRIES} files and folders" if seen > MAX_ENTRIES
+                    else f"{seen} files and folders and still listing after {MAX_SECONDS} s")
+            raise UserError(f"{root}: {what} within {MAX_DEPTH} folder levels; train_data_dir must be the "
+                            "dataset folder (images, or N_name/ subfolders of images)")
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__" and depth < MAX_DEPTH
+                         and not any(ex == here / d for ex in exclude))
+        for name in files:
+            if name.startswith("."):
+                continue
+            path = here / name
+            if name in METADATA_NAMES:
+                metas.append(path)
+            elif path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                images.append(path)
+    key = lambda p: p.relative_to(root).as_posix()  # noqa: E731
+    return sorted(images, key=key), sorted(metas, key=key)
 
 
 def scan_folder(root: str | Path, *, metadata_path: str | None = None, caption_extension: str = ".txt",
@@ -155,13 +185,12 @@ def scan_folder(root: str | Path, *, metadata_path: str | None = None, caption_e
         raise UserError(f"{root}: train_data_dir must be a folder of images; {hint}")
     result = ScanResult(root=root)
     excluded = tuple(Path(p).resolve() for p in exclude if p)
-    images = [p for p in _images_under(root.resolve(), excluded)]
-    images = [root / p.relative_to(root.resolve()) for p in images]
+    found, metas = _dataset_files(root.resolve(), excluded)
+    images = [root / p.relative_to(root.resolve()) for p in found]
     by_resolved = {p.resolve(): p for p in images}
 
     captions: dict[Path, tuple[str, str]] = {}
-    meta_files = sorted(p for name in METADATA_NAMES for p in root.rglob(name)
-                        if not any(part.startswith(".") for part in p.relative_to(root).parts))
+    meta_files = [root / p.relative_to(root.resolve()) for p in metas]
     if metadata_path:
         explicit = Path(metadata_path)
         if not explicit.is_absolute() and not explicit.exists() and (root / explicit).exists():
@@ -180,7 +209,7 @@ def scan_folder(root: str | Path, *, metadata_path: str | None = None, caption_e
                     break
             if target is None:
                 result.problems.append(ScanProblem("csv_missing_file", f"{meta.name}:{number}",
-                                                   f"{name} is not an image in the dataset"))
+                                                   f"line {number} names no image of the dataset"))
                 continue
             captions[target] = (caption, kind)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, yaml_problem
 from .tokenizers import load_clip_tokenizer
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -249,7 +249,7 @@ def _load_yaml(path: Path) -> dict | None:
     try:
         data = yaml.safe_load(side.read_text())
     except yaml.YAMLError as exc:
-        raise UserError(f"{side}: not valid YAML ({str(exc).splitlines()[0]}); fix or remove it") from None
+        raise UserError(f"{side}: not valid YAML ({yaml_problem(exc)}); fix or remove it") from None
     if not isinstance(data, dict) or "model" not in data:
         raise UserError(f"{side}: not an LDM config (no model: section); fix or remove it")
     return data

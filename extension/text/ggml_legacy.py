@@ -112,7 +112,7 @@ def read_ggml(path: str | Path) -> GGMLFile:
     (magic,) = u32s(1)
     kind = GGML_MAGICS.get(magic)
     if kind is None:
-        raise UserError(f"{path}: not a legacy GGML file (magic {magic:#x}); GGUF files need no upgrade")
+        raise UserError(f"{path}: not a legacy GGML file (unknown file signature); GGUF files need no upgrade")
     version = u32s(1)[0] if kind != "ggml" else 0
     if (kind, version) not in (("ggml", 0), ("ggmf", 1), ("ggjt", 1), ("ggjt", 2), ("ggjt", 3)):
         raise UserError(f"{path}: unsupported {kind} version {version}; supported: ggml, ggmf v1, ggjt v1-v3")

@@ -323,6 +323,10 @@ def read_gguf_metadata(path: Path):
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
+        converters.gguf_check.check_gguf(path)
+    except converters.AdapterError as exc:
+        raise UserError(str(exc)) from None
+    try:
         reader = GGUFReader(str(path))
         meta = {name: field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
     except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on damaged files
@@ -408,7 +412,9 @@ def load_hf_model(folder: str | Path) -> TextModel:
         raise UserError(f"{folder}: no readable config.json ({exc}); pass an HF model folder") from None
     model_type = hf.get("model_type", "")
     if model_type not in SUPPORTED_ARCHES:
-        raise UserError(f"{folder}: model_type {model_type!r} is not supported; "
+        known = converters.llm_names.arch_from_config({"model_type": model_type})
+        shown = repr(model_type) if known else "of its config.json"  # a config's own text is not echoed
+        raise UserError(f"{folder}: model_type {shown} is not supported; "
                         f"supported: {', '.join(SUPPORTED_ARCHES)}")
     heads = int(hf["num_attention_heads"])
     cfg = TextConfig(
@@ -472,7 +478,7 @@ def load_text_model(base: str | Path, ggml_options: dict | None = None) -> TextM
 
     if int.from_bytes(magic, "little") in GGML_MAGICS:
         return load_ggml_model(base, **(ggml_options or {}))
-    raise UserError(f"{base}: not a GGUF, GGML or HF model (magic {magic!r}); pass a .gguf base model")
+    raise UserError(f"{base}: not a GGUF, GGML or HF model (unknown file signature); pass a .gguf base model")
 
 
 def count_parameters(model: TextModel) -> int:

@@ -70,6 +70,9 @@ def read_init_lora(path: str, base: str | Path, component_of: Callable[[str], tu
             adapter = converters.load_adapter(p, arch=arch, base=base)
     except converters.AdapterError as exc:
         raise UserError(f"init_lora {p}: cannot be read ({exc})") from None
+    values = converters.adapter_problems(adapter)
+    if values:
+        raise UserError(f"init_lora {p}: {values[0]} ({len(values)} problem(s)); continue from a sound LoRA")
     problems = converters.check_against_base(adapter, base)
     if problems:
         raise UserError(f"init_lora {p}: does not fit the base {base}: {problems[0]} ({len(problems)} problem(s)); "

@@ -38,7 +38,7 @@ def test_explicit_metadata_path_and_bad_header(tmp_path, make_image):
     scan = scan_folder(tmp_path, metadata_path=str(meta))
     assert scan.entries[0].caption == "explicit"
     meta.write_text("name,words\na.png,x\n", encoding="utf-8")
-    with pytest.raises(UserError, match="header must name the image and caption columns"):
+    with pytest.raises(UserError, match="must be a CSV header naming the image and caption columns"):
         scan_folder(tmp_path, metadata_path=str(meta))
     with pytest.raises(UserError, match="metadata_path does not name a file"):
         scan_folder(tmp_path, metadata_path=str(tmp_path / "nope.csv"))

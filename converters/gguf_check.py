@@ -1,0 +1,154 @@
+"""Bounds of a GGUF file checked before gguf-py parses it.
+
+gguf-py's ``GGUFReader`` builds two numpy views per array element, about 1.6 KB and 30 us each,
+and trusts every count in the file: a 24 MB file holding one array of 3 M empty strings costs
+~5 GB and ~100 s. This walk reads only the counts and lengths, checks each fits in the bytes left
+(count x smallest element size), refuses arrays larger than any real model needs, and checks
+every tensor's data lies inside the file, all before gguf-py allocates anything.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from pathlib import Path
+
+from .errors import AdapterError
+
+# Real vocabularies stay under 300 k tokens (Gemma 3: 262 144); with scores, types and merges a
+# model holds about 1 M array elements (Command-R), an adapter none.
+MAX_ARRAY = 1 << 20
+MAX_ARRAY_TOTAL = 1 << 21
+MAX_STRING = 1 << 26  # a chat template or a long description fits many times over
+_MAX_DIMS = 4
+_FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
+_STRING, _ARRAY = 8, 9
+
+
+class _Walk:
+    """A cursor over the mapped file that refuses any count or length the remaining bytes cannot hold."""
+
+    def __init__(self, path: Path, data: mmap.mmap | bytes, order: str, array_limit: int, too_many: str | None):
+        self.path, self.data, self.pos, self.order = path, data, 0, order
+        self.array_total, self.array_limit, self.too_many = 0, array_limit, too_many
+
+    def fail(self, what: str) -> AdapterError:
+        return AdapterError(f"{self.path}: truncated or corrupt GGUF file ({what} at byte {self.pos}); "
+                            "re-download or re-convert it")
+
+    def take(self, fmt: str) -> int:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.data):
+            raise self.fail("ends early")
+        (value,) = struct.unpack_from(self.order + fmt, self.data, self.pos)
+        self.pos += size
+        return value
+
+    def skip(self, count: int, size: int, what: str) -> None:
+        if count * size > len(self.data) - self.pos:
+            raise self.fail(f"{what} of {count} x {size} bytes runs past the end")
+        self.pos += count * size
+
+    def string(self, what: str) -> None:
+        length = self.take("Q")
+        if length > MAX_STRING:
+            raise AdapterError(f"{self.path}: {what} is a string of {length} bytes, more than any GGUF "
+                               f"needs ({MAX_STRING}); the file is corrupt or hostile")
+        self.skip(length, 1, what)
+
+    def value(self, vtype: int, key: str, depth: int = 0) -> None:
+        if vtype in _FIXED:
+            self.skip(1, _FIXED[vtype], key)
+        elif vtype == _STRING:
+            self.string(f"value of {key}")
+        elif vtype == _ARRAY and depth < 2:  # gguf-py reads arrays of arrays; nothing writes deeper ones
+            self.array(key, depth)
+        else:
+            raise self.fail(f"unknown or too deeply nested value type {vtype} for key {key}")
+
+    def array(self, key: str, depth: int) -> None:
+        itype, count = self.take("I"), self.take("Q")
+        self.array_total += count
+        if self.array_total > self.array_limit and self.too_many:
+            raise AdapterError(f"{self.path}: {self.too_many}")
+        if count > MAX_ARRAY or self.array_total > self.array_limit:
+            raise AdapterError(f"{self.path}: metadata array {key} has {count} elements, more than any model "
+                               f"needs ({MAX_ARRAY}, {self.array_limit} in all); the file is corrupt or hostile")
+        if itype in _FIXED:
+            self.skip(count, _FIXED[itype], f"array {key}")
+            return
+        self.skip(count, 8, f"array {key}")  # strings and arrays take at least their 8-byte length each
+        self.pos -= count * 8
+        for _ in range(count):
+            self.value(itype, key, depth + 1)
+
+
+def _tensor_bytes(n_elements: int, ggml_type: int) -> int | None:
+    """Bytes of a tensor of ``ggml_type``, or None for a type gguf-py does not know."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    except (ValueError, KeyError):
+        return None
+    return (n_elements + block - 1) // block * size
+
+
+def check_gguf(path: str | Path, array_limit: int = MAX_ARRAY_TOTAL, too_many: str | None = None) -> None:
+    """Walk a GGUF file's header, metadata and tensor infos; AdapterError (one line) for anything out of bounds.
+
+    ``array_limit``: metadata array elements allowed in all; ``too_many`` the refusal (after the
+    path) when there are more, else a generic one.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as handle:
+            if path.stat().st_size < 24:
+                raise AdapterError(f"{path}: too short to be a GGUF file (truncated?)")
+            with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                _check(path, data, array_limit, too_many)
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _check(path: Path, data: mmap.mmap, array_limit: int, too_many: str | None) -> None:
+    if data[:4] != b"GGUF":
+        raise AdapterError(f"{path}: not a GGUF file (bad magic)")
+    (version,) = struct.unpack_from("<I", data, 4)
+    order = ">" if version & 0xFFFF == 0 else "<"  # gguf-py's test for a big-endian file
+    walk = _Walk(path, data, order, array_limit, too_many)
+    walk.pos = 4
+    version = walk.take("I")
+    if version not in (2, 3):
+        raise AdapterError(f"{path}: GGUF version {version} is not supported (2 and 3 are); re-convert the file")
+    n_tensors, n_kv = walk.take("Q"), walk.take("Q")
+    walk.skip(n_kv, 8 + 4 + 1, "metadata list")  # key length, value type, smallest value
+    walk.pos -= n_kv * 13
+    alignment = 32
+    for _ in range(n_kv):
+        start = walk.pos
+        walk.string("a metadata key")
+        key = bytes(data[start + 8:walk.pos]).decode("utf-8", errors="replace")
+        vtype = walk.take("I")
+        if key == "general.alignment" and vtype == 4:
+            alignment = walk.take("I") or 32
+            continue
+        walk.value(vtype, key)
+    walk.skip(n_tensors, 8 + 4 + 4 + 8, "tensor list")  # name length, n_dims, type, offset
+    walk.pos -= n_tensors * 24
+    spans = []
+    for _ in range(n_tensors):
+        walk.string("a tensor name")
+        n_dims = walk.take("I")
+        if n_dims > _MAX_DIMS:
+            raise walk.fail(f"tensor with {n_dims} dimensions")
+        count = 1
+        for _ in range(n_dims):
+            count *= walk.take("Q")
+        ggml_type, offset = walk.take("I"), walk.take("Q")
+        spans.append((offset, _tensor_bytes(count, ggml_type)))
+    data_start = -(-walk.pos // alignment) * alignment
+    for offset, nbytes in spans:
+        if nbytes is not None and data_start + offset + nbytes > len(data):
+            raise AdapterError(f"{path}: truncated GGUF file (tensor data runs past the end); "
+                               "re-download or re-convert it")
