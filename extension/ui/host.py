@@ -105,10 +105,18 @@ class Host:
         """A run's own folder (intermediate saves, state, samples, logs): not the Lora folder."""
         return self.output_dir / "runs" / (output_name or "my_lora")
 
+    def cache_dir(self) -> Path:
+        """LoRA Bridge's own scratch folder (the dataset gallery's thumbnails)."""
+        return self.output_dir / ".cache"
+
     def default_output_dir(self, config: dict[str, Any]) -> str:
         """The run folder a start without ``output_dir`` gets (tab and REST alike): ``work_dir`` of its name."""
         return str(self.work_dir(str(config.get("output_name") or "my_lora"),
                                  str(config.get("task_type") or "text-to-image")))
+
+    def tokenizer_dirs(self) -> dict[str, Path]:
+        """The host's own CLIP tokenizers: arch -> folder with ``tokenizer/`` (and ``tokenizer_2/``)."""
+        return {}
 
     # ---- datasets ------------------------------------------------------------------------
     def captioners(self) -> list[str]:
@@ -134,7 +142,7 @@ class Host:
             raise JobBusyError("a training job is already running; stop or cancel it first")
         if isinstance(config, dict) and not config.get("output_dir"):
             config = {**config, "output_dir": self.default_output_dir(config)}
-        cfg, dataset = check_start(config)
+        cfg, dataset = check_start(config, self.tokenizer_dirs())
         previous = (self.base_model, self.last_output_name, self.task_type, self.published)
         self.base_model = str(cfg.base_model or "") or None
         self.last_output_name = str(cfg.output_name or "my_lora")

@@ -177,6 +177,34 @@ def test_a_floor_beyond_tested_peft_asks_pip_for_it(installer, host_stack):
     assert installer.missing_requirements([]) == ["peft>=0.19.0"]
 
 
+def test_neo_install_goes_through_its_run_pip(installer, host_stack, fake_neo, tmp_path, monkeypatch):
+    """In Neo (fake_neo's launch.py / modules/launch_utils.py): one pip call through Neo's run_pip, with a
+    peft diffusers 0.37 accepts and every installed package of Neo's requirements.txt held where it is."""
+    from modules import launch_utils
+
+    webui = tmp_path / "neo"
+    webui.mkdir()
+    (webui / "requirements.txt").write_text(NEO_REQUIREMENTS)
+    monkeypatch.chdir(webui)
+    monkeypatch.setenv("PYTHONPATH", str(webui))
+    host_stack("0.17.0")
+    seen = {}
+
+    def run(command, desc=None, errdesc=None, custom_env=None, live=False):
+        seen["command"] = command
+        seen["constraints"] = Path(command.split(" -c ")[1].split()[0].strip('"')).read_text().split()
+        return ""
+
+    monkeypatch.setattr(launch_utils, "run", run)
+    assert installer.main() == 0
+    assert seen["command"].startswith(f'"{sys.executable}" -m pip install peft==0.17.1 -c '), seen["command"]
+    pins = dict(line.split("==") for line in seen["constraints"])
+    from importlib.metadata import version
+
+    assert pins["diffusers"] == "0.37.1" and pins["transformers"] == version("transformers")
+    assert pins["numpy"] == version("numpy") and pins["pydantic-core"] == version("pydantic-core")
+
+
 # ---- the real thing: a venv holding A1111 1.10's pins -------------------------------------
 A1111_PINS = ["transformers==4.30.2", "accelerate==0.21.0", "safetensors==0.4.2", "numpy==1.26.2",
               "huggingface_hub==0.36.2", "Pillow==9.5.0", "tokenizers==0.13.3", "torch==2.13.0"]
