@@ -471,22 +471,22 @@ def test_neo_dataset_gallery_needs_no_temp_folder(fake_neo, dataset, tmp_path, m
     from extension.ui.handlers import Handlers
     from extension.webui.host import WebUIHost
 
-    host = WebUIHost(jobs=JobManager())
-    gallery, summary, _, _ = Handlers(host).load_dataset(str(dataset))
-    assert len(gallery) == 3 and summary.startswith("3 image(s)")
-    for item, caption in gallery:
-        assert isinstance(item, str) and Path(item).is_file() and host.cache_dir() in Path(item).parents, item
-        assert caption.startswith("a cat number")
     if compat.major() >= 4:  # Neo runs gradio 4.40: its override of gradio's PIL saving is in force
         import gradio.processing_utils
 
         monkeypatch.setattr(gradio.processing_utils, "save_pil_to_cache", gradio.processing_utils.save_pil_to_cache)
         ui_tempdir.install_ui_tempdir_override()  # undone by monkeypatch
-    value = compat.make("Gallery").postprocess(gallery)
-    assert len(value.root if hasattr(value, "root") else value) == 3
+    host = WebUIHost(jobs=JobManager())
+    gallery, summary, _, _ = Handlers(host).load_dataset(str(dataset))
+    value = compat.make("Gallery").postprocess(gallery)  # what gradio does with the handler's value
+    assert len(value.root if hasattr(value, "root") else value) == 3 and summary.startswith("3 image(s)")
     assert not Path(shared.opts.temp_dir).exists()
+    for item, caption in gallery:
+        assert isinstance(item, str) and Path(item).is_file() and host.cache_dir() in Path(item).parents, item
+        assert caption.startswith("a cat number")
+    made = [Path(p).stat().st_mtime_ns for p, _ in gallery]
     again, _, _, _ = Handlers(host).load_dataset(str(dataset))
-    assert again == gallery  # made once; the folder keeps only the current thumbnails
+    assert again == gallery and [Path(p).stat().st_mtime_ns for p, _ in again] == made  # made once
     assert sorted(p.name for p in Path(gallery[0][0]).parent.iterdir()) == sorted(Path(p).name for p, _ in gallery)
 
 
