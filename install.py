@@ -3,9 +3,14 @@
 - Independent of the working directory: every path comes from ``__file__`` or the environment.
 - Fast and silent when nothing is missing: checks with ``importlib.metadata``, no pip call.
 - Installs only what is missing, in versions known to coexist with the host's pins
-  (A1111 1.10: diffusers 0.31.0 + peft 0.13.2; Forge already has them), through a constraints
-  file of the installed versions of every package the WebUI pins, so pip fails rather than
-  moving a pin (a moved pin makes A1111 reinstall its requirements on every launch).
+  (A1111 1.10: diffusers 0.31.0 + peft 0.13.2; Forge already has them; Forge Neo has diffusers
+  0.37, which refuses to import beside a peft older than 0.17), through a constraints file of the
+  installed versions of every package the WebUI pins (``requirements_versions.txt`` in A1111 and
+  Forge, ``requirements.txt`` in Neo), so pip fails rather than moving a pin (a moved pin makes
+  A1111 reinstall its requirements on every launch).
+- peft follows the installed diffusers and transformers: the oldest peft they accept is read from
+  their files (never imported); an unpinned peft older than that is upgraded, since the WebUI
+  would not start with it.
 - Installs nothing on SD.Next-style hosts, which manage their own stack.
 - Never builds llama-cpp-python (optional, for the Text LoRA llama.cpp check; install it yourself).
 """
@@ -22,10 +27,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 
-# (distribution, requirement when missing)
+# (distribution, requirement when missing); peft is chosen by ``peft_requirement``.
+DIFFUSERS = "diffusers==0.31.0"
 NEEDED = (
-    ("diffusers", "diffusers==0.31.0"),
-    ("peft", "peft==0.13.2"),
+    ("diffusers", DIFFUSERS),
     ("gguf", "gguf>=0.10"),
     ("PyYAML", "pyyaml"),
     ("safetensors", "safetensors"),
@@ -36,6 +41,18 @@ ALWAYS_PINNED = ("torch", "torchvision", "transformers", "accelerate", "safetens
                  "protobuf", "gradio", "gradio_client", "fastapi", "starlette", "pydantic", "huggingface_hub",
                  "httpx", "tokenizers")
 _NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+# Where installed packages state the oldest peft they work with, read from their files: diffusers
+# checks its table at import (0.37: "peft>=0.17.0", an ImportError otherwise); transformers checks
+# MIN_PEFT_VERSION when it uses peft.
+PEFT_FLOORS = (
+    ("diffusers", "diffusers/dependency_versions_table.py", r'"peft":\s*"peft\s*>=\s*([0-9][0-9.]*)"'),
+    ("transformers", "transformers/integrations/peft.py", r'MIN_PEFT_VERSION\s*=\s*"([0-9][0-9.]*)"'),
+)
+# peft releases tested beside the WebUIs' diffusers (0.31 in A1111/Forge, 0.36-0.37 in Neo), oldest first:
+# the first one at or above the floor is installed.
+TESTED_PEFT = ("0.13.2", "0.17.1")
+# Host requirement files whose names are kept as they are (A1111/Forge pin in the first, Neo in the second).
+HOST_REQUIREMENTS = ("requirements_versions.txt", "requirements.txt")
 
 
 def _roots() -> list[Path]:
@@ -60,16 +77,17 @@ def is_sdnext(roots: list[Path]) -> bool:
 
 
 def host_pins(roots: list[Path]) -> list[str]:
-    """Names the WebUI pins (requirements_versions.txt of the first root that has one) plus ALWAYS_PINNED."""
+    """ALWAYS_PINNED plus the names in HOST_REQUIREMENTS of the first root that has any of them."""
     names = list(ALWAYS_PINNED)
     for root in roots:
-        req = root / "requirements_versions.txt"
-        if req.is_file():
+        files = [root / name for name in HOST_REQUIREMENTS if (root / name).is_file()]
+        for req in files:
             for line in req.read_text(encoding="utf-8", errors="replace").splitlines():
                 line = line.split("#", 1)[0].strip()
                 match = _NAME.match(line)
                 if match and not line.startswith("-"):
                     names.append(match.group(1))
+        if files:
             break
     return names
 
@@ -82,16 +100,76 @@ def installed_version(name: str) -> str | None:
         return None
 
 
-def missing_requirements() -> list[str]:
-    """Requirements of NEEDED whose distribution is not installed."""
-    return [req for dist, req in NEEDED if installed_version(dist) is None]
+def _release(version: str) -> tuple[int, ...]:
+    """The numeric release of a version string (``0.17.0rc1`` -> (0, 17, 0)); enough to compare floors."""
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+        if digits.group() != piece:
+            break
+    return tuple(parts)
+
+
+def peft_floors() -> dict[str, str]:
+    """{distribution: oldest peft it accepts} for the installed diffusers/transformers, read from their files."""
+    floors = {}
+    for dist, rel_path, pattern in PEFT_FLOORS:
+        if installed_version(dist) is None:
+            continue
+        try:
+            text = Path(metadata.distribution(dist).locate_file(rel_path)).read_text(encoding="utf-8")
+        except OSError:
+            continue
+        match = re.search(pattern, text)
+        if match:
+            floors[dist] = match.group(1)
+    return floors
+
+
+def peft_requirement(pinned: list[str]) -> str | None:
+    """What to install for peft: None when the installed one is fine or pinned by the host.
+
+    Without diffusers (A1111) peft comes with ``DIFFUSERS`` as the pair tested there. With diffusers,
+    an installed peft is replaced only below diffusers' floor (diffusers would refuse to import, and
+    the WebUI with it); a missing or replaced one is the first TESTED_PEFT at or above every floor,
+    or ``peft>=floor`` beyond them.
+    """
+    installed = installed_version("peft")
+    if installed_version("diffusers") is None:
+        return None if installed is not None else f"peft=={TESTED_PEFT[0]}"
+    floors = peft_floors()
+    if installed is not None:
+        enforced = floors.get("diffusers")
+        if enforced is None or _release(installed) >= _release(enforced):
+            return None
+        if _key("peft") in {_key(name) for name in pinned}:
+            return None  # the host's own pin: never moved (pip would refuse anyway)
+    floor = max(floors.values(), key=_release, default=None)
+    for version in TESTED_PEFT:
+        if floor is None or _release(version) >= _release(floor):
+            return f"peft=={version}"
+    return f"peft>={floor}"
+
+
+def missing_requirements(pinned: list[str] | None = None) -> list[str]:
+    """Requirements of NEEDED whose distribution is not installed, and peft when missing or too old."""
+    missing = [req for dist, req in NEEDED if installed_version(dist) is None]
+    peft = peft_requirement(pinned if pinned is not None else host_pins(_roots()))
+    return missing + ([peft] if peft else [])
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def constraints(names: list[str]) -> list[str]:
     """``name==version`` for every installed package among ``names`` (pip may not move them)."""
     lines, seen = [], set()
     for name in names:
-        key = re.sub(r"[-_.]+", "-", name).lower()
+        key = _key(name)
         version = installed_version(name)
         if version and key not in seen:
             seen.add(key)
@@ -116,13 +194,14 @@ def _pip(args: list[str], desc: str) -> None:
 def main() -> int:
     """Install what is missing; returns 0 also when pip fails (the WebUI only prints our output)."""
     roots = _roots()
-    missing = missing_requirements()
+    names = host_pins(roots)
+    missing = missing_requirements(names)
     if not missing:
         return 0
     if is_sdnext(roots):
         print(f"[LoRA Bridge] SD.Next manages its own packages; not installing {', '.join(missing)}")
         return 0
-    pins = constraints(host_pins(roots))
+    pins = constraints(names)
     with tempfile.TemporaryDirectory(prefix="lora-bridge-install-") as tmp:
         path = Path(tmp) / "constraints.txt"
         path.write_text("\n".join(pins) + "\n", encoding="utf-8")

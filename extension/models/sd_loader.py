@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError, yaml_problem
-from .tokenizers import load_clip_tokenizer
+from .tokenizers import load_clip_tokenizer, tokenizer_subfolder
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 ARCH_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sd2-v": "SD2.x (v-prediction)", "sdxl": "SDXL"}
@@ -210,15 +210,9 @@ def _load_folder(path: Path, model_arch, prediction_type, tokenizer_path) -> SDB
     for i, sub in enumerate(["tokenizer", "tokenizer_2"][: len(encoders)]):
         folder = path / sub
         if tokenizer_path:
-            folder = _tokenizer_subfolder(Path(tokenizer_path), i)
+            folder = tokenizer_subfolder(Path(tokenizer_path), i)
         tokenizers.append(load_clip_tokenizer(folder if folder.is_dir() else None, path, pad_token=None))
     return SDBase(arch, prediction, unet, vae, encoders, tokenizers, path, scheduler_config)
-
-
-def _tokenizer_subfolder(root: Path, index: int) -> Path:
-    """``tokenizer_path`` may be one tokenizer folder or a folder with tokenizer/ and tokenizer_2/."""
-    sub = root / ("tokenizer" if index == 0 else "tokenizer_2")
-    return sub if sub.is_dir() else root
 
 
 def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
@@ -286,7 +280,7 @@ def _load_single_file(path: Path, model_arch, prediction_type, tokenizer_path, p
     te_specs = _text_encoder_specs(original, shipped)
     tokenizers = []
     for i, spec in enumerate(te_specs):
-        folder = _tokenizer_subfolder(Path(tokenizer_path), i) if tokenizer_path else None
+        folder = tokenizer_subfolder(Path(tokenizer_path), i) if tokenizer_path else None
         tokenizers.append(load_clip_tokenizer(folder, path, pad_token=spec.get("pad_token"), index=i,
                                               cache_id=spec.get("tokenizer_cache")))
     file_dtype = checkpoint.dtype_of(_UNET) if lazy else next(

@@ -1,5 +1,6 @@
-"""The CLIP tokenizer, offline: an explicit folder, a sidecar beside the checkpoint, the local HF
-cache, or the BPE file the open_clip package ships. Nothing is downloaded."""
+"""The CLIP tokenizer, offline: an explicit folder, a sidecar beside the checkpoint, the host's own
+copy (Forge and Forge Neo ship them), the local HF cache, or the BPE file the open_clip package ships.
+Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from ..errors import UserError
 from ..text.tokenizer import bytes_to_unicode
 
 _OPEN_CLIP_BPE = "bpe_simple_vocab_16e6.txt.gz"
+SUBFOLDERS = ("tokenizer", "tokenizer_2")  # per text encoder, in diffusers folders and the hosts' copies
 
 
 def _is_tokenizer_dir(folder: Path | None) -> bool:
@@ -30,33 +32,66 @@ def sidecar_tokenizer_dirs(checkpoint: Path, index: int = 0) -> list[Path]:
     ]
 
 
-def load_clip_tokenizer(folder: Path | None, checkpoint: Path, pad_token: str | None = None, index: int = 0,
-                        cache_id: str | None = None):
-    """A ``CLIPTokenizer`` from the first source that exists; UserError naming what to provide otherwise."""
-    from transformers import CLIPTokenizer
+def tokenizer_subfolder(root: Path, index: int) -> Path:
+    """``tokenizer_path`` may be one tokenizer folder or a folder with tokenizer/ and tokenizer_2/."""
+    sub = root / SUBFOLDERS[index]
+    return sub if sub.is_dir() else root
 
-    kwargs = {"pad_token": pad_token} if pad_token else {}
-    candidates = [folder] if folder is not None else []
-    if checkpoint.is_file():
-        candidates += sidecar_tokenizer_dirs(checkpoint, index)
-    for candidate in candidates:
-        if _is_tokenizer_dir(candidate):
-            # A saved tokenizer knows its own pad token; bare vocab files get the architecture's.
-            own = (candidate / "tokenizer_config.json").is_file()
-            return CLIPTokenizer.from_pretrained(str(candidate), local_files_only=True, **({} if own else kwargs))
+
+def host_tokenizer_dir(root: Path | None, index: int = 0) -> Path | None:
+    """``root/tokenizer`` (``tokenizer_2`` for the second encoder) when it holds a tokenizer, else None."""
+    if root is None:
+        return None
+    sub = root / SUBFOLDERS[index]
+    return sub if _is_tokenizer_dir(sub) else None
+
+
+def find_clip_tokenizer(folder: Path | None, checkpoint: Path, index: int = 0, cache_id: str | None = None,
+                        host_root: Path | None = None) -> tuple[str, Path]:
+    """Where the CLIP tokenizer of text encoder ``index`` comes from, without loading it.
+
+    (source, path), first that exists: ``folder`` (tokenizer_path), ``sidecar`` (beside the
+    checkpoint), ``host`` (``host_root/tokenizer[_2]``, the WebUI's own copy), ``cache`` (local HF
+    cache of ``cache_id``), ``open_clip`` (path of its BPE file). UserError naming what to provide otherwise.
+    """
     if folder is not None:
+        if _is_tokenizer_dir(folder):
+            return "folder", folder
         raise UserError(f"{folder}: no CLIP tokenizer there (vocab.json + merges.txt); fix tokenizer_path")
+    if checkpoint.is_file():
+        for candidate in sidecar_tokenizer_dirs(checkpoint, index):
+            if _is_tokenizer_dir(candidate):
+                return "sidecar", candidate
+    host = host_tokenizer_dir(host_root, index)
+    if host is not None:
+        return "host", host
     cached = hf_cache_dir(cache_id) if cache_id else None
     if cached is not None:
-        return CLIPTokenizer.from_pretrained(str(cached), local_files_only=True, **kwargs)
+        return "cache", cached
     bpe = open_clip_bpe_path()
     if bpe is not None:
-        return CLIPTokenizer.from_pretrained(str(tokenizer_dir_from_bpe(bpe)), local_files_only=True, **kwargs)
+        return "open_clip", bpe
     raise UserError(
         f"{checkpoint}: no CLIP tokenizer available offline; set tokenizer_path to a folder with vocab.json and "
         f"merges.txt, put one in {sidecar_tokenizer_dirs(checkpoint, index)[0].name}/ beside the checkpoint, "
         "or pip install open_clip_torch (it ships the BPE file)"
     )
+
+
+def load_clip_tokenizer(folder: Path | None, checkpoint: Path, pad_token: str | None = None, index: int = 0,
+                        cache_id: str | None = None):
+    """A ``CLIPTokenizer`` from ``find_clip_tokenizer``'s source; UserError naming what to provide otherwise."""
+    from transformers import CLIPTokenizer
+
+    kwargs = {"pad_token": pad_token} if pad_token else {}
+    source, path = find_clip_tokenizer(folder, checkpoint, index, cache_id)
+    if source == "open_clip":
+        path = tokenizer_dir_from_bpe(path)
+    if source in ("cache", "open_clip"):
+        return CLIPTokenizer.from_pretrained(str(path), local_files_only=True, **kwargs)
+    # A saved tokenizer knows its own pad token; bare vocab files get the architecture's.
+    own = (path / "tokenizer_config.json").is_file()
+    return CLIPTokenizer.from_pretrained(str(path), local_files_only=True, **({} if own else kwargs))
 
 
 def hf_cache_dir(repo_id: str) -> Path | None:

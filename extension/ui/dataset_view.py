@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
@@ -93,17 +94,39 @@ def save_caption(folder: str, image_path: str, caption: str) -> str:
     return f"saved {side.name}"
 
 
-def thumbnails(items: list[tuple[str, str]], size: int = 256) -> list[tuple[object, str]]:
-    """PIL thumbnails with captions for a gallery (any gradio version serves them, wherever the folder is)."""
+def thumbnails(items: list[tuple[str, str]], folder: Path, size: int = 256) -> list[tuple[str, str]]:
+    """(thumbnail file, caption) for a gallery, the thumbnails written into ``folder`` (LoRA Bridge's own).
+
+    Gallery values are file paths, never PIL images: gradio saves those into a temp folder of the
+    host's choosing (Forge Neo's ``opts.temp_dir``), which may not exist. A thumbnail is named after
+    its image's path, size and mtime, so it is made once; the folder keeps only the current ones.
+    """
     from PIL import Image
 
-    out = []
+    folder.mkdir(parents=True, exist_ok=True)
+    out, keep = [], set()
     for path, caption in items[:MAX_GALLERY]:
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                img.thumbnail((size, size))
-                out.append((img.copy(), caption or Path(path).name))
+            stat = Path(path).stat()
+            key = f"{Path(path).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{size}"
+            thumb = folder / (hashlib.sha1(key.encode("utf-8")).hexdigest()[:20] + ".jpg")
+            if not thumb.is_file():
+                with Image.open(path) as img:
+                    img = img.convert("RGB")
+                    img.thumbnail((size, size))
+                    with converters.atomic.atomic_file(thumb) as tmp:
+                        img.save(tmp, format="JPEG", quality=90)
         except Exception:  # unreadable images are the lint report's business
             continue
+        keep.add(thumb.name)
+        out.append((str(thumb), caption or Path(path).name))
+    for old in folder.glob("*.jpg"):
+        if old.name not in keep:
+            old.unlink(missing_ok=True)
     return out
+
+
+def thumbnail_folder(cache_dir: Path, dataset: str) -> Path:
+    """The thumbnails folder of one dataset folder under the host's cache folder."""
+    key = hashlib.sha1(str(Path(dataset).expanduser().resolve()).encode("utf-8")).hexdigest()[:12]
+    return cache_dir / "thumbnails" / key

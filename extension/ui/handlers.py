@@ -29,6 +29,8 @@ from .wording import for_tab
 log = logging.getLogger("lora_bridge.ui")
 
 IMAGE_TASK, TEXT_TASK = "text-to-image", "text-generation"
+NO_CAPTIONER_LINE = ("no auto-captioner here (this host has no BLIP or DeepBooru); caption offline with "
+                     "`lora-bridge caption DIR --model LOCAL_DIR` (a local BLIP model folder)")
 LOADING = "loading base model…"
 
 
@@ -78,7 +80,8 @@ class Handlers:
         if len(items) > dataset_view.MAX_GALLERY:
             summary += f" (gallery shows the first {dataset_view.MAX_GALLERY})"
         first = items[0] if items else ("", "")
-        return dataset_view.thumbnails(items), summary, first[0], first[1]
+        gallery = dataset_view.thumbnails(items, dataset_view.thumbnail_folder(self.host.cache_dir(), folder))
+        return gallery, summary, first[0], first[1]
 
     def select_image(self, index: int | None) -> tuple[str, str]:
         """(image path, caption) of the gallery item at ``index``."""
@@ -99,9 +102,11 @@ class Handlers:
     @friendly(lambda msg: msg)
     def auto_caption(self, folder: str, captioner: str, overwrite: bool) -> str:
         """Caption images (without a caption unless ``overwrite``) with the host's captioner."""
-        if not captioner or captioner not in self.host.captioners():
-            raise UserError(f"captioner {captioner or '(none)'} is not available here; inside the WebUI choose BLIP "
-                            "or DeepBooru, standalone run `lora-bridge caption DIR --model BLIP_FOLDER`")
+        offered = self.host.captioners()
+        if not offered:
+            raise UserError(NO_CAPTIONER_LINE)
+        if not captioner or captioner not in offered:
+            raise UserError(f"captioner {captioner or '(none)'} is not available here; choose {' or '.join(offered)}")
         self.host.path_policy().writable(folder, "image folder (captions are written there)")
         items = dataset_view.list_images(folder)
         done = 0
@@ -330,7 +335,7 @@ class Handlers:
         st = self.host.jobs.status()
         if self.host.task_type == TEXT_TASK:
             return []
-        return dataset_view.thumbnails([(p, Path(p).name) for p in st["samples"][-12:]], 512)
+        return [(p, Path(p).name) for p in st["samples"][-12:] if Path(p).is_file()]  # the run's own files
 
     def result_view(self) -> list[Any]:
         """[image LoRA name box, GGUF adapter box] once a job has ended; unchanged otherwise.

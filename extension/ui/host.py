@@ -116,10 +116,18 @@ class Host:
                                 read_anywhere=self.local_only, why_restricted="lora-bridge ui --host",
                                 hint="pass --allow-dir FOLDER to lora-bridge ui")
 
+    def cache_dir(self) -> Path:
+        """LoRA Bridge's own scratch folder (the dataset gallery's thumbnails)."""
+        return self.output_dir / ".cache"
+
     def default_output_dir(self, config: dict[str, Any]) -> str:
         """The run folder a start without ``output_dir`` gets (tab and REST alike): ``work_dir`` of its name."""
         return str(self.work_dir(str(config.get("output_name") or "my_lora"),
                                  str(config.get("task_type") or "text-to-image")))
+
+    def tokenizer_dirs(self) -> dict[str, Path]:
+        """The host's own CLIP tokenizers: arch -> folder with ``tokenizer/`` (and ``tokenizer_2/``)."""
+        return {}
 
     # ---- datasets ------------------------------------------------------------------------
     def captioners(self) -> list[str]:
@@ -148,7 +156,7 @@ class Host:
             config = {**config, "output_dir": self.default_output_dir(config)}
         cfg = as_config(config, "start")
         self.path_policy().check_config(cfg)  # before any file of the config is opened
-        cfg, dataset = check_start(cfg)
+        cfg, dataset = check_start(cfg, self.tokenizer_dirs())
         previous = (self.base_model, self.last_output_name, self.task_type, self.published)
         self.base_model = str(cfg.base_model or "") or None
         self.last_output_name = str(cfg.output_name or "my_lora")

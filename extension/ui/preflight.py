@@ -1,8 +1,8 @@
 """Checks a training start makes before anything happens (no lock, no unload, no folder, no thread).
 
-Everything that can be known from the config, the base model's header and a scan of the dataset
-is checked here, so a bad start is refused with one line (tab message, REST 400) instead of
-answering ``running`` and failing later in ``/status``.
+Everything that can be known from the config, the base model's header, where its tokenizers come
+from and a scan of the dataset is checked here, so a bad start is refused with one line (tab
+message, REST 400) instead of answering ``running`` and failing later in ``/status``.
 """
 
 from __future__ import annotations
@@ -17,8 +17,13 @@ TEXT_TASK = "text-generation"
 SD_ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
 
 
-def check_start(config: Any) -> tuple[Any, str]:
-    """(TrainConfig, one-line summary of the dataset) for ``config`` (dict or TrainConfig); UserError if bad."""
+def check_start(config: Any, tokenizer_dirs: dict[str, Path] | None = None) -> tuple[Any, str]:
+    """(TrainConfig, one-line summary of the dataset) for ``config`` (dict or TrainConfig); UserError if bad.
+
+    ``tokenizer_dirs`` (arch -> folder with ``tokenizer/`` and ``tokenizer_2/``) are the host's own
+    CLIP tokenizers; an image run without ``tokenizer_path`` whose checkpoint has no sidecar gets the
+    host's folder as its ``tokenizer_path``.
+    """
     from ..config import config_from_dict, require_keys
 
     cfg = config_from_dict(config, "start") if isinstance(config, dict) else config
@@ -26,23 +31,58 @@ def check_start(config: Any) -> tuple[Any, str]:
     if str(cfg.task_type) == TEXT_TASK:
         _check_text_base(Path(str(cfg.base_model)).expanduser(), cfg)
         return cfg, _check_text_data(Path(str(cfg.train_data_dir)).expanduser(), str(cfg.data_format or "auto"))
-    _check_image_base(cfg)
+    arch = _check_image_base(cfg)
+    if arch is not None:
+        cfg = _check_tokenizers(cfg, arch, tokenizer_dirs or {})
     return cfg, _check_image_data(cfg)
 
 
-def _check_image_base(cfg: Any) -> None:
+def _check_image_base(cfg: Any) -> str | None:
+    """The base's architecture (None for a .ckpt, read only by the engine); UserError when it is no SD base."""
     base = Path(str(cfg.base_model)).expanduser()
     if not base.exists():
         raise UserError(f"{base}: base model not found; pick a checkpoint in Model or give a full path")
     if base.is_file() and base.suffix.lower() not in (".safetensors", ".ckpt"):
         raise UserError(f"{base}: not a Stable Diffusion checkpoint (.safetensors/.ckpt or a diffusers folder)")
-    if base.is_file() and base.suffix.lower() == ".ckpt":
-        return  # reading a pickle's architecture means loading it: the engine does that (weights_only)
-    arch = _base_arch(base, "sd", "the base model")
     wanted = str(getattr(cfg, "model_arch", "auto") or "auto")
+    if base.is_file() and base.suffix.lower() == ".ckpt":
+        # reading a pickle's architecture means loading it: the engine does that (weights_only)
+        return wanted if wanted in SD_ARCHS else None
+    arch = _base_arch(base, "sd", "the base model")
     if arch not in SD_ARCHS and wanted == "auto":
         raise UserError(f"{base}: not an SD1/SD2/SDXL checkpoint (found {arch or 'no known architecture'}); "
                         "pick a Stable Diffusion checkpoint, or set model_arch")
+    return arch if arch in SD_ARCHS else (wanted if wanted in SD_ARCHS else None)
+
+
+def _check_tokenizers(cfg: Any, arch: str, host_dirs: dict[str, Path]) -> Any:
+    """Each text encoder's CLIP tokenizer is found, in the loader's search order, before the run starts.
+
+    The host's own copy (``host_dirs[arch]``, complete for every encoder) comes after
+    ``tokenizer_path``, a diffusers folder's own and a sidecar beside the checkpoint; when it is the
+    source, the returned config names it as ``tokenizer_path`` (what the loader then reads).
+    """
+    import dataclasses
+
+    from ..models.sd_loader import shipped_config
+    from ..models.tokenizers import SUBFOLDERS, find_clip_tokenizer, host_tokenizer_dir, tokenizer_subfolder
+
+    base = Path(str(cfg.base_model)).expanduser()
+    specs = shipped_config(arch).get("text_encoders", [])
+    root = Path(str(cfg.tokenizer_path)).expanduser() if cfg.tokenizer_path else None
+    if root is None and base.is_dir() and all((base / SUBFOLDERS[i]).is_dir() for i in range(len(specs))):
+        return cfg  # a diffusers folder with its own tokenizers
+    host_root = host_dirs.get(arch) or host_dirs.get(arch.split("-")[0])
+    if host_root is not None and not all(host_tokenizer_dir(host_root, i) for i in range(len(specs))):
+        host_root = None
+    sources = set()
+    for index, spec in enumerate(specs):
+        folder = tokenizer_subfolder(root, index) if root is not None else None
+        cache_id = None if base.is_dir() else spec.get("tokenizer_cache")  # the folder loader reads no cache
+        sources.add(find_clip_tokenizer(folder, base, index, cache_id, host_root)[0])
+    if "host" in sources:
+        return dataclasses.replace(cfg, tokenizer_path=str(host_root))
+    return cfg
 
 
 def _base_arch(base: Path, family: str, what: str) -> str | None:

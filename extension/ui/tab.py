@@ -12,13 +12,14 @@ from typing import Any
 from . import compat
 from .chart import loss_svg, progress_html
 from .form import FormField, to_widget
-from .handlers import IMAGE_TASK, TEXT_TASK, Handlers
+from .handlers import IMAGE_TASK, NO_CAPTIONER_LINE, TEXT_TASK, Handlers
 from .host import Host
 from .presets import PRESETS
 
 POLL_SECONDS = 1.0
 POLL_BUTTON = "lora_bridge_poll"  # gradio 3.x: javascript/lora_bridge.js clicks it while the tab is shown
 ELEM = "lora_bridge"
+NO_CAPTIONER = "**Auto-caption**: " + NO_CAPTIONER_LINE[0].upper() + NO_CAPTIONER_LINE[1:] + "."
 
 # Client side (javascript/lora_bridge.js when loaded; inline fallback otherwise).
 SEND_JS = ("(name, weight) => (window.loraBridgeSendToTxt2img ? window.loraBridgeSendToTxt2img(name, weight)"
@@ -116,12 +117,15 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     caption = compat.make("Textbox", label="Caption", lines=2, scale=4, elem_id=f"{ELEM}_caption")
                     save_caption_btn = compat.make("Button", "Save caption", scale=1)
                 caption_msg = gr.Markdown("")
+                captioners = host.captioners()
+                if not captioners:  # Forge Neo and the standalone app: no BLIP/DeepBooru to offer
+                    gr.Markdown(NO_CAPTIONER, elem_id=f"{ELEM}_caption_hint")
                 with gr.Row():
-                    captioners = host.captioners()
                     captioner = compat.make("Dropdown", choices=captioners, value=captioners[0] if captioners
-                                            else None, label="Auto-caption with", scale=2)
-                    overwrite = compat.make("Checkbox", value=False, label="Replace existing captions")
-                    caption_btn = compat.make("Button", "Auto-caption", scale=1)
+                                            else None, label="Auto-caption with", scale=2, visible=bool(captioners))
+                    overwrite = compat.make("Checkbox", value=False, label="Replace existing captions",
+                                            visible=bool(captioners))
+                    caption_btn = compat.make("Button", "Auto-caption", scale=1, visible=bool(captioners))
                     lint_btn = compat.make("Button", "Lint dataset", scale=1)
                 lint_report = compat.make("Textbox", label="Report", lines=6, interactive=False)
 

@@ -10,7 +10,7 @@ from .host import WebUIHost
 log = logging.getLogger("lora_bridge.webui")
 
 SECTION = ("lora_training", "LoRA Training")
-CATEGORY = "training"  # modules/shared_options.py registers it ("Training") in A1111 1.10 and Forge
+CATEGORY = ("training", "Training")  # modules/shared_options.py registers it in A1111 1.10 and Forge, not in Neo
 TAB = ("LoRA Training", "lora_training")
 
 _HOST: WebUIHost | None = None
@@ -35,6 +35,20 @@ def on_ui_tabs() -> list[tuple[Any, str, str]]:
 
 
 TEXT_EXCLUSIVE = ("auto", "always", "never")
+
+
+def settings_category() -> str | None:
+    """The settings category of our section: the host's ``training`` (A1111 1.10, Forge); Forge Neo
+    registers no such category, so it is registered here (the settings page would list the section
+    under "Extensions" otherwise). None on a host without categories (the section is then uncategorised)."""
+    try:
+        from modules.options import categories
+    except Exception:
+        return None
+    category_id, label = CATEGORY
+    if category_id not in getattr(categories, "mapping", {}):
+        categories.register_category(category_id, label)
+    return category_id
 
 
 def on_ui_settings() -> None:
@@ -66,8 +80,9 @@ def on_ui_settings() -> None:
             "--listen/--share also the only folders besides the model folders it reads datasets and models from",
             gr.Textbox, {"lines": 3}, section=SECTION, restrict_api=True),
     }
+    category = settings_category()
     for key, info in options.items():
-        info.category_id = CATEGORY  # the settings page lists the section under Training, not "Uncategorized"
+        info.category_id = category  # the settings page lists the section under Training, not "Extensions"
         shared.opts.add_option(key, info)
     restricted = getattr(shared, "restricted_opts", None)  # the --hide-ui-dir-config list (a set)
     if isinstance(restricted, set):

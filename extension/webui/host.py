@@ -3,9 +3,10 @@
 WebUI calls used (and mimicked by tests/webui/fake_webui):
 ``sd_models.checkpoint_tiles / checkpoints_list / model_data.sd_model / unload_model_weights /
 send_model_to_device``, ``shared.refresh_checkpoints / opts.sd_model_checkpoint / cmd_opts.lora_dir
-/ state / interrogator``, ``call_queue.queue_lock``, ``deepbooru.model``, ``paths.models_path``,
-Forge's ``backend.memory_management.unload_all_models``, and the Lora built-in's ``networks`` /
-``network`` modules.
+/ state / interrogator``, ``call_queue.queue_lock``, ``deepbooru.model``, ``paths.models_path /
+data_path / script_path``, Forge's ``backend.memory_management.unload_all_models``, the CLIP
+tokenizers Forge and Forge Neo ship under ``backend/huggingface/``, and the Lora built-in's
+``networks`` / ``network`` modules.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ BLIP, DEEPBOORU = "BLIP (WebUI)", "DeepBooru (WebUI)"
 EXTRA_FOLDERS_OPTION = "lora_bridge_extra_folders"
 NON_LOCAL_FLAGS = ("share", "listen", "ngrok", "server_name")
 LORA_PARTS = ("lora_down", "lora_up", "lora_A", "lora_B", "alpha", "lora_mid", "dora_scale")
+# The diffusers folders (tokenizer/, tokenizer_2/) Forge and Forge Neo ship under backend/huggingface/.
+HOST_TOKENIZERS = {"sd1": "runwayml/stable-diffusion-v1-5", "sd2": "stabilityai/stable-diffusion-2-1",
+                   "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
 
 
 def _modules(name: str) -> Any:
@@ -126,6 +130,14 @@ class WebUIHost(Host):
                         found[str(path.relative_to(root))] = str(path)
         return found
 
+    def tokenizer_dirs(self) -> dict[str, Path]:
+        """The CLIP tokenizers the WebUI ships (Forge, Forge Neo: ``backend/huggingface/<repo>/``).
+
+        A1111 ships none: its tokenizers come from the HF cache or open_clip, which the loader also reads.
+        """
+        root = Path(getattr(_modules("paths"), "script_path", ".")) / "backend" / "huggingface"
+        return {arch: root / repo for arch, repo in HOST_TOKENIZERS.items() if (root / repo / "tokenizer").is_dir()}
+
     def lora_dir(self) -> Path:
         """The WebUI's Lora folder (``--lora-dir`` or models/Lora)."""
         configured = getattr(_modules("shared").cmd_opts, "lora_dir", None)
@@ -154,6 +166,10 @@ class WebUIHost(Host):
                                 read_roots=[models, *[c for c in checkpoints if c]],
                                 read_anywhere=not exposed, why_restricted=exposed,
                                 hint="add the folder in Settings → Training → LoRA Training → extra folders")
+
+    def cache_dir(self) -> Path:
+        """Beside the runs under the WebUI's outputs/ folder (never the WebUI's temp folder)."""
+        return Path(getattr(_modules("paths"), "data_path", ".")) / "outputs" / "lora-bridge" / ".cache"
 
     # ---- captioners ----------------------------------------------------------------------
     def captioners(self) -> list[str]:

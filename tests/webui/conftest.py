@@ -3,6 +3,7 @@ and a fake training runner that emits the engine's events (the real engine runs 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -14,7 +15,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FAKE_WEBUI = HERE / "fake_webui"
 FAKE_FORGE = HERE / "fake_forge"
-FAKE_NAMES = ("modules", "network", "networks", "backend")
+FAKE_NEO = HERE / "fake_neo"
+FAKE_NAMES = ("modules", "network", "networks", "backend", "launch")
+# Forge Neo ships these CLIP tokenizers (diffusers layout) under backend/huggingface/.
+NEO_TOKENIZERS = ("runwayml/stable-diffusion-v1-5/tokenizer", "stabilityai/stable-diffusion-xl-base-1.0/tokenizer",
+                  "stabilityai/stable-diffusion-xl-base-1.0/tokenizer_2")
 
 
 def _purge_fake() -> None:
@@ -23,22 +28,64 @@ def _purge_fake() -> None:
             del sys.modules[name]
 
 
-@pytest.fixture
-def fake_webui(tmp_path, monkeypatch):
-    """The stand-in WebUI API on sys.path, fresh for each test, paths under tmp_path."""
+def _fake_host(tmp_path, monkeypatch, overlay: Path | None = None):
+    """The stand-in ``modules`` on sys.path, fresh, paths under tmp_path; ``overlay``'s modules/ files
+    take the place of fake_webui's (the package's ``__path__`` lists it first)."""
     _purge_fake()
     monkeypatch.syspath_prepend(str(FAKE_WEBUI))
-    from modules import paths, sd_models, shared
+    if overlay is not None:
+        monkeypatch.syspath_prepend(str(overlay))  # its launch.py; its modules/ has no __init__.py
+        import modules
+
+        modules.__path__.insert(0, str(overlay / "modules"))
+    from modules import paths
 
     paths.models_path = str(tmp_path / "models")
-    paths.data_path = str(tmp_path)
+    paths.data_path = paths.script_path = str(tmp_path)
+    from modules import sd_models, shared
+
     sd_models.model_path = str(tmp_path / "models" / "Stable-diffusion")
     (tmp_path / "models" / "Lora").mkdir(parents=True)
     shared.cmd_opts.lora_dir = None
     # The tests' user added tmp_path in Settings → LoRA Training (write-anywhere-below-it, like --allow-dir);
     # tests of the path policy itself set this option themselves.
     shared.opts.data["lora_bridge_extra_folders"] = str(tmp_path)
-    yield sys.modules["modules"]
+    return sys.modules["modules"]
+
+
+@pytest.fixture
+def fake_webui(tmp_path, monkeypatch):
+    """The stand-in WebUI API (A1111 1.10) on sys.path, fresh for each test, paths under tmp_path."""
+    yield _fake_host(tmp_path, monkeypatch)
+    _purge_fake()
+
+
+@pytest.fixture
+def fake_neo(tmp_path, monkeypatch):
+    """Forge Neo (see fake_neo/README.md): Forge's names and memory manager, Neo's own shared_options,
+    ui_tempdir and launch_utils, its bundled tokenizer folders (here the tiny model's vocabulary), no
+    BLIP (``shared.interrogator``) or DeepBooru (``modules.deepbooru``), and ``opts.temp_dir`` at its
+    default ``data_path/tmp``, which does not exist (only Neo's shell launchers create it)."""
+    from extension.tiny.sd import write_tokenizer_files
+
+    monkeypatch.syspath_prepend(str(FAKE_FORGE))
+    modules = _fake_host(tmp_path, monkeypatch, overlay=FAKE_NEO)
+    from modules import sd_models, shared, shared_options
+
+    sd_models.FLAVOR = "forge"
+    monkeypatch.delattr(shared, "interrogator")
+    monkeypatch.setitem(sys.modules, "modules.deepbooru", None)  # import fails as for a missing file
+    shared.opts.data["temp_dir"] = shared_options.temp_dir_default()
+    for rel in NEO_TOKENIZERS:
+        folder = write_tokenizer_files(tmp_path / "backend" / "huggingface" / rel)
+        pad = "!" if rel.endswith("_2") else "<|endoftext|>"
+        (folder / "tokenizer_config.json").write_text(json.dumps(
+            {"model_max_length": 77, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+             "unk_token": "<|endoftext|>", "pad_token": pad, "tokenizer_class": "CLIPTokenizer"}))
+        (folder / "special_tokens_map.json").write_text(json.dumps(
+            {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+             "pad_token": pad}))
+    yield modules
     _purge_fake()
 
 
@@ -52,18 +99,29 @@ def fake_forge(fake_webui, monkeypatch):
     yield fake_webui
 
 
-@pytest.fixture(params=["a1111", "forge"])
+@pytest.fixture(params=["a1111", "forge", "neo"])
 def any_webui(request):
-    """Each test runs once against the A1111 fake and once against the Forge fake."""
-    return request.getfixturevalue("fake_webui" if request.param == "a1111" else "fake_forge")
+    """Each test runs against the A1111, the Forge and the Forge Neo fake."""
+    return request.getfixturevalue({"a1111": "fake_webui", "forge": "fake_forge", "neo": "fake_neo"}[request.param])
+
+
+@pytest.fixture(scope="session")
+def bare_base(tmp_path_factory) -> Path:
+    """A tiny SD1 single-file checkpoint (WebUI layout) with no tokenizer beside it."""
+    from extension.tiny.sd_checkpoint import save_tiny_sd_checkpoint
+
+    folder = tmp_path_factory.mktemp("bare")
+    return save_tiny_sd_checkpoint("sd1", folder / "tiny-sd1.safetensors")
 
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
-    """A tiny SD1 single-file checkpoint (WebUI layout)."""
+    """A tiny SD1 single-file checkpoint (WebUI layout) with its tokenizer beside it (``<stem>.tokenizer/``)."""
+    from extension.tiny.sd import write_tokenizer_files
     from extension.tiny.sd_checkpoint import save_tiny_sd_checkpoint
 
     folder = tmp_path_factory.mktemp("base")
+    write_tokenizer_files(folder / "tiny-sd1.tokenizer")
     return save_tiny_sd_checkpoint("sd1", folder / "tiny-sd1.safetensors")
 
 

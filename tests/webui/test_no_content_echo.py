@@ -25,7 +25,7 @@ PASSWD = f"root:x:0:0:{SECRET}:/root:/bin/bash\ndaemon:x:1:1:{SECRET}:/usr/sbin\
 
 @pytest.fixture
 def client(tmp_path, runner_factory):
-    host = Host(output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory()))
+    host = Host(output_dir=tmp_path / "loras", jobs=JobManager(runner=runner_factory()), extra_folders=[tmp_path])
     app = FastAPI()
     register(app, host)
     return TestClient(app)

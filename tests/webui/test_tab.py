@@ -20,6 +20,7 @@ def models_dir(tmp_path, tiny_base, tiny_gguf):
     folder.mkdir()
     shutil.copy(tiny_base, folder / tiny_base.name)
     shutil.copy(tiny_base.with_suffix(".yaml"), folder / tiny_base.with_suffix(".yaml").name)
+    shutil.copytree(tiny_base.with_suffix(".tokenizer"), folder / tiny_base.with_suffix(".tokenizer").name)
     (folder / "llm").mkdir()
     shutil.copy(tiny_gguf, folder / "llm" / "tiny.gguf")
     return folder
@@ -56,7 +57,7 @@ def test_uncaptioned_dataset_gallery_and_caption_editing(built, uncaptioned_data
     assert (data / "2_cat" / "img2.txt").read_text().strip() == "a new caption"
     assert h.select_image(2)[1] == "a new caption"
     assert h.load_dataset(str(tmp_path / "missing"))[1].startswith("⚠️")
-    assert "is not available here" in h.auto_caption(str(data), "BLIP (WebUI)", True)
+    assert "lora-bridge caption DIR --model LOCAL_DIR" in h.auto_caption(str(data), "BLIP (WebUI)", True)
 
 
 def test_presets_and_yaml_round_trip(built, dataset, tiny_base, tmp_path):

@@ -3,7 +3,9 @@ Lora folder, loader check, captioners, settings and API registration."""
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -340,8 +342,10 @@ def test_settings_preset_category_and_labels(any_webui, preset):
     callbacks.register()
     script_callbacks.ui_settings_callback()
     labels = shared.opts.data_labels
-    assert all(labels[k].category_id == "training" and labels[k].section == ("lora_training", "LoRA Training")
-               for k in labels if k.startswith("lora_bridge_"))
+    assert all(labels[k].section == ("lora_training", "LoRA Training") for k in labels if k.startswith("lora_bridge_"))
+    # What the settings page shows (Options.dumpjson): the section under a "Training" heading in every host,
+    # although Forge Neo's shared_options registers no such category.
+    assert ["LoRA Training", "Training"] in json.loads(shared.opts.dumpjson())["_categories"]
     forge = sd_models.FLAVOR == "forge"
     assert ("Forge's Lora loader is not used" in labels["lora_bridge_check_with_loader"].label) == forge
     assert ("WebUI's Lora loader" in labels["lora_bridge_check_with_loader"].label) != forge
@@ -395,3 +399,121 @@ def test_captioner_without_weights_says_so_in_one_line(webui_host, uncaptioned_d
     message = Handlers(webui_host).auto_caption(str(data), "BLIP (WebUI)", False)
     assert message.startswith("⚠️ BLIP (WebUI) could not run") and "\n" not in message
     assert "lora-bridge caption DIR --model LOCAL_DIR" in message and "IndexError" in message
+
+
+# ---- Forge Neo (tests/webui/fake_neo) ----------------------------------------------------------------
+def _no_other_tokenizer(monkeypatch):
+    """No HF cache copy and no open_clip here: only a sidecar or the host's own files can serve."""
+    from extension.models import tokenizers
+
+    monkeypatch.setattr(tokenizers, "hf_cache_dir", lambda repo_id: None)
+    monkeypatch.setattr(tokenizers, "open_clip_bpe_path", lambda: None)
+
+
+def test_neo_trains_with_its_own_tokenizer(fake_neo, bare_base, dataset, runner_factory, tmp_path, monkeypatch):
+    """#24.2: a checkpoint without tokenizer, in Neo (no open_clip): the run uses Neo's bundled copy."""
+    from extension.models.sd_loader import load_sd_base
+    from extension.webui.host import WebUIHost
+
+    _no_other_tokenizer(monkeypatch)
+    seen = {}
+
+    def runner(cfg, callback, control):
+        seen["tokenizer_path"] = cfg.tokenizer_path
+        return runner_factory(steps=2)(cfg, callback, control)
+
+    host = WebUIHost(jobs=JobManager(runner=runner))
+    bundled = tmp_path / "backend" / "huggingface" / "runwayml" / "stable-diffusion-v1-5"
+    assert host.tokenizer_dirs() == {"sd1": bundled, "sdxl": bundled.parents[1] / "stabilityai" /
+                                     "stable-diffusion-xl-base-1.0"}
+    host.start_job({"base_model": str(bare_base), "train_data_dir": str(dataset), "output_name": "neo",
+                    "output_dir": str(host.work_dir("neo", "text-to-image"))})
+    assert host.jobs.wait(30)["state"] == "done"
+    assert seen["tokenizer_path"] == str(bundled)
+    base = load_sd_base(bare_base, tokenizer_path=seen["tokenizer_path"], parts=())  # what the engine then reads
+    assert base.tokenizers[0]("cat").input_ids[1] == base.tokenizers[0].get_vocab()["cat</w>"]
+
+
+def test_a_sidecar_tokenizer_wins_over_the_hosts(fake_neo, tiny_base, dataset, runner_factory, monkeypatch):
+    from extension.ui.preflight import check_start
+    from extension.webui.host import WebUIHost
+
+    _no_other_tokenizer(monkeypatch)
+    cfg, _ = check_start({"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_name": "side"},
+                         WebUIHost().tokenizer_dirs())
+    assert cfg.tokenizer_path is None  # the loader finds tiny-sd1.tokenizer/ itself
+
+
+def test_no_tokenizer_is_refused_at_start(any_webui, bare_base, dataset, runner_factory, tmp_path, monkeypatch):
+    """#24.2: no tokenizer anywhere: REST 400 with one line at Start, nothing locked or started."""
+    import shutil
+
+    from modules import call_queue, paths, sd_models
+
+    from extension.webui.host import WebUIHost
+
+    _no_other_tokenizer(monkeypatch)
+    shutil.rmtree(Path(paths.script_path) / "backend", ignore_errors=True)  # a host without bundled tokenizers
+    host = WebUIHost(jobs=JobManager(runner=runner_factory(steps=2)))
+    answer = _webui_client(host).post("/lora-bridge/v1/start", json={
+        "base_model": str(bare_base), "train_data_dir": str(dataset), "output_name": "notok"})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert "no CLIP tokenizer available offline" in error and "tokenizer_path" in error and "\n" not in error
+    assert host.jobs.status()["state"] == "idle" and not call_queue.queue_lock.locked() and sd_models.CALLS == []
+
+
+def test_neo_dataset_gallery_needs_no_temp_folder(fake_neo, dataset, tmp_path, monkeypatch):
+    """#24.3: Neo hands every PIL image gradio gets to opts.temp_dir (data_path/tmp, absent after
+    ``python launch.py``): the gallery gets LoRA Bridge's own thumbnail files instead."""
+    from modules import shared, ui_tempdir
+
+    from extension.ui import compat
+    from extension.ui.handlers import Handlers
+    from extension.webui.host import WebUIHost
+
+    if compat.major() >= 4:  # Neo runs gradio 4.40: its override of gradio's PIL saving is in force
+        import gradio.processing_utils
+
+        monkeypatch.setattr(gradio.processing_utils, "save_pil_to_cache", gradio.processing_utils.save_pil_to_cache)
+        ui_tempdir.install_ui_tempdir_override()  # undone by monkeypatch
+    host = WebUIHost(jobs=JobManager())
+    gallery, summary, _, _ = Handlers(host).load_dataset(str(dataset))
+    value = compat.make("Gallery").postprocess(gallery)  # what gradio does with the handler's value
+    assert len(value.root if hasattr(value, "root") else value) == 3 and summary.startswith("3 image(s)")
+    assert not Path(shared.opts.temp_dir).exists()
+    for item, caption in gallery:
+        assert isinstance(item, str) and Path(item).is_file() and host.cache_dir() in Path(item).parents, item
+        assert caption.startswith("a cat number")
+    made = [Path(p).stat().st_mtime_ns for p, _ in gallery]
+    again, _, _, _ = Handlers(host).load_dataset(str(dataset))
+    assert again == gallery and [Path(p).stat().st_mtime_ns for p, _ in again] == made  # made once
+    assert sorted(p.name for p in Path(gallery[0][0]).parent.iterdir()) == sorted(Path(p).name for p, _ in gallery)
+
+
+def test_neo_caption_offers_what_it_has(fake_neo, uncaptioned_dataset):
+    """#24.5: no BLIP/DeepBooru in Neo: no empty dropdown; the tab and the button's message name the CLI captioner."""
+    from extension.ui.handlers import Handlers
+    from extension.ui.tab import build_tab
+    from extension.webui.host import WebUIHost
+
+    host = WebUIHost(jobs=JobManager())
+    assert host.captioners() == []
+    tab = build_tab(host)
+    hint = _widget(tab, "lora_bridge_caption_hint")
+    assert "lora-bridge caption DIR --model LOCAL_DIR" in hint.value and "BLIP or DeepBooru" in hint.value
+    dropdowns = [b for b in tab.blocks.values() if getattr(b, "label", None) == "Auto-caption with"]
+    assert len(dropdowns) == 1 and dropdowns[0].visible is False
+    message = Handlers(host).auto_caption(str(uncaptioned_dataset), "", False)
+    assert "lora-bridge caption DIR --model LOCAL_DIR" in message and "choose BLIP" not in message
+
+
+def test_a1111_still_offers_blip_and_deepbooru(fake_webui):
+    from extension.ui.tab import build_tab
+    from extension.webui.host import BLIP, DEEPBOORU, WebUIHost
+
+    tab = build_tab(WebUIHost(jobs=JobManager()))
+    dropdown = next(b for b in tab.blocks.values() if getattr(b, "label", None) == "Auto-caption with")
+    assert dropdown.visible is not False and [c[0] if isinstance(c, tuple) else c for c in dropdown.choices] == [
+        BLIP, DEEPBOORU]
+    assert not any(getattr(b, "elem_id", None) == "lora_bridge_caption_hint" for b in tab.blocks.values())

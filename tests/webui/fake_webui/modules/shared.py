@@ -1,46 +1,12 @@
-"""Mimics the parts of modules/shared.py (and shared_state.State, options.Options) we use."""
+"""Mimics the parts of modules/shared.py (and shared_state.State) we use; options live in ``options``."""
 
 from types import SimpleNamespace
 
+from modules import options, shared_options  # noqa: F401  (shared_options registers the categories)
+
+OptionInfo = options.OptionInfo
+
 CALLS = []
-
-
-class OptionInfo:
-    """Mimics modules/options.py ``OptionInfo`` (A1111 1.10.1, Forge): ``section`` (id, label), ``category_id``."""
-
-    def __init__(self, default=None, label="", component=None, component_args=None, onchange=None, section=None,
-                 refresh=None, comment_before="", comment_after="", infotext=None, restrict_api=False,
-                 category_id=None):
-        self.default, self.label, self.component, self.component_args = default, label, component, component_args
-        self.section, self.category_id = section, category_id
-        self.restrict_api = restrict_api
-
-
-class Options:
-    def __init__(self):
-        object.__setattr__(self, "data", {"sd_model_checkpoint": None})
-        object.__setattr__(self, "data_labels", {})
-
-    def add_option(self, key, info):
-        self.data_labels[key] = info
-        self.data.setdefault(key, info.default)
-
-    def set(self, key, value, is_api=False, run_callbacks=True):
-        """modules/options.py ``Options.set``: refuses an API change of a ``restrict_api`` option and, with
-        --hide-ui-dir-config, any change of a ``restricted_opts`` key (its ``__setattr__`` raises)."""
-        if self.data.get(key) == value:
-            return False
-        if is_api and self.data_labels[key].restrict_api:
-            return False
-        if cmd_opts.hide_ui_dir_config and key in restricted_opts:
-            return False
-        self.data[key] = value
-        return True
-
-    def __getattr__(self, item):
-        if item in self.data:
-            return self.data[item]
-        raise AttributeError(item)
 
 
 class State:
@@ -78,7 +44,7 @@ class Interrogator:
         CALLS.append(("interrogator.unload",))
 
 
-opts = Options()
+opts = options.Options()
 # The flags we read, with modules/cmd_args.py's defaults (A1111 1.10.1, Forge): --listen/--share/
 # --enable-insecure-extension-access/--hide-ui-dir-config store_true, --server-name/--ngrok/--ckpt-dir/
 # --cors-allow-origins(-regex)/--api-auth str or None.
