@@ -4,7 +4,9 @@ A child process because llama-cpp-python 0.3.x segfaults on the first eval of an
 not load (the adapter is validated against the base before it gets here, see ``try_adapter``), and
 because ending it is the one way to stop a running ``generate`` and give all of its memory back.
 The child loads the base alone, then base + adapter (``Llama(lora_path=, lora_scale=)``), with the
-same seed and sampler settings, and reports each token as one JSON line as soon as it has it.
+same seed and sampler settings, and reports each token as one JSON line as soon as it has it. It runs
+on the CPU (``n_gpu_layers=0``) with an F32 KV cache, the conditions of the llama.cpp check
+(``llama_check.py``), so its greedy tokens are the torch model's where that check passes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from llama_cpp import Llama
 job = json.loads(sys.argv[1])
 for which, lora in (("base", None), ("adapter", job["adapter"])):
     kwargs = dict(model_path=job["base"], n_ctx=job["n_ctx"], n_threads=job["threads"], seed=job["seed"],
-                  n_gpu_layers=0, verbose=False)
+                  n_gpu_layers=0, verbose=False, type_k=0, type_v=0)  # F32 KV cache, as the llama.cpp check
     if lora:
         kwargs.update(lora_path=lora, lora_scale=job["scale"])
     llm = Llama(**kwargs)

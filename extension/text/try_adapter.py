@@ -124,18 +124,19 @@ def _is_gguf(path: Path) -> bool:
                     "or `lora-bridge upgrade-ggml` it first")
 
 
-def _read_adapter(adapter: str | Path, base: _Base):
-    """The adapter in canonical form, checked against the base (names, shapes, architecture, ranks)."""
+def checked_adapter(adapter: str | Path, base: Path):
+    """(path, the adapter in canonical form) once it fits ``base`` (names, shapes, architecture, ranks): what
+    llama.cpp must never be given otherwise (it crashes). UserError names the file and the problem."""
     path = Path(str(adapter)).expanduser()
     if not path.exists():
         raise UserError(f"{path}: adapter not found; give a GGUF adapter or PEFT folder (a text run writes both)")
     try:
-        loaded = converters.load_adapter(path, base=base.path)
+        loaded = converters.load_adapter(path, base=base)
     except converters.AdapterError as exc:
         raise UserError(f"{path}: cannot be read as a LoRA adapter ({exc})") from None
-    problems = converters.check_against_base(loaded, base.path)
+    problems = converters.check_against_base(loaded, base)
     if problems:
-        raise UserError(f"{path}: does not fit the base {base.path.name}: {problems[0]} ({len(problems)} problem(s)); "
+        raise UserError(f"{path}: does not fit the base {base.name}: {problems[0]} ({len(problems)} problem(s)); "
                         "use the base it was trained on")
     return path, loaded
 
@@ -233,7 +234,7 @@ def try_adapter(base: str | Path, adapter: str | Path, prompt: str, scale: float
     with _generation_slot(training_running):
         started = time.monotonic()
         info = _Base(base)
-        path, loaded = _read_adapter(adapter, info)
+        path, loaded = checked_adapter(adapter, info.path)
         text, ids = _prompt_ids(info, prompt, chat, system)
         n_ctx = len(ids) + int(sampling.max_new_tokens) + 8
         if info.context and n_ctx > info.context:

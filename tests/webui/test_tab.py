@@ -327,3 +327,20 @@ def test_try_and_training_exclude_each_other(built, text_adapters, dataset, tiny
 
     monkeypatch.setattr(try_adapter, "generation_running", lambda: True)
     assert "Try (Text LoRA) is generating" in h.start(str(dataset), tiny_base.name, "x", *h.apply_preset("SD1.5"))
+
+
+def test_llama_cpp_check_refuses_a_misfit_adapter_before_llama_cpp(built, tmp_path):
+    """llama-cpp-python 0.3.x segfaults on an adapter that does not fit (and the check runs in the WebUI process):
+    the adapter is checked against the base first, with or without llama-cpp-python."""
+    import numpy as np
+
+    from extension._converters import converters
+
+    _, h, _ = built
+    rng = np.random.default_rng(0)
+    module = converters.LoraModule(down=rng.standard_normal((4, 48)).astype(np.float32),  # v_proj takes 64
+                                   up=rng.standard_normal((32, 4)).astype(np.float32), alpha=4.0)
+    bad = converters.save_adapter(converters.LoraAdapter({"model.layers.0.self_attn.v_proj": module}, arch="llama"),
+                                  tmp_path / "bad.gguf", to="gguf")
+    msg = h.llama_cpp_check("llm/tiny.gguf", str(bad))
+    assert msg.startswith("⚠️") and "does not fit the base tiny.gguf" in msg, msg
