@@ -175,7 +175,7 @@ def _choose_backend(wanted: str, base: _Base) -> tuple[str, str]:
     if have and base.gguf:
         return "llama.cpp", "llama-cpp-python is installed"
     why = "llama-cpp-python is not installed" if not have else "the base is not a GGUF file"
-    return "torch", f"{why}; LoRA Bridge's own model of the base (slower)"
+    return "torch", f"{why}: LoRA Bridge's own model of the base, slower"
 
 
 def _run_llama_cpp(base: _Base, path: Path, adapter, scale: float, ids: list[int], sampling: Sampling,
@@ -193,6 +193,7 @@ def _run_llama_cpp(base: _Base, path: Path, adapter, scale: float, ids: list[int
 
 def _run_torch(base: _Base, path: Path, adapter, scale: float, ids: list[int], sampling: Sampling,
                slot: Callable[[bool], AbstractContextManager]) -> tuple[list[int], list[int], bool]:
+    from ..training.heap import release_free_heap
     from .engine import training_device
     from .gguf_model import load_text_model
     from .quant import release_buffers
@@ -215,6 +216,7 @@ def _run_torch(base: _Base, path: Path, adapter, scale: float, ids: list[int], s
         del model
         release_buffers()
         gc.collect()
+        release_free_heap(device)  # the process may be a long-running WebUI
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
