@@ -1,4 +1,4 @@
-"""REST API under ``/lora-bridge/v1``: start, status, stop, convert, inspect.
+"""REST API under ``/lora-bridge/v1``: start, status, stop, convert, inspect, generate.
 
 Plain ``Request``/``JSONResponse`` handlers (no pydantic models), so one module serves fastapi 0.94
 with pydantic 1 (A1111), 0.104 with pydantic 2 (Forge) and current releases. The WebUI's
@@ -237,11 +237,20 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
         except converters.AdapterError as exc:
             raise converters.AdapterError(for_rest(str(exc))) from None
 
+    async def generate(request: Request) -> Any:
+        """Body ``{"base", "lora", "prompt", "scale"?, "chat"?, "system"?, "backend"?, "max_tokens"?, "temperature"?,
+        "top_k"?, "top_p"?, "seed"?}``: the base's and the adapter's answers (Try); 409 while a job runs."""
+        from .text.try_adapter import options_from_body
+
+        options = options_from_body(await body(request))
+        return (await run_in_threadpool(lambda: host.try_adapter(**options))).as_dict()
+
     app.add_api_route(PREFIX + "/start", route(start), methods=["POST"])
     app.add_api_route(PREFIX + "/status", route(status), methods=["GET"])
     app.add_api_route(PREFIX + "/stop", route(stop), methods=["POST"])
     app.add_api_route(PREFIX + "/convert", route(convert), methods=["POST"])
     app.add_api_route(PREFIX + "/inspect", route(inspect), methods=["GET", "POST"])
+    app.add_api_route(PREFIX + "/generate", route(generate), methods=["POST"])
     return True
 
 

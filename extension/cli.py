@@ -71,6 +71,22 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--rope-base", type=float, help="rope frequency base (default 10000)")
     upgrade.add_argument("--force", action="store_true")
 
+    gen = sub.add_parser("generate", help="answer a prompt with a text base and with base + LoRA, side by side")
+    gen.add_argument("--base", required=True, help="the base model (.gguf; an HF folder with --backend torch)")
+    gen.add_argument("--lora", required=True, help="the adapter (GGUF file or PEFT folder) trained on --base")
+    gen.add_argument("--scale", type=float, default=1.0, help="adapter scale, 0 to 2 (default 1)")
+    gen.add_argument("-p", "--prompt", required=True, help="text to continue (with --chat: the user's message)")
+    gen.add_argument("--chat", action="store_true", help="send the prompt as a user turn in the base's chat template")
+    gen.add_argument("--system", default="", help="system message (with --chat)")
+    gen.add_argument("--backend", choices=["auto", "llama.cpp", "torch"], default="auto",
+                     help="auto: llama.cpp when llama-cpp-python is installed, else LoRA Bridge's torch model")
+    gen.add_argument("--max-tokens", type=int, default=64, help="new tokens per answer (default 64)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy decoding (default)")
+    gen.add_argument("--top-k", type=int, default=40)
+    gen.add_argument("--top-p", type=float, default=0.95)
+    gen.add_argument("--seed", type=int, default=0, help="the same seed for both answers")
+    gen.add_argument("--json", action="store_true", help="print JSON")
+
     ui = sub.add_parser("ui", help="serve the LoRA Training tab as a standalone app")
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=7861)
@@ -105,6 +121,25 @@ def _print_inspect(report: dict) -> None:
         print(f"{'base':>10}: {report['base']}: " + ("fits" if not problems else f"{len(problems)} problem(s)"))
         for line in problems:
             print(f"    {line}")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    """``lora-bridge generate``: the base's and the adapter's answers."""
+    from .text.generate import Sampling
+    from .text.try_adapter import try_adapter
+
+    sampling = Sampling(max_new_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, seed=args.seed)
+    result = try_adapter(args.base, args.lora, args.prompt, scale=args.scale, chat=args.chat, system=args.system,
+                         sampling=sampling, backend=args.backend)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+        return EXIT_OK
+    print(f"backend: {result.backend} ({result.reason}), {result.seconds:g} s")
+    print(f"prompt:  {result.prompt!r}")
+    print(f"base:    {result.base}")
+    print(f"adapter (scale {result.scale:g}): {result.adapter}")
+    return EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -146,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
         from .text.ggml_upgrade import upgrade_ggml_cli
 
         return upgrade_ggml_cli(args)
+    if args.command == "generate":
+        return _generate(args)
     if args.command == "ui":
         from .ui.standalone import launch
 

@@ -62,6 +62,20 @@ def char_budget(tokenizer: Tokenizer, max_length: int) -> int:
     return 2 * max_length * max(longest, 16) + 1024
 
 
+def chat_template_for(tokenizer: Tokenizer, configured: str | None = None) -> str:
+    """The template chats are rendered with: ``configured``, else the base's own, else ``DEFAULT_CHAT_TEMPLATE``."""
+    return configured or tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+
+
+def prompt_ids(tokenizer: Tokenizer, prompt: str) -> list[int]:
+    """Token ids of a rendered chat prompt: special tokens parsed, BOS added unless the template wrote it."""
+    ids = tokenizer.encode(prompt, add_special=False, parse_special=True)
+    bos = tokenizer.bos_token
+    if tokenizer.add_bos and tokenizer.bos_id is not None and not (bos and prompt.startswith(bos)):
+        ids.insert(0, tokenizer.bos_id)
+    return ids
+
+
 class _Builder:
     """Turns rows into ``Sample``s with one tokenizer and settings."""
 
@@ -69,7 +83,7 @@ class _Builder:
         self.tok = tokenizer
         self.max_length = max_length
         self.responses_only = responses_only
-        self.template = chat_template or tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+        self.template = chat_template_for(tokenizer, chat_template)
         self.max_chars = char_budget(tokenizer, max_length)
 
     def plain(self, text: str) -> Sample:
@@ -86,17 +100,14 @@ class _Builder:
         if not full.startswith(prompt):
             raise ValueError("the chat template does not render the conversation as prompt + reply")
         reply = full[len(prompt):]
-        bos = self.tok.bos_token
-        prompt_ids = self.tok.encode(prompt, add_special=False, parse_special=True)
-        if self.tok.add_bos and self.tok.bos_id is not None and not (bos and prompt.startswith(bos)):
-            prompt_ids.insert(0, self.tok.bos_id)
+        head = prompt_ids(self.tok, prompt)
         reply_ids = self.tok.encode(reply, add_special=False, parse_special=True, space_prefix=False)
         eos = self.tok.eos_id
         if eos is not None and (not reply_ids or reply_ids[-1] != eos) and not reply.rstrip().endswith(
                 self.tok.eos_token or "\0"):
             reply_ids.append(eos)
-        ids = prompt_ids + reply_ids
-        labels = ([IGNORE] * len(prompt_ids) + reply_ids) if self.responses_only else list(ids)
+        ids = head + reply_ids
+        labels = ([IGNORE] * len(head) + reply_ids) if self.responses_only else list(ids)
         return self._cut(Sample(ids, labels, full))
 
     def _cut(self, sample: Sample) -> Sample:

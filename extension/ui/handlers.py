@@ -445,12 +445,9 @@ class Handlers:
 
     @friendly(lambda msg: msg)
     def llama_cpp_check(self, base: str, adapter: str) -> str:
-        """Load base + adapter with llama.cpp (llama-cpp-python), if installed."""
-        try:
-            import llama_cpp
-        except ImportError:
-            raise UserError("llama-cpp-python is not installed; `pip install llama-cpp-python` "
-                            "(optional, never installed by install.py)") from None
+        """Load base + adapter with llama.cpp (llama-cpp-python), if installed, once the adapter fits the base."""
+        from ..text.try_adapter import checked_adapter
+
         base_path = self.host.text_model_path(base)
         policy = self.host.path_policy()
         policy.readable(base_path, "base model")
@@ -458,6 +455,12 @@ class Handlers:
             policy.readable(adapter, "GGUF adapter")
         if not adapter or not Path(adapter).expanduser().is_file():
             raise UserError(f"{adapter or '(empty)'}: no such GGUF adapter; train or convert one first")
+        checked_adapter(adapter, Path(base_path))  # llama.cpp would take the WebUI down with a misfit
+        try:
+            import llama_cpp
+        except ImportError:
+            raise UserError("llama-cpp-python is not installed; `pip install llama-cpp-python` "
+                            "(optional, never installed by install.py)") from None
         llm = llama_cpp.Llama(model_path=base_path, lora_path=str(Path(adapter).expanduser()), n_ctx=64,
                               verbose=False)
         tokens = llm.tokenize(b"Hello")

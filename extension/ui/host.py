@@ -6,6 +6,7 @@ WebUI (checkpoint list, Lora folder, VRAM, queue lock, progress bar, captioners,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -152,6 +153,10 @@ class Host:
 
         if self.jobs.running:
             raise JobBusyError("a training job is already running; stop or cancel it first")
+        from ..text.try_adapter import generation_running
+
+        if generation_running():
+            raise JobBusyError("Try (Text LoRA) is generating; press its Stop or wait, then start training")
         if isinstance(config, dict) and not config.get("output_dir"):
             config = {**config, "output_dir": self.default_output_dir(config)}
         cfg = as_config(config, "start")
@@ -168,6 +173,22 @@ class Host:
             self.base_model, self.last_output_name, self.task_type, self.published = previous
             raise
         return {**status, "dataset": dataset}
+
+    # ---- Try (text adapters) ------------------------------------------------------------
+    def try_adapter(self, base: str, adapter: str, prompt: str, **options: Any) -> Any:
+        """Base and adapter answers (``text.try_adapter``); refused while a training job runs."""
+        from ..text.try_adapter import try_adapter
+
+        base_path = self.text_model_path(base)
+        policy = self.path_policy()
+        policy.readable(base_path, "base model")
+        policy.readable(adapter, "adapter")
+        return try_adapter(base_path, adapter, prompt, training_running=lambda: self.jobs.running,
+                           slot=self.generation_slot, **options)
+
+    def generation_slot(self, on_gpu: bool) -> contextlib.AbstractContextManager:
+        """What Try holds while torch generates (``on_gpu``: on a CUDA device); nothing standalone."""
+        return contextlib.nullcontext()
 
     def idle_message(self) -> str | None:
         """What Stop/Cancel say when no run is in progress (and the last run's end); None while one runs."""

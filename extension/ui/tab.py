@@ -15,6 +15,7 @@ from .form import FormField, to_widget
 from .handlers import IMAGE_TASK, NO_CAPTIONER_LINE, TEXT_TASK, Handlers
 from .host import Host
 from .presets import PRESETS
+from .try_panel import build_try_panel
 
 POLL_SECONDS = 1.0
 POLL_BUTTON = "lora_bridge_poll"  # gradio 3.x: javascript/lora_bridge.js clicks it while the tab is shown
@@ -232,10 +233,11 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                 text_chart = gr.HTML(loss_svg([]), elem_id=f"{ELEM}_text_loss_chart")
                 text_result = gr.Markdown("", elem_id=f"{ELEM}_text_result")
                 with gr.Row():
-                    text_adapter = compat.make("Textbox", label="GGUF adapter to check with llama.cpp", scale=3,
+                    text_adapter = compat.make("Textbox", label="GGUF adapter (llama.cpp check, Try)", scale=3,
                                                elem_id=f"{ELEM}_text_adapter")
                     text_check = compat.make("Button", "llama.cpp check")
                 text_check_msg = gr.Markdown("")
+                try_handlers = build_try_panel(host, text_base, text_adapter)
 
         # Written by the poll only; hidden by style.css. Their change events redraw the visible parts.
         ticks = [compat.make("Textbox", value="", show_label=False, container=False, elem_id=f"{ELEM}_tick_{n}",
@@ -283,6 +285,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
         compat.on(result_dep.then, None, None, None, js=REFRESH_JS)
     keep_saved_values_apart(tab)
     tab.lora_bridge_handlers = h  # tests reach the handlers of a built tab
+    tab.lora_bridge_try = try_handlers
     return tab
 
 

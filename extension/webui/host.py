@@ -11,9 +11,11 @@ tokenizers Forge and Forge Neo ship under ``backend/huggingface/``, and the Lora
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -234,15 +236,42 @@ class WebUIHost(Host):
         """
         if self.task_type != "text-generation":
             return True
-        mode = str(_modules("shared").opts.data.get("lora_bridge_text_exclusive", "auto"))
-        if mode in ("always", "never"):
-            return mode == "always"
         try:
             import torch
 
-            return bool(torch.cuda.is_available())
+            on_gpu = bool(torch.cuda.is_available())
         except Exception:
-            return False
+            on_gpu = False
+        return self._text_exclusive(on_gpu)
+
+    def _text_exclusive(self, on_gpu: bool) -> bool:
+        """Settings → ``lora_bridge_text_exclusive`` for text work (runs, Try); ``auto`` means ``on_gpu``."""
+        mode = str(_modules("shared").opts.data.get("lora_bridge_text_exclusive", "auto"))
+        if mode in ("always", "never"):
+            return mode == "always"
+        return on_gpu
+
+    @contextlib.contextmanager
+    def generation_slot(self, on_gpu: bool) -> Iterator[None]:
+        """While Try generates with torch: the generation queue (and VRAM) as a text run would take them.
+
+        On the CPU (``auto``) nothing is taken: txt2img keeps working beside it. Refused when the WebUI is generating.
+        """
+        if not self._text_exclusive(on_gpu):
+            yield
+            return
+        lock = _modules("call_queue").queue_lock
+        if not lock.acquire(blocking=False):
+            raise JobBusyError("the WebUI is busy generating; press Generate in Try when it has finished")
+        try:
+            if _modules("shared").opts.data.get("lora_bridge_free_vram", True):
+                self._free_vram()
+            yield
+        finally:
+            try:
+                self._restore_model()
+            finally:
+                lock.release()
 
     def before_run(self) -> None:
         """Take the generation queue lock (refuse when busy) and free the WebUI's model (see ``exclusive``)."""
@@ -274,12 +303,16 @@ class WebUIHost(Host):
             sd_models.unload_model_weights(model)
             self._unloaded_model = model
 
+    def _restore_model(self) -> None:
+        """A1111: the model ``_free_vram`` moved to CPU goes back to its device."""
+        model, self._unloaded_model = self._unloaded_model, None
+        if model is not None:
+            _modules("sd_models").send_model_to_device(model)
+
     def after_run(self) -> None:
         """Put the model back on its device (A1111; Forge reloads on use) and release the lock."""
         try:
-            model, self._unloaded_model = self._unloaded_model, None
-            if model is not None:
-                _modules("sd_models").send_model_to_device(model)
+            self._restore_model()
             if self._lock_held:
                 try:
                     _modules("shared").state.end()

@@ -172,3 +172,27 @@ def test_convert_errors_name_body_keys_not_cli_flags(client_factory, tmp_path, t
     unknown = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(tmp_path / "x.bin")})
     assert unknown.status_code == 400 and 'send "to" peft|diffusers|kohya|gguf' in unknown.json()["error"]
     assert "--" not in again.json()["error"] + unknown.json()["error"]
+
+
+def test_generate_route(client_factory, tiny_gguf, text_adapters, dataset, tiny_base, tmp_path):
+    """#23: POST /generate answers with both texts; 400 for bad input, 401 without credentials, 409 during training."""
+    client, host = client_factory(api_auth="alice:secret", steps=400, delay=0.02)
+    auth = basic("alice", "secret")
+    gguf, _ = text_adapters
+    ask = {"base": str(tiny_gguf), "lora": str(gguf), "prompt": "hello", "max_tokens": 3, "backend": "torch"}
+    assert client.post(f"{PREFIX}/generate", json=ask).status_code == 401
+    ok = client.post(f"{PREFIX}/generate", json=ask, headers=auth)
+    assert ok.status_code == 200, ok.text
+    answer = ok.json()
+    assert answer["backend"] == "torch" and len(answer["base_ids"]) <= 3 and answer["prompt"] == "hello"
+    assert isinstance(answer["base"], str) and isinstance(answer["adapter"], str) and answer["stopped"] is False
+    for bad, words in (({**ask, "prompt": ""}, 'needs "prompt"'), ({**ask, "scale": 9}, "between 0 and 2"),
+                       ({**ask, "lora": str(tmp_path / "x.gguf")}, "adapter not found"),
+                       ({**ask, "temperature": "hot"}, '"temperature" must be a float')):
+        response = client.post(f"{PREFIX}/generate", json=bad, headers=auth)
+        assert response.status_code == 400 and words in response.json()["error"], response.text
+    assert client.post(f"{PREFIX}/start", json=body(tmp_path, dataset, tiny_base), headers=auth).status_code == 200
+    busy = client.post(f"{PREFIX}/generate", json=ask, headers=auth)
+    assert busy.status_code == 409 and "training job is running" in busy.json()["error"]
+    host.jobs.cancel()
+    host.jobs.wait(30)

@@ -415,3 +415,18 @@ def test_exposed_by_follows_a1111s_rule():
     assert exposed_by(SimpleNamespace(**{**flags, "share": True, "enable_insecure_extension_access": True})) == ""
     assert exposed_by(SimpleNamespace(**{**flags, "listen": True, "disable_extension_access": False})) == ""
     assert exposed_by(SimpleNamespace(disable_extension_access=True)).startswith("non-local WebUI")
+
+
+def test_generate_under_listen_reads_only_the_webui_folders(fake_webui, tmp_path, tiny_lora, runner_factory):
+    """Try (REST /generate, the tab's panel) opens the base and the adapter: the same read rule as Inspect."""
+    outside = tmp_path.parent / f"{tmp_path.name}-outside"
+    outside.mkdir()
+    base = outside / "base.gguf"
+    base.write_bytes(b"GGUF")
+    client, host = _webui_site(tmp_path, runner_factory, listen=True)
+    answer = client.post(f"{PREFIX}/generate", json={"base": str(base), "lora": str(tiny_lora), "prompt": "hi"})
+    assert answer.status_code == 400 and "base model is outside the folders" in answer.json()["error"], answer.text
+    inside = host.lora_dir() / "base.gguf"
+    inside.write_bytes(b"GGUF")
+    answer = client.post(f"{PREFIX}/generate", json={"base": str(inside), "lora": str(tiny_lora), "prompt": "hi"})
+    assert answer.status_code == 400 and "adapter is outside the folders" in answer.json()["error"], answer.text

@@ -288,3 +288,65 @@ def test_webui_saved_values_do_not_cross_between_forms(tmp_path, models_dir, run
         assert text_value(tab, "mixed_precision") == defaults["mixed_precision"] == "no", saved
         assert text_value(tab, "lr_scheduler") == defaults["lr_scheduler"], saved
         assert "lora_training/Mixed precision/value" in loadsave.ui_settings  # the image form's is still saved
+
+
+def _try_values(**over):
+    """Widget values of the Try panel after base and adapter: prompt, chat, system, scale, max tokens,
+    temperature, top-k, top-p, seed, backend (what the tab sends)."""
+    values = {"prompt": "hello", "chat": False, "system": "", "scale": 1.0, "max_tokens": 4.0, "temperature": 0.0,
+              "top_k": 40.0, "top_p": 0.95, "seed": 0.0, "backend": "torch"}
+    values.update(over)
+    return list(values.values())
+
+
+def test_try_panel_answers_side_by_side(built, text_adapters):
+    """#23: the Text LoRA sub-tab's Try panel shows the base's and the adapter's answers and what answered."""
+    tab, _, _ = built
+    labels = {getattr(b, "label", None) for b in tab.blocks.values()}
+    assert {"Prompt", "Adapter scale", "Max new tokens", "Temperature (0 = greedy)", "Top-k", "Top-p",
+            "Sampling seed", "Backend", "Base", "Base + adapter", "Chat (the base's chat template)"} <= labels
+    gguf, peft = text_adapters
+    h = tab.lora_bridge_try
+    info, base, adapter = h.generate("llm/tiny.gguf", str(gguf), *_try_values())
+    assert info.startswith("Answered by **torch**") and "adapter scale 1 · greedy, the same for both" in info, info
+    assert base and adapter
+    same, _, off = h.generate("llm/tiny.gguf", str(peft), *_try_values(scale=0.0))
+    assert off == base and "adapter scale 0" in same  # scale 0: the base's answer
+    chat, _, _ = h.generate("llm/tiny.gguf", str(gguf), *_try_values(chat=True, max_tokens=1))
+    assert "### User:\nhello" in chat
+    assert h.generate("llm/tiny.gguf", "", *_try_values())[0].startswith("⚠️ no adapter given")
+    assert h.generate("", str(gguf), *_try_values())[0].startswith("⚠️ no base model chosen")
+    assert "between 0 and 2" in h.generate("llm/tiny.gguf", str(gguf), *_try_values(scale=2.5))[0]
+    assert h.stop() == "no generation is running"
+
+
+def test_try_and_training_exclude_each_other(built, text_adapters, dataset, tiny_base, runner_factory, monkeypatch):
+    """#23: Try is refused while a training job runs, and a training start while Try generates."""
+    tab, h, host = built
+    host.jobs._runner = runner_factory(steps=400, delay=0.02)
+    assert h.start(str(dataset), tiny_base.name, "busy", *h.apply_preset("SD1.5")).startswith("started")
+    info, base, adapter = tab.lora_bridge_try.generate("llm/tiny.gguf", str(text_adapters[0]), *_try_values())
+    assert info.startswith("⚠️ a training job is running") and base == adapter == ""
+    host.jobs.cancel()
+    host.jobs.wait(30)
+    from extension.text import try_adapter
+
+    monkeypatch.setattr(try_adapter, "generation_running", lambda: True)
+    assert "Try (Text LoRA) is generating" in h.start(str(dataset), tiny_base.name, "x", *h.apply_preset("SD1.5"))
+
+
+def test_llama_cpp_check_refuses_a_misfit_adapter_before_llama_cpp(built, tmp_path):
+    """llama-cpp-python 0.3.x segfaults on an adapter that does not fit (and the check runs in the WebUI process):
+    the adapter is checked against the base first, with or without llama-cpp-python."""
+    import numpy as np
+
+    from extension._converters import converters
+
+    _, h, _ = built
+    rng = np.random.default_rng(0)
+    module = converters.LoraModule(down=rng.standard_normal((4, 48)).astype(np.float32),  # v_proj takes 64
+                                   up=rng.standard_normal((32, 4)).astype(np.float32), alpha=4.0)
+    bad = converters.save_adapter(converters.LoraAdapter({"model.layers.0.self_attn.v_proj": module}, arch="llama"),
+                                  tmp_path / "bad.gguf", to="gguf")
+    msg = h.llama_cpp_check("llm/tiny.gguf", str(bad))
+    assert msg.startswith("⚠️") and "does not fit the base tiny.gguf" in msg, msg

@@ -517,3 +517,26 @@ def test_a1111_still_offers_blip_and_deepbooru(fake_webui):
     assert dropdown.visible is not False and [c[0] if isinstance(c, tuple) else c for c in dropdown.choices] == [
         BLIP, DEEPBOORU]
     assert not any(getattr(b, "elem_id", None) == "lora_bridge_caption_hint" for b in tab.blocks.values())
+
+
+@pytest.mark.parametrize("mode", ["auto", "always"])
+def test_try_holds_the_queue_only_as_a_text_run_would(webui_host, mode):
+    """#23: on CPU ("auto") Try generates beside txt2img; "always" (or a GPU) holds the queue, frees VRAM, restores."""
+    from modules import call_queue, sd_models, shared
+
+    shared.opts.data["lora_bridge_text_exclusive"] = mode
+    with webui_host.generation_slot(on_gpu=False):
+        assert call_queue.queue_lock.locked() == (mode == "always")
+        assert bool(sd_models.CALLS) == (mode == "always")
+    assert not call_queue.queue_lock.locked()
+    assert [c[0] for c in sd_models.CALLS] == (["unload_model_weights", "send_model_to_device"] if mode == "always"
+                                               else [])
+    shared.opts.data["lora_bridge_text_exclusive"] = "auto"
+    call_queue.queue_lock.acquire()  # the WebUI is generating
+    try:
+        with webui_host.generation_slot(on_gpu=False):
+            pass  # on the CPU Try does not wait for it
+        with pytest.raises(JobBusyError, match="busy generating"), webui_host.generation_slot(on_gpu=True):
+            pass
+    finally:
+        call_queue.queue_lock.release()
