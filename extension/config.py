@@ -72,15 +72,23 @@ class TrainConfig:
         "GGML .bin or HF folder for text.")
     task_type: str = _f("text-to-image", "What to train: an image LoRA (`text-to-image`; `image-generation`, the "
                         "lora-scripts name, is accepted) or a text LoRA (`text-generation`).", choices=TASKS)
-    lora_rank: int = _f(16, "LoRA rank (kohya `network_dim`).", minimum=1)
-    lora_alpha: float = _f(8.0, "LoRA alpha (kohya `network_alpha`); the update is scaled by alpha/rank.", minimum=0)
+    lora_rank: int = _f(16, "LoRA rank (kohya `network_dim`).", minimum=1,
+                        task_docs={"text-generation": "LoRA rank: the inner size of each adapter pair (LLaMA-Factory "
+                                                      "`lora_rank`)."})
+    lora_alpha: float = _f(8.0, "LoRA alpha (kohya `network_alpha`); the update is scaled by alpha/rank.", minimum=0,
+                           task_docs={"text-generation": "LoRA alpha; the update is scaled by alpha/rank "
+                                                         "(LLaMA-Factory `lora_alpha`)."})
     unet_target_modules: list[str] = _f(
         DEFAULT_UNET_TARGETS, "UNet module names (diffusers naming) that get LoRA layers: kohya's default set of "
         "attention, proj_in/out and feed-forward. A comma-separated string is accepted.", group="image", commas=True)
-    batch_size: int = _f(1, "Images or text samples per step (kohya `train_batch_size`).", minimum=1)
+    batch_size: int = _f(1, "Images or text samples per step (kohya `train_batch_size`).", minimum=1,
+                         task_docs={"text-generation": "Text samples (sequences of max_length tokens) per step."})
     epochs: int = _f(10, "Passes over the data (kohya `max_train_epochs`); ignored when max_train_steps is set.",
-                     minimum=1)
-    learning_rate: float = _f(1e-4, "Learning rate of the LoRA weights (kohya `unet_lr`).", minimum=0)
+                     minimum=1, task_docs={"text-generation": "Passes over the text samples; ignored when max train "
+                                                              "steps is set."})
+    learning_rate: float = _f(1e-4, "Learning rate of the LoRA weights (kohya `unet_lr`).", minimum=0,
+                              task_docs={"text-generation": "Learning rate of the adapter weights (LLaMA-Factory "
+                                                            "`learning_rate`)."})
     output_dir: str = _f("output", "Folder for the LoRA files, training state, samples and logs.",
                          task_docs={"text-generation": "Folder for the GGUF adapter, the PEFT folder, the training "
                                                        "state and logs."})
@@ -228,8 +236,11 @@ class TrainConfig:
                            group="image")
     enable_bucket: bool = _f(True, "Aspect-ratio bucketing (never upscales); off: every image is cropped to a "
                              "square of resolution.", group="image")
-    min_bucket_reso: int = _f(256, "Smallest bucket side.", group="image", minimum=64)
-    max_bucket_reso: int = _f(1024, "Largest bucket side.", group="image", minimum=64)
+    min_bucket_reso: int | None = _f(None, "Smallest bucket side. Default: half the resolution (256 at 512, as "
+                                     "kohya), a multiple of bucket_reso_steps and at most the resolution.",
+                                     group="image", minimum=8)
+    max_bucket_reso: int | None = _f(None, "Largest bucket side. Default: twice the resolution (1024 at 512, as "
+                                     "kohya).", group="image", minimum=8)
     bucket_reso_steps: int = _f(64, "Bucket sides are multiples of this.", group="image", minimum=8)
     num_repeats: int = _f(1, "Repeats of images in folders without an `N_` prefix.", group="image", minimum=1)
     bad_data: str = _f("fail", "What to do with unreadable images, missing captions or CSV rows naming missing "
@@ -485,17 +496,32 @@ def check_output_name(name: str, source: str = "config") -> str:
     return name
 
 
+def bucket_bounds(cfg: TrainConfig) -> tuple[int, int]:
+    """(min, max) bucket side: the values set, else derived from the resolution as kohya's defaults scale.
+
+    kohya's defaults are 256 and 1024 for its 512 default, i.e. half and twice the resolution; the
+    derived minimum is floored to ``bucket_reso_steps`` and never exceeds the resolution, so any
+    resolution the user sets has its square bucket.
+    """
+    steps, resolution = int(cfg.bucket_reso_steps), int(cfg.resolution)
+    low = cfg.min_bucket_reso
+    if low is None:
+        low = min(resolution, max(steps, resolution // 2 // steps * steps))
+    high = cfg.max_bucket_reso if cfg.max_bucket_reso is not None else max(2 * resolution, int(low))
+    return int(low), int(high)
+
+
 def _check_cross(cfg: TrainConfig, source: str) -> None:
     """Rules between keys that make a config impossible."""
-    if cfg.min_bucket_reso > cfg.max_bucket_reso:
-        raise UserError(f"{source}: min_bucket_reso {cfg.min_bucket_reso} is larger than max_bucket_reso "
-                        f"{cfg.max_bucket_reso}; swap or fix them")
+    low, high = bucket_bounds(cfg)
+    if low > high:
+        raise UserError(f"{source}: min_bucket_reso {low} is larger than max_bucket_reso {high}; swap or fix them")
     for key in ("resolution", "min_bucket_reso", "max_bucket_reso"):
-        if getattr(cfg, key) % 8:
+        if getattr(cfg, key) is not None and getattr(cfg, key) % 8:
             raise UserError(f"{source}: '{key}' {getattr(cfg, key)} must be a multiple of 8 (the VAE downsamples by 8)")
-    if cfg.task_type == "text-to-image" and cfg.enable_bucket and cfg.resolution < cfg.min_bucket_reso:
-        raise UserError(f"{source}: resolution {cfg.resolution} is below min_bucket_reso {cfg.min_bucket_reso}; "
-                        "lower min_bucket_reso")
+    if cfg.task_type == "text-to-image" and cfg.enable_bucket and cfg.resolution < low:
+        raise UserError(f"{source}: resolution {cfg.resolution} is below min_bucket_reso {low}; "
+                        "lower min_bucket_reso or leave it empty (derived from the resolution)")
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config") -> TrainConfig:

@@ -235,7 +235,8 @@ class JobManager:
                 st["total_steps"] = event.total_steps
             if event.step:
                 st["step"] = event.step
-            st["epoch"] = event.epoch or st["epoch"]
+            if event.kind in ("start", "step"):  # 1-based, as kohya prints "epoch 1/N" (events count from 0)
+                st["epoch"] = event.epoch + 1
             for key in ("lr", "eta_seconds", "it_per_second"):
                 value = getattr(event, key)
                 if value is not None:

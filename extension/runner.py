@@ -6,7 +6,6 @@ It sits above both engines (``image/``, ``text/``) and the lifecycle pieces they
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 from .config import TrainConfig, as_config
@@ -30,8 +29,7 @@ def run_training(config: TrainConfig | dict[str, Any], callback: EventCallback |
         return train_text(config, callback, control)
     from .image.engine import train_image
 
-    logdir = config.logging_dir or str(Path(config.output_dir) / "logs")
-    callback = fan_out(callback, TensorBoardSink(logdir))
+    callback = fan_out(callback, TensorBoardSink.for_run(config.logging_dir, config.output_dir))
 
     return train_image(config, callback, control)
 

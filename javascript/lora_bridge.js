@@ -47,19 +47,76 @@ function loraBridgeRefreshCards() {
     });
 }
 
-// gradio 3.x (A1111): refresh the tab once a second while it is on screen. The hidden button exists
-// only there (gradio 4+ polls with gr.Timer); a hidden browser tab or another WebUI tab sends nothing.
-function loraBridgePollTick() {
+// The live displays refresh once a second while the tab is on screen (a hidden browser tab or
+// another WebUI tab sends nothing). They are fetched from the extension's own route (extension/ui/live.py),
+// which goes through no gradio event and so writes nothing to the WebUI's log; the hidden poll button (a
+// gradio event) is clicked only when the samples or the result boxes have something new, or on every tick
+// when the route is not there or refuses this page.
+var loraBridgeLive = {mode: "route", ticks: null, busy: false};
+
+function loraBridgeShown() {
     var root = loraBridgeRoot();
-    var button = root.querySelector("#lora_bridge_poll");
-    if (!button || document.visibilityState !== "visible") {
-        return;
+    if (!root.querySelector("#lora_bridge_poll") || document.visibilityState !== "visible") {
+        return false;
     }
     var tab = root.querySelector("#tab_lora_training");  // the WebUI's tab; absent standalone
-    if (tab && tab.offsetParent === null) {
+    return !(tab && tab.offsetParent === null);
+}
+
+function loraBridgeClickPoll() {
+    var button = loraBridgeRoot().querySelector("#lora_bridge_poll");
+    if (button) {
+        button.click();
+    }
+}
+
+function loraBridgeLiveUrl() {
+    var seen = loraBridgeLive.ticks ? "?seen=" + encodeURIComponent(loraBridgeLive.ticks[0]) : "";
+    return window.location.pathname.replace(/[^\/]*$/, "") + "lora-bridge/tab/live" + seen;
+}
+
+// Write one answer of the route into the displays; click the poll button when a gradio-side part changed.
+function loraBridgeApplyLive(data) {
+    var root = loraBridgeRoot();
+    var last = loraBridgeLive.ticks;
+    var ticks = data.ticks;
+    if (!last || last[0] !== ticks[0]) {
+        Object.keys(data.view).forEach(function(key) {
+            root.querySelectorAll('[data-live="' + key + '"]').forEach(function(el) {
+                if (el.innerHTML !== data.view[key]) {
+                    el.innerHTML = data.view[key];
+                }
+            });
+        });
+    }
+    loraBridgeLive.ticks = ticks;
+    if (!last || last[1] !== ticks[1] || last[2] !== ticks[2]) {
+        loraBridgeClickPoll();
+    }
+}
+
+function loraBridgePollTick() {
+    if (!loraBridgeShown() || loraBridgeLive.busy) {
         return;
     }
-    button.click();
+    if (loraBridgeLive.mode !== "route" || !window.fetch) {
+        loraBridgeClickPoll();
+        return;
+    }
+    loraBridgeLive.busy = true;
+    fetch(loraBridgeLiveUrl(), {credentials: "same-origin", cache: "no-store"})
+        .then(function(response) {
+            if (!response.ok) {  // no route here, or it refuses this page: gradio events from now on
+                loraBridgeLive.mode = "button";
+                loraBridgeClickPoll();
+                return;
+            }
+            return response.json().then(loraBridgeApplyLive);
+        })
+        .catch(function() {})  // the server is away (restarting): try again next second
+        .then(function() {
+            loraBridgeLive.busy = false;
+        });
 }
 
 if (!window.loraBridgePollTimer) {

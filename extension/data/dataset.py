@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from ..config import bucket_bounds
 from ..errors import UserError
 from .buckets import assign_bucket, make_buckets, resize_size, square_bucket
 from .captions import CaptionOptions, item_rng, process_caption, split_tags, with_trigger
@@ -80,14 +81,14 @@ class ImageDataset:
                                               caption_dropout_rate=config.caption_dropout_rate,
                                               tag_dropout_rate=config.tag_dropout_rate,
                                               trigger_word=config.trigger_word or "")
-        self.buckets = make_buckets(config.resolution, config.min_bucket_reso, config.max_bucket_reso,
-                                    config.bucket_reso_steps)
+        low, high = bucket_bounds(config)
+        self.buckets = make_buckets(config.resolution, low, high, config.bucket_reso_steps)
         self.items: list[ImageItem] = []
         for good in self.lint_report.good:
             e = good.entry
             if config.enable_bucket:
                 bucket = assign_bucket(good.width, good.height, self.buckets, config.resolution,
-                                       config.max_bucket_reso, config.bucket_reso_steps)
+                                       high, config.bucket_reso_steps)
             else:
                 bucket = square_bucket(good.width, good.height, config.resolution, config.bucket_reso_steps)
             self.items.append(ImageItem(e.path, e.rel, e.dataset_dir, e.repeats, e.caption or "", good.width,
@@ -227,8 +228,8 @@ class ImageDataset:
             "ss_resolution": f"({cfg.resolution}, {cfg.resolution})",
             "ss_enable_bucket": str(bool(cfg.enable_bucket)),
             "ss_bucket_no_upscale": "True",
-            "ss_min_bucket_reso": str(cfg.min_bucket_reso),
-            "ss_max_bucket_reso": str(cfg.max_bucket_reso),
+            "ss_min_bucket_reso": str(bucket_bounds(cfg)[0]),
+            "ss_max_bucket_reso": str(bucket_bounds(cfg)[1]),
             "ss_keep_tokens": str(cfg.keep_tokens),
             "ss_shuffle_caption": str(bool(cfg.shuffle_caption)),
             "ss_caption_dropout_rate": str(cfg.caption_dropout_rate),

@@ -160,8 +160,8 @@ def lint_dataset(root: str | Path, config: Any = None) -> LintReport:
 def enforce_bad_data(report: LintReport, bad_data: str) -> None:
     """Apply the ``bad_data`` policy: raise on any problem (fail) or when nothing usable is left (skip)."""
     if not report.good:
-        why = report.summary() or "no usable images"
-        raise UserError(f"{report.root}: no usable images: {why}; fix the dataset (see `lora-bridge lint`)")
+        why = f": {report.summary()}" if report.summary() else " (no png/jpg/webp/bmp files found)"
+        raise UserError(f"{report.root}: no usable images{why}; fix the dataset (see `lora-bridge lint`)")
     if report.problems and bad_data == "fail":
         raise UserError(f"{report.root}: {report.summary()} (`lora-bridge lint` lists them); fix them, "
                         "or set bad_data: skip to train without them")

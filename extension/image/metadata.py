@@ -9,7 +9,7 @@ import json
 import time
 from pathlib import Path
 
-from ..config import TrainConfig
+from ..config import TrainConfig, bucket_bounds
 
 _VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
 _SPEC_ARCH = {
@@ -83,8 +83,8 @@ def training_metadata(config: TrainConfig, base, data, *, step: int, epoch: int,
         "ss_caption_tag_dropout_rate": _num(float(config.tag_dropout_rate)),
         "ss_flip_aug": str(bool(config.flip_aug)),
         "ss_enable_bucket": str(bool(config.enable_bucket)),
-        "ss_min_bucket_reso": str(config.min_bucket_reso),
-        "ss_max_bucket_reso": str(config.max_bucket_reso),
+        "ss_min_bucket_reso": str(bucket_bounds(config)[0]),
+        "ss_max_bucket_reso": str(bucket_bounds(config)[1]),
         "ss_training_started_at": repr(float(started_at)),
         "ss_training_finished_at": repr(float(time.time())),
         "ss_training_comment": "trained with lora-bridge",

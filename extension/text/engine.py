@@ -112,8 +112,8 @@ class _Run:
         self.control = control or TrainingControl()
         self.output_dir = Path(config.output_dir)
         self.name = str(config.output_name)
-        logdir = config.logging_dir or self.output_dir / "logs"
-        self.emit = fan_out(callback if callback is not None else TqdmSink("text lora"), TensorBoardSink(logdir))
+        self.emit = fan_out(callback if callback is not None else TqdmSink("text lora"),
+                            TensorBoardSink.for_run(config.logging_dir, self.output_dir))
         self.state_root = self.output_dir / f"{self.name}-state"
         self.device = training_device()
         self.loss: float | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -9,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .events import EventCallback, TrainingEvent
+
+log = logging.getLogger("lora_bridge.training")
 
 
 def fan_out(*callbacks: EventCallback | None) -> EventCallback:
@@ -56,12 +59,23 @@ class TqdmSink:
 
 
 class TensorBoardSink:
-    """Loss and learning rate as TensorBoard scalars under ``logdir``; silent if tensorboard is missing."""
+    """Loss and learning rate as TensorBoard scalars under ``logdir``, when tensorboard is installed.
 
-    def __init__(self, logdir: str | Path) -> None:
+    tensorboard is optional and neither WebUI ships it: without it, a run with the default folder
+    logs one DEBUG line (nothing that reads as an error on every run); a run whose ``logging_dir``
+    was set on purpose says once, on stderr, that nothing is written there and how to change that.
+    """
+
+    def __init__(self, logdir: str | Path, explicit: bool = False) -> None:
         self._logdir = Path(logdir)
+        self._explicit = explicit
         self._writer = None
         self._failed = False
+
+    @classmethod
+    def for_run(cls, logging_dir: str | Path | None, output_dir: str | Path) -> TensorBoardSink:
+        """The sink of a run: ``logging_dir`` when set (explicitly), else ``output_dir/logs``."""
+        return cls(logging_dir or Path(output_dir) / "logs", explicit=bool(logging_dir))
 
     def _open(self):
         if self._writer is None and not self._failed:
@@ -70,9 +84,17 @@ class TensorBoardSink:
 
                 self._logdir.mkdir(parents=True, exist_ok=True)
                 self._writer = SummaryWriter(str(self._logdir))
-            except Exception as exc:  # noqa: BLE001 - tensorboard is optional
+            except ImportError as exc:
                 self._failed = True
-                print(f"lora-bridge: TensorBoard logging off ({exc.__class__.__name__}: {exc})", file=sys.stderr)
+                if self._explicit:
+                    print(f"lora-bridge: logging_dir is set, but tensorboard is not installed ({exc}); no TensorBoard "
+                          f"logs are written to {self._logdir}. pip install tensorboard to get them", file=sys.stderr)
+                else:
+                    log.debug("TensorBoard logs skipped: tensorboard is not installed (%s)", exc)
+            except Exception as exc:  # noqa: BLE001 - logging must never stop a run
+                self._failed = True
+                print(f"lora-bridge: TensorBoard logs could not be written to {self._logdir} "
+                      f"({exc.__class__.__name__}: {exc}); training goes on without them", file=sys.stderr)
         return self._writer
 
     def __call__(self, event: TrainingEvent) -> None:

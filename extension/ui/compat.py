@@ -1,7 +1,7 @@
 """The one place that knows gradio 3.41 (A1111 1.10) from 4.x (Forge) and later (standalone).
 
 Everything else in ``extension/ui`` builds with the common subset and goes through these helpers
-when the versions differ: ``_js=`` vs ``js=``, ``every=`` polling vs ``gr.Timer``, keyword
+when the versions differ: ``_js=`` vs ``js=``, ``show_progress`` values, keyword
 arguments a component does not know, and ``css=`` on Blocks vs on ``launch``.
 """
 
@@ -67,23 +67,15 @@ def on(event: Any, fn: Callable[..., Any], inputs: Sequence[Any] | None, outputs
     return event(fn, inputs or [], outputs or [], **kwargs)
 
 
-def poll(blocks: Any, fn: Callable[..., Any], inputs: Sequence[Any], outputs: Sequence[Any],
-         seconds: float, button_id: str | None = None) -> Any:
-    """Call ``fn`` every ``seconds`` while the page is open.
+def poll_button(fn: Callable[..., Any], outputs: Sequence[Any], button_id: str) -> Any:
+    """A hidden button that runs ``fn`` (no inputs) into ``outputs``; javascript/lora_bridge.js clicks it.
 
-    ``gr.Timer`` where it exists (4.x and later). On 3.x with ``button_id``: a hidden button that
-    javascript/lora_bridge.js clicks every ``seconds`` while the tab is on screen (``every=``
-    would run a server-side loop, one ``/api/predict`` request per second per open page, shown
-    or not); without ``button_id``, ``every=``.
+    The same on every gradio version: no ``every=`` (3.41 re-sends the inputs captured at page load
+    and runs a server loop per open page) and no ``gr.Timer`` (a queued event per second, shown
+    or not). The script decides when to click (see ``ui/live.py``).
     """
-    gr = gradio()
-    if hasattr(gr, "Timer"):
-        timer = gr.Timer(seconds)
-        return on(timer.tick, fn, inputs, outputs, show_progress="hidden")
-    if button_id:
-        button = make("Button", "refresh", elem_id=button_id, elem_classes=["lora-bridge-tick"])
-        return on(button.click, fn, inputs, outputs, show_progress=False)
-    return blocks.load(fn, list(inputs), list(outputs), every=seconds, show_progress=False)
+    button = make("Button", "refresh", elem_id=button_id, elem_classes=["lora-bridge-tick"])
+    return on(button.click, fn, None, outputs, show_progress=hidden_progress())
 
 
 def hidden_progress() -> Any:

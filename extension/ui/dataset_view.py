@@ -37,11 +37,19 @@ def _csv_captions(folder: Path) -> dict[str, str]:
     return out
 
 
+def image_folder(folder: str | None) -> Path:
+    """``folder`` as a Path; the one message (Load, Lint and Start alike) when it is empty or not a folder."""
+    text = str(folder or "").strip()
+    root = Path(text).expanduser()
+    if not text or not root.is_dir():
+        raise UserError(f"{text or '(empty)'}: no such folder; set Image folder in Dataset to the folder that holds "
+                        "the training images")
+    return root
+
+
 def list_images(folder: str) -> list[tuple[str, str]]:
     """(image path, caption) for every image under ``folder`` (sidecar .txt/.caption, else metadata.csv)."""
-    root = Path(folder or "").expanduser()
-    if not folder or not root.is_dir():
-        raise UserError(f"{folder or '(empty)'}: not a folder; give the folder that holds the training images")
+    root = image_folder(folder)
     from_csv = _csv_captions(root)
     items = []
     for path in sorted(root.rglob("*")):

@@ -25,11 +25,21 @@ class FormField:
     choices: tuple[str, ...] = ()
     help: str = ""
     group: str = "common"
+    minimum: float | None = None
 
     @property
     def basic(self) -> bool:
         """Shown outside the Advanced accordion."""
         return self.name in BASIC
+
+    @property
+    def zero_unset(self) -> bool:
+        """An optional whole number that can never be 0 (``max_train_steps``): a number input, 0 or empty = unset.
+
+        Other optional numbers stay text inputs: an empty number input may come back as 0, and 0 is a
+        value for them (``sample_seed``, ``text_encoder_lr``).
+        """
+        return self.kind == "optional_int" and self.minimum is not None and self.minimum >= 1
 
 
 KINDS = {"bool": "bool", "int": "int", "float": "float", "str": "text", "list[str]": "list", "mapping": "dict",
@@ -46,9 +56,21 @@ def schema_fields(task_type: str = "text-to-image") -> list[FormField]:
         if spec.name not in keep or spec.name in OWNED_ELSEWHERE:
             continue
         kind = "choice" if spec.choices else KINDS.get(spec.type_name, "text")
-        out.append(FormField(spec.name, kind, spec.default, tuple(spec.choices or ()), spec.doc, spec.group))
+        out.append(FormField(spec.name, kind, spec.default, tuple(spec.choices or ()), spec.doc, spec.group,
+                             spec.minimum))
     out.sort(key=lambda f: (not f.basic, BASIC.index(f.name) if f.basic else 0))
     return out
+
+
+def field_label(name: str) -> str:
+    """A schema key in words: ``lora_rank`` -> "LoRA rank", ``te_lr`` -> "TE lr"."""
+    words = name.split("_")
+    special = {"lora": "LoRA", "lr": "LR", "te": "TE", "snr": "SNR", "ema": "EMA", "vae": "VAE", "gguf": "GGUF",
+               "ggml": "GGML", "cpp": "cpp", "kv": "KV", "rms": "RMS", "eps": "eps", "reso": "resolution",
+               "dir": "folder", "n": "N", "dtype": "dtype", "id": "ID", "fp16": "fp16", "bf16": "bf16"}
+    out = [special.get(w, w) for w in words]
+    text = " ".join(out)
+    return text[0].upper() + text[1:] if text and text[0].islower() else text
 
 
 def to_widget(field: FormField, value: Any) -> Any:
@@ -59,6 +81,8 @@ def to_widget(field: FormField, value: Any) -> Any:
         import yaml
 
         return yaml.safe_dump(dict(value), default_flow_style=True, sort_keys=True).strip() if value else ""
+    if field.zero_unset:
+        return value  # a number input; None shows empty
     if field.kind in ("optional_int", "optional_float", "text"):
         return "" if value is None else str(value)
     if field.kind == "choice":
@@ -76,7 +100,7 @@ def from_widget(field: FormField, value: Any) -> Any:
         return float(value) if value not in (None, "") else field.default
     if field.kind in ("optional_int", "optional_float"):
         text = str(value if value is not None else "").strip()
-        if not text:
+        if not text or (field.zero_unset and text in ("0", "0.0")):
             return None
         try:
             number = float(text)

@@ -10,6 +10,7 @@ import functools
 import html
 import json
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,13 +19,13 @@ import yaml
 
 from .._converters import converters
 from ..errors import UserError
-from ..jobs import RUNNING_STATES
+from ..jobs import RUNNING_STATES, JobBusyError
 from ..path_policy import check_convert_paths, save_yaml_path
-from . import chart, dataset_view
+from . import chart, dataset_view, live
 from .form import FormField, from_widget, schema_fields, to_widget
 from .host import Host
 from .presets import preset_values
-from .wording import for_tab
+from .wording import config_for_tab, for_tab
 
 log = logging.getLogger("lora_bridge.ui")
 
@@ -32,6 +33,7 @@ IMAGE_TASK, TEXT_TASK = "text-to-image", "text-generation"
 NO_CAPTIONER_LINE = ("no auto-captioner here (this host has no BLIP or DeepBooru); caption offline with "
                      "`lora-bridge caption DIR --model LOCAL_DIR` (a local BLIP model folder)")
 LOADING = "loading base model…"
+AGAIN = "\n\n(Start pressed again: this run is already running; Stop or Cancel it before starting another)"
 
 
 def _error_text(exc: BaseException) -> str:
@@ -66,15 +68,26 @@ class Handlers:
         self.image_fields: list[FormField] = schema_fields(IMAGE_TASK)
         self.text_fields: list[FormField] = schema_fields(TEXT_TASK)
         self._dataset_items: list[tuple[str, str]] = []
+        self._start_lock = threading.Lock()
+        self._started: tuple[int, str] | None = None  # (job id, confirmation) of this tab's last start
 
     # ---- Dataset -------------------------------------------------------------------------
+    def _image_folder(self, folder: str) -> Path:
+        """The dataset folder, if the path policy lets the tab read it (checked before it is looked at)."""
+        if str(folder or "").strip():
+            self.host.path_policy().readable(folder, "image folder")
+        return dataset_view.image_folder(folder)
+
     def load_dataset(self, folder: str) -> tuple[list[Any], str, str, str]:
         """(gallery, summary, first image path, its caption)."""
         try:
-            items = dataset_view.list_images(str(self.host.path_policy().readable(folder, "image folder")))
+            items = dataset_view.list_images(str(self._image_folder(folder)))
         except Exception as exc:
             return [], _error_text(exc), "", ""
         self._dataset_items = items
+        if not items:
+            return [], (f"⚠️ {folder}: no images (png, jpg, webp, bmp) in this folder or below; add images with "
+                        "captions, or set Image folder to another folder"), "", ""
         missing = sum(1 for _, c in items if not c)
         summary = f"{len(items)} image(s), {missing} without caption"
         if len(items) > dataset_view.MAX_GALLERY:
@@ -124,7 +137,7 @@ class Handlers:
         """The engine's dataset lint report, as text."""
         from ..data import lint as lint_module
 
-        report = lint_module.lint_dataset(str(self.host.path_policy().readable(folder, "image folder")))
+        report = lint_module.lint_dataset(self._image_folder(folder))
         for attr in ("format", "summary", "to_text", "text"):
             value = getattr(report, attr, None)
             if callable(value):
@@ -245,12 +258,9 @@ class Handlers:
         """Start image training; returns a status line (refusals included)."""
         if not str(base or "").strip():
             raise UserError("no base model chosen; pick a checkpoint in Model")
-        if not str(data_dir or "").strip():
-            raise UserError("no image folder given; set it in Dataset")
-        data = self.config_dict(IMAGE_TASK, data_dir, base, output_name, values)
-        started = self.host.start_job(data)
-        return (f"started training {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name} "
-                f"({started.get('dataset', '')})")
+        dataset_view.image_folder(data_dir)
+        return self._start(IMAGE_TASK, lambda: self.config_dict(IMAGE_TASK, data_dir, base, output_name, values),
+                           "started training {name} on {base} ({dataset})")
 
     @friendly(lambda msg: msg)
     def start_text(self, base: str, data_path: str, output_name: str, *values: Any) -> str:
@@ -259,10 +269,31 @@ class Handlers:
             raise UserError("no base model chosen; pick a GGUF/GGML file in Text LoRA")
         if not str(data_path or "").strip():
             raise UserError("no text dataset given; give a .txt/.jsonl file or folder")
-        data = self.config_dict(TEXT_TASK, data_path, base, output_name, values)
-        started = self.host.start_job(data)
-        return (f"started text LoRA {data.get('output_name', 'my_lora')} on {Path(data['base_model']).name} "
-                f"({started.get('dataset', '')})")
+        return self._start(TEXT_TASK, lambda: self.config_dict(TEXT_TASK, data_path, base, output_name, values),
+                           "started text LoRA {name} on {base} ({dataset})")
+
+    def _start(self, task: str, make_config: Callable[[], dict[str, Any]], template: str) -> str:
+        """Start a run from the form; the started run's confirmation survives a second click.
+
+        Starts from this tab are serialised, so a double click reaches ``start_job`` once the first
+        start has finished: it finds the run going and gets that run's confirmation back, not the
+        busy message. Config keys in a refusal are named as the form shows them.
+        """
+        with self._start_lock:
+            try:
+                data = make_config()
+                started = self.host.start_job(data)
+            except JobBusyError:
+                st = self.host.jobs.status()
+                if self._started and self._started[0] == st["job_id"] and st["state"] in RUNNING_STATES:
+                    return self._started[1] + AGAIN
+                raise
+            except UserError as exc:
+                raise UserError(config_for_tab(str(exc), task)) from None
+            message = template.format(name=data.get("output_name", "my_lora"), base=Path(data["base_model"]).name,
+                                      dataset=started.get("dataset", ""))
+            self._started = (started["job_id"], message)
+            return message
 
     def stop(self) -> str:
         """Stop and save (says so when no run is in progress)."""
@@ -282,9 +313,10 @@ class Handlers:
     def ticks(self) -> list[str]:
         """[view tick, samples tick, result tick]: short strings that change only when what they stand for does.
 
-        The poll writes only these (hidden) boxes and has no inputs: gradio 3.41's ``every=``
+        The poll button writes only these (hidden) boxes and has no inputs: gradio 3.41's polling
         re-sends the inputs captured at page load, and an output that is also edited by the user
-        would be overwritten every tick. Their ``change`` events redraw the visible parts.
+        would be overwritten every tick. Their ``change`` events redraw the visible parts. The live
+        route sends them too: the page clicks the poll button only when the samples or result tick moved.
         """
         st = self.host.jobs.status()
         job = st["job_id"]
@@ -294,40 +326,57 @@ class Handlers:
         ended = st["state"] if st["state"] not in RUNNING_STATES and st["state"] != "idle" else ""
         return [view, f"{job}|{len(st['samples'])}", f"{job}|{ended}"]
 
-    def view(self) -> list[Any]:
-        """[image progress, image status, image loss chart, output markdown, text progress, text status,
-        text loss chart, text result]: each sub-tab shows the job of its own kind."""
+    def view_parts(self) -> dict[str, str]:
+        """The live displays' inner HTML by ``live.KEYS``: each sub-tab shows the job of its own kind."""
         st = self.host.jobs.status()
         text_job = self.host.task_type == TEXT_TASK and st["job_id"]
         image_job = not text_job and st["job_id"]
-        image = self._job_view(st, "image") if image_job else self._other_view("a text LoRA (see Text LoRA)"
-                                                                                if text_job else "")
-        text = self._job_view(st, "text") if text_job else self._other_view("an image LoRA (see Train)"
-                                                                             if image_job else "")
-        return [*image, self.output_markdown(st) if not text_job else self.output_markdown(None),
-                *text, self.text_result_markdown(st) if text_job else ""]
+        image = self._job_view(st) if image_job else self._other_view(st, "a text LoRA", "Text LoRA", text_job)
+        text = self._job_view(st) if text_job else self._other_view(st, "an image LoRA", "Train", image_job)
+        values = [*image, self.output_html(st if not text_job else None), *text,
+                  self.text_result_html(st) if text_job else ""]
+        return dict(zip(live.KEYS, values, strict=True))
 
-    def _other_view(self, other: str) -> tuple[str, str, str]:
-        note = f"The current job is {other}." if other else ""
+    def view(self) -> list[str]:
+        """[image progress, image status, image loss chart, output, text progress, text status, text loss chart,
+        text result] as the displays' values (what the live route sends, wrapped)."""
+        return [live.wrap(key, inner) for key, inner in self.view_parts().items()]
+
+    def live_payload(self, seen: str | None = None) -> dict[str, Any]:
+        """What ``GET /lora-bridge/tab/live?seen=VIEW_TICK`` answers: the ticks, and the displays' inner HTML
+        unless the page already shows that view tick (an idle tab then gets a few hundred bytes a second)."""
+        ticks = self.ticks()
+        return {"ticks": ticks, "view": {} if seen == ticks[0] else self.view_parts()}
+
+    @staticmethod
+    def _other_view(st: dict[str, Any], kind: str, where: str, has_job: Any) -> tuple[str, str, str]:
+        """This sub-tab's displays while the job is of the other kind: says whether it runs or ended."""
+        note = ""
+        if has_job and st["state"] in RUNNING_STATES:
+            note = f"<p>{kind[0].upper() + kind[1:]} is training (see {where}); this form can start once it ends.</p>"
+        elif has_job:
+            note = f"<p>Nothing is running. The last run was {kind} (see {where}); it ended: {st['state']}.</p>"
         return chart.progress_html(0, 0, "idle", None), note, chart.loss_svg([])
 
-    def _job_view(self, st: dict[str, Any], kind: str) -> tuple[str, str, str]:
+    def _job_view(self, st: dict[str, Any]) -> tuple[str, str, str]:
+        """(progress bar, status, loss chart) of the job, all from the one status ``st``."""
         running = st["state"] in RUNNING_STATES
         eta_seconds = st["eta_seconds"] if running else None
         progress = chart.progress_html(st["step"], st["total_steps"], st["state"], eta_seconds)
         name = html.escape(str(self.host.last_output_name or ""))
+        state = f"<b>{html.escape(st['state'])}</b>"
         if running and not st["total_steps"]:
-            status = f"**{st['state']}** · `{name}` · {html.escape(st['message'] or LOADING)}"
+            status = f"<p>{state} · <code>{name}</code> · {html.escape(st['message'] or LOADING)}</p>"
             return progress, status, chart.loss_svg(st["losses"])
         loss = "—" if st["loss"] is None else f"{st['loss']:.4f}"
         speed = "" if not (running and st["it_per_second"]) else f" · {st['it_per_second']:.2f} it/s"
         eta = "" if eta_seconds is None else f" · ETA {chart.format_eta(eta_seconds)}"
-        epochs = f" · epoch {st['epoch'] + 1}" if st["step"] else ""  # 1-based, as ss_epoch
-        who = f"`{name}`" if running else f"last run `{name}`"
-        status = (f"**{st['state']}** · {who} · step {st['step']}/{st['total_steps']}{epochs} · "
-                  f"loss {loss}{speed}{eta}")
+        epochs = f" · epoch {st['epoch']}" if st["step"] and st["epoch"] else ""  # 1-based in the status
+        who = f"<code>{name}</code>" if running else f"last run <code>{name}</code>"
+        status = (f'<p>{state} · {who} · <span data-step="{st["step"]}">step {st["step"]}/{st["total_steps"]}'
+                  f"</span>{epochs} · loss {loss}{speed}{eta}</p>")
         if st["message"]:
-            status += "\n\n" + html.escape(st["message"]).replace("\n", "  \n")
+            status += live.message_html(st["message"])
         return progress, status, chart.loss_svg(st["losses"])
 
     def samples_view(self) -> Any:
@@ -355,28 +404,26 @@ class Handlers:
             return [update(value=Path(self.host.published[-1]).stem), update()]
         return [update(), update()]
 
-    def text_result_markdown(self, st: dict[str, Any]) -> str:
+    @staticmethod
+    def text_result_html(st: dict[str, Any]) -> str:
         """Where a text run's files landed and how they were checked."""
-        lines = [f"- saved `{path}`" for path in st["saved"][-10:]]
-        lines += [f"- ✔ {c}" if "all keys match" in c else f"- ⚠️ {c}" for c in st["checks"][-10:]]
-        return "\n".join(lines)
+        lines = [f"saved `{path}`" for path in st["saved"][-10:]]
+        lines += [f"✔ {c}" if "all keys match" in c else f"⚠️ {c}" for c in st["checks"][-10:]]
+        return live.list_html("", lines)
 
     def poll(self, seen: Any = "") -> list[Any]:
         """Everything at once (tests, the REST-free standalone): ``view()`` + samples + result."""
         return [*self.view(), self.samples_view(), *self.result_view()]
 
-    def output_markdown(self, st: dict[str, Any] | None = None) -> str:
+    def output_html(self, st: dict[str, Any] | None = None) -> str:
         """Files written by the run and what the WebUI's loader made of them (image runs only)."""
-        lines = [f"Lora folder: `{self.host.lora_dir()}`"]
+        head = f"Lora folder: `{self.host.lora_dir()}`"
         if st is None:
-            return lines[0]
-        for path in self.host.published:
-            lines.append(f"- published `{path}`")
-        for path in st["saved"][-10:]:
-            lines.append(f"- saved `{path}`")
-        for check in st["checks"][-10:]:
-            lines.append(f"- ✔ {check}" if "all keys match" in check else f"- ⚠️ {check}")
-        return "\n".join(lines)
+            return live.list_html(head, [])
+        lines = [f"published `{path}`" for path in self.host.published]
+        lines += [f"saved `{path}`" for path in st["saved"][-10:]]
+        lines += [f"✔ {c}" if "all keys match" in c else f"⚠️ {c}" for c in st["checks"][-10:]]
+        return live.list_html(head, lines)
 
     # ---- Output --------------------------------------------------------------------------
     @staticmethod

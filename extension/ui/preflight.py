@@ -98,10 +98,9 @@ def _base_arch(base: Path, family: str, what: str) -> str | None:
 
 def _check_image_data(cfg: Any) -> str:
     from ..data.lint import enforce_bad_data, lint_dataset
+    from .dataset_view import image_folder
 
-    folder = Path(str(cfg.train_data_dir)).expanduser()
-    if not folder.is_dir():
-        raise UserError(f"{folder}: image folder not found; set it in Dataset")
+    folder = image_folder(cfg.train_data_dir)
     report = lint_dataset(folder, cfg)
     enforce_bad_data(report, str(cfg.bad_data))
     summary = f"{len(report.good)} usable image(s)"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from . import compat
+from . import compat, live
+from .handlers import Handlers
 from .host import Host
 from .tab import build_tab, read_css
 
@@ -56,9 +58,22 @@ def launch(host: str = "127.0.0.1", port: int = 7861, models_dir: str | None = N
 
     Served beyond localhost, the tab reads only from its own folders (``PathPolicy``).
     """
-    app, _, extra = build_app(models_dir, output_dir, allow_dirs, local_only=is_local(host))
-    app.queue()
+    app, tab_host, extra = build_app(models_dir, output_dir, allow_dirs, local_only=is_local(host))
     print(f"LoRA Bridge UI on http://{host}:{port}", flush=True)
-    app.launch(server_name=host, server_port=port, inbrowser=False, share=False, show_error=True,
-               prevent_thread_lock=not block, **extra)
+    serve(app, tab_host, host, port, block, **extra)
     return 0
+
+
+def serve(app: Any, tab_host: Host, host: str, port: int, block: bool = True, **extra: Any) -> Any:
+    """Launch ``app`` (queued), add the tab's live route to its server, then block unless ``block`` is False.
+
+    gradio creates its FastAPI app in ``launch()``, so the route is added after it, as the WebUI
+    does in ``on_app_started``; returns that FastAPI app.
+    """
+    app.queue()
+    server, *_ = app.launch(server_name=host, server_port=port, inbrowser=False, share=False, show_error=True,
+                            prevent_thread_lock=True, **extra)
+    live.register(server, Handlers(tab_host).live_payload)
+    if block:
+        app.block_thread()
+    return server

@@ -9,34 +9,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import compat
-from .chart import loss_svg, progress_html
-from .form import FormField, to_widget
+from . import compat, live
+from .form import FormField, field_label, to_widget
 from .handlers import IMAGE_TASK, NO_CAPTIONER_LINE, TEXT_TASK, Handlers
 from .host import Host
 from .presets import PRESETS
 from .try_panel import build_try_panel
 
-POLL_SECONDS = 1.0
-POLL_BUTTON = "lora_bridge_poll"  # gradio 3.x: javascript/lora_bridge.js clicks it while the tab is shown
+POLL_BUTTON = "lora_bridge_poll"  # javascript/lora_bridge.js clicks it (see live.py for when)
 ELEM = "lora_bridge"
 NO_CAPTIONER = "**Auto-caption**: " + NO_CAPTIONER_LINE[0].upper() + NO_CAPTIONER_LINE[1:] + "."
+REFRESH_WIDTH = 100  # px: the 🔄 buttons next to a model dropdown stay narrow
 
 # Client side (javascript/lora_bridge.js when loaded; inline fallback otherwise).
 SEND_JS = ("(name, weight) => (window.loraBridgeSendToTxt2img ? window.loraBridgeSendToTxt2img(name, weight)"
            " : [name, weight])")
 REFRESH_JS = "() => { if (window.loraBridgeRefreshCards) { window.loraBridgeRefreshCards(); } return []; }"
-
-
-def field_label(name: str) -> str:
-    """A schema key in words: ``lora_rank`` -> "LoRA rank", ``te_lr`` -> "TE lr"."""
-    words = name.split("_")
-    special = {"lora": "LoRA", "lr": "LR", "te": "TE", "snr": "SNR", "ema": "EMA", "vae": "VAE", "gguf": "GGUF",
-               "ggml": "GGML", "cpp": "cpp", "kv": "KV", "rms": "RMS", "eps": "eps", "reso": "resolution",
-               "dir": "folder", "n": "N", "dtype": "dtype", "id": "ID", "fp16": "fp16", "bf16": "bf16"}
-    out = [special.get(w, w) for w in words]
-    text = " ".join(out)
-    return text[0].upper() + text[1:] if text and text[0].islower() else text
 
 
 def help_text(doc: str) -> str:
@@ -57,13 +45,19 @@ def _field_widget(field: FormField, prefix: str, initial: dict[str, Any] | None 
                            **common)
     if field.kind == "bool":
         return compat.make("Checkbox", value=bool(value), **common)
-    if field.kind in ("int", "float"):
-        return compat.make("Number", value=value, precision=0 if field.kind == "int" else None, **common)
+    if field.kind in ("int", "float") or field.zero_unset:
+        return compat.make("Number", value=value, precision=0 if field.kind.endswith("int") else None, **common)
     if field.kind == "choice":
         return compat.make("Dropdown", choices=list(field.choices), value=value, **common)
     if field.kind == "list":
         return compat.make("Textbox", value=value, lines=3, **{**common, "label": f"{label} (one per line)"})
-    return compat.make("Textbox", value=value, lines=1, **common)
+    return compat.make("Textbox", value=value, lines=1, max_lines=1, **common)  # an input, not a resizable area
+
+
+def _displays(*names: tuple[str, str], initial: dict[str, str]) -> list[Any]:
+    """gr.HTML boxes for live displays (``live.KEYS`` key, elem_id suffix), each holding its ``live.wrap`` div."""
+    gr = compat.gradio()
+    return [gr.HTML(live.wrap(key, initial[key]), elem_id=f"{ELEM}_{suffix}") for key, suffix in names]
 
 
 def _lora_files(folder: Path) -> list[str]:
@@ -99,6 +93,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
     """Build the tab's ``gr.Blocks`` for ``host``; ``Handlers`` does the work."""
     gr = compat.gradio()
     h = Handlers(host)
+    initial_view = h.view_parts()
     start_preset = default_preset if default_preset in PRESETS else next(iter(PRESETS))
     with compat.blocks() as tab:
         gr.Markdown("## LoRA Training — LoRA Bridge")
@@ -140,7 +135,8 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                                         label="Base checkpoint" + ("" if host.in_webui else
                                                                    " (from --models-dir, or a full path)"),
                                         elem_id=f"{ELEM}_model", scale=4)
-                    refresh_btn = compat.make("Button", "🔄 Refresh", elem_id=f"{ELEM}_refresh", scale=1)
+                    refresh_btn = compat.make("Button", "🔄 Refresh", elem_id=f"{ELEM}_refresh", scale=0,
+                                              min_width=REFRESH_WIDTH)
                 model_info = gr.Markdown(h.detect_model(initial) if initial else "", elem_id=f"{ELEM}_model_info")
 
             # ---- Settings ---------------------------------------------------------------
@@ -172,15 +168,14 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     stop_btn = compat.make("Button", "Stop & save", elem_id=f"{ELEM}_stop", scale=1)
                     cancel_btn = compat.make("Button", "Cancel", variant="stop", elem_id=f"{ELEM}_cancel", scale=1)
                 train_msg = gr.Markdown("", elem_id=f"{ELEM}_train_msg")
-                progress = gr.HTML(progress_html(0, 0, "idle", None), elem_id=f"{ELEM}_progress")
-                status = gr.Markdown("", elem_id=f"{ELEM}_status")
-                loss_chart = gr.HTML(loss_svg([]), elem_id=f"{ELEM}_loss_chart")
+                progress, status, loss_chart = _displays(("image_progress", "progress"), ("image_status", "status"),
+                                                         ("image_chart", "loss_chart"), initial=initial_view)
                 samples = compat.make("Gallery", label="Samples", columns=4, height=260, allow_preview=True,
                                       elem_id=f"{ELEM}_samples")
 
             # ---- Output -----------------------------------------------------------------
             with gr.Tab("Output"):
-                output_md = gr.Markdown(h.output_markdown(), elem_id=f"{ELEM}_output")
+                (output_md,) = _displays(("output", "output"), initial=initial_view)
                 with gr.Row():
                     lora_name = compat.make("Textbox", label="LoRA", elem_id=f"{ELEM}_lora_name", scale=2)
                     weight = compat.make("Slider", minimum=-1.0, maximum=2.0, step=0.05, value=0.7, label="Weight",
@@ -219,7 +214,8 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     text_base = compat.make("Dropdown", choices=text_choices, value=text_choices[0] if text_choices
                                             else None, allow_custom_value=True,
                                             label="Base model (GGUF, or legacy GGML LLaMA .bin)", scale=4)
-                    text_refresh = compat.make("Button", "🔄", scale=1)
+                    text_refresh = compat.make("Button", "🔄 Refresh", elem_id=f"{ELEM}_text_refresh", scale=0,
+                                               min_width=REFRESH_WIDTH)
                 text_data = compat.make("Textbox", label="Dataset (.txt, or .jsonl instruction/chat; file or folder)")
                 text_name = compat.make("Textbox", value="my_text_lora", label="Adapter name")
                 text_widgets = _fields(h.text_fields, "txt")
@@ -228,10 +224,9 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     text_stop = compat.make("Button", "Stop & save")
                     text_cancel = compat.make("Button", "Cancel")
                 text_msg = gr.Markdown("", elem_id=f"{ELEM}_text_msg")
-                text_progress = gr.HTML(progress_html(0, 0, "idle", None), elem_id=f"{ELEM}_text_progress")
-                text_status = gr.Markdown("", elem_id=f"{ELEM}_text_status")
-                text_chart = gr.HTML(loss_svg([]), elem_id=f"{ELEM}_text_loss_chart")
-                text_result = gr.Markdown("", elem_id=f"{ELEM}_text_result")
+                text_progress, text_status, text_chart, text_result = _displays(
+                    ("text_progress", "text_progress"), ("text_status", "text_status"),
+                    ("text_chart", "text_loss_chart"), ("text_result", "text_result"), initial=initial_view)
                 with gr.Row():
                     text_adapter = compat.make("Textbox", label="GGUF adapter (llama.cpp check, Try)", scale=3,
                                                elem_id=f"{ELEM}_text_adapter")
@@ -276,7 +271,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
         compat.on(text_cancel.click, h.cancel, None, [text_msg])
         compat.on(text_check.click, h.llama_cpp_check, [text_base, text_adapter], [text_check_msg])
 
-        compat.poll(tab, h.ticks, [], ticks, POLL_SECONDS, button_id=POLL_BUTTON)
+        compat.poll_button(h.ticks, ticks, POLL_BUTTON)
         quiet = {"show_progress": compat.hidden_progress()}
         compat.on(ticks[0].change, h.view, None, [progress, status, loss_chart, output_md, text_progress,
                                                   text_status, text_chart, text_result], **quiet)

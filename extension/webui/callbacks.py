@@ -90,16 +90,20 @@ def on_ui_settings() -> None:
 
 
 def on_app_started(_demo: Any, app: Any) -> None:
-    """Add /lora-bridge/v1 routes when the WebUI serves its API (--api), guarded by --api-auth."""
+    """The tab's live route (always: the page polls it; WebUI login or --api-auth), and the /lora-bridge/v1
+    routes when the WebUI serves its API (--api), guarded by --api-auth."""
     from modules import shared
 
     from ..api import register as register_api
+    from ..ui import live
+    from ..ui.handlers import Handlers
 
     cmd_opts = shared.cmd_opts
+    api_auth = lambda: getattr(shared.cmd_opts, "api_auth", None)  # noqa: E731 (read at request time)
+    live.register(app, Handlers(get_host()).live_payload, api_auth=api_auth)
     if not (getattr(cmd_opts, "api", False) or getattr(cmd_opts, "nowebui", False)):
         return
-    register_api(app, get_host(), api_auth=lambda: getattr(shared.cmd_opts, "api_auth", None),
-                 origins=lambda: allowed_origins(shared.cmd_opts))
+    register_api(app, get_host(), api_auth=api_auth, origins=lambda: allowed_origins(shared.cmd_opts))
 
 
 def allowed_origins(cmd_opts: Any) -> list[str]:

@@ -9,6 +9,7 @@ real engine is exercised by test_browser.py's training test.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,8 +17,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
+STEP_SECONDS = [0.0]  # runs after the first one take SERVE_TAB_STEP_SECONDS per step (a run to watch)
+
+
 def scripted_runner(cfg, callback, control):
     """Six steps, one sample, the final save (a 1-module kohya LoRA), done."""
+    import time
+
     import numpy as np
     from PIL import Image
     from safetensors.numpy import save_file
@@ -28,6 +34,7 @@ def scripted_runner(cfg, callback, control):
     (out / "samples").mkdir(parents=True, exist_ok=True)
     callback(TrainingEvent("start", total_steps=6, message="scripted"))
     for step in range(1, 7):
+        time.sleep(STEP_SECONDS[0])
         callback(TrainingEvent("step", step=step, total_steps=6, loss=1.0 / step, lr=1e-4, eta_seconds=6 - step))
     Image.new("RGB", (16, 16), "red").save(out / "samples" / "s.png")
     callback(TrainingEvent("sample", step=6, total_steps=6, paths=[str(out / "samples" / "s.png")]))
@@ -46,7 +53,7 @@ def main() -> int:
     from extension.jobs import JobManager
     from extension.ui import compat
     from extension.ui.host import Host
-    from extension.ui.standalone import build_app
+    from extension.ui.standalone import build_app, serve
 
     data = make_shape_dataset(work / "dataset")
     base = work / "models" / "base.safetensors"
@@ -58,10 +65,13 @@ def main() -> int:
     host.start_job({"base_model": str(base), "train_data_dir": str(data), "output_name": "finished_run",
                     "output_dir": str(host.work_dir("finished_run", "text-to-image"))})
     assert host.jobs.wait(60)["state"] == "done", host.jobs.status()
-    app.queue()
+    STEP_SECONDS[0] = float(os.environ.get("SERVE_TAB_STEP_SECONDS", "0"))
     print(f"gradio {compat.gradio().__version__} on {port}", flush=True)
-    app.launch(server_name="127.0.0.1", server_port=port, inbrowser=False, share=False, prevent_thread_lock=False,
-               **extra)
+    if os.environ.get("SERVE_TAB_NO_LIVE"):  # a host that adds no route: the page polls through gradio events
+        app.queue()
+        app.launch(server_name="127.0.0.1", server_port=port, inbrowser=False, share=False, **extra)
+    else:
+        serve(app, host, "127.0.0.1", port, block=True, **extra)
     return 0
 
 

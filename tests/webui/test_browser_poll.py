@@ -58,12 +58,13 @@ def browser():
         chromium.close()
 
 
-def _serve(python: str, work: Path, base: Path):
+def _serve(python: str, work: Path, base: Path, step_seconds: float = 0.0, env: dict[str, str] | None = None):
     port = _free_port()
     log = open(work / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
     proc = subprocess.Popen([python, str(HERE / "serve_tab.py"), str(port), str(work), str(base)], cwd=work,
                             stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT)})
+                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT),
+                                 "SERVE_TAB_STEP_SECONDS": str(step_seconds), **(env or {})})
     url = f"http://127.0.0.1:{port}/"
     for _ in range(240):
         try:
@@ -88,7 +89,8 @@ def server(request, tmp_path, tiny_base):
         python = str(python)
     else:
         python = sys.executable
-    proc, url, log = _serve(python, tmp_path, tiny_base)
+    marker = request.node.get_closest_marker("serve_env")
+    proc, url, log = _serve(python, tmp_path, tiny_base, step_seconds=0.7, env=marker.kwargs if marker else None)
     yield url
     proc.terminate()
     try:
@@ -104,6 +106,7 @@ def _tab(page, name: str) -> None:
     page.locator(".tab-nav button, [role=tab]").filter(has_text=name).filter(visible=True).first.click()
 
 
+@pytest.mark.serve_env(SERVE_TAB_NO_LIVE="1")  # the gradio-event poll (the live route's fallback)
 def test_poll_keeps_typed_values_and_leaves_no_pending_border(browser, server):
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     try:
@@ -125,5 +128,82 @@ def test_poll_keeps_typed_values_and_leaves_no_pending_border(browser, server):
         _tab(page, "Output")
         assert page.evaluate(VISIBLE_PENDING) == []
         assert box.input_value() == "my_own_name"
+    finally:
+        page.close()
+
+
+def _number(text: str) -> str | None:
+    import re
+
+    found = re.search(r"step (\d+)/", text)
+    return found.group(1) if found else None
+
+
+GRADIO_EVENTS = ("/api/predict", "/run/predict", "/queue/join", "/reset", "/queue/data")
+
+
+def test_layout_and_one_quiet_poll(browser, server, tmp_path):
+    """#23 items 4, 6, 8 in the browser: the Text LoRA form's own help, number inputs for optional numbers, a
+    narrow 🔄 button; a watched run's bar and status show the same step; the poll sends no gradio event
+    per tick (gradio 3.41's queue logs two lines for each), only GETs of the tab's live route."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.on("websocket", lambda w: requests.append(w.url))  # gradio 3.41 joins its queue by websocket
+    try:
+        page.goto(server)
+        _tab(page, "Text LoRA")
+        info = page.locator("#lora_bridge_txt_learning_rate").inner_text()
+        assert "kohya" not in info and "Learning rate of the adapter" in info, info
+        assert "Images" not in page.locator("#lora_bridge_txt_batch_size").inner_text()
+        for form, tab in (("txt", None), ("img", "Settings")):
+            if tab:
+                _tab(page, tab)
+            box = f"#lora_bridge_{form}_max_train_steps"
+            assert page.locator(f"{box} textarea").count() == 0
+            assert page.locator(f"{box} input[type=number]").count() == 1
+        _tab(page, "Text LoRA")
+        text_button = page.locator("#lora_bridge_text_refresh").bounding_box()
+        _tab(page, "Model")
+        image_button = page.locator("#lora_bridge_refresh").bounding_box()
+        assert text_button["width"] <= 1.2 * image_button["width"] and text_button["width"] < 200, \
+            (text_button, image_button)
+
+        _tab(page, "Dataset")
+        page.locator("#lora_bridge_data_dir textarea, #lora_bridge_data_dir input").first.fill(
+            str(tmp_path / "dataset"))
+        _tab(page, "Train")
+        page.wait_for_function("document.querySelector('#lora_bridge_status').innerText.includes('done')",
+                               timeout=30_000)
+        page.locator("#lora_bridge_start").dblclick()  # item 2 too: a double click keeps the confirmation
+        page.wait_for_function("['started', '⚠️'].some(w => document.querySelector('#lora_bridge_train_msg')"
+                               ".innerText.includes(w))", timeout=30_000)
+        time.sleep(1.5)
+        message = page.evaluate("document.querySelector('#lora_bridge_train_msg').innerText")
+        assert "started training" in message, message
+        page.evaluate("""() => { window.loraBridgeTestClicks = 0; document.querySelector('#lora_bridge_poll')
+                                 .addEventListener('click', () => { window.loraBridgeTestClicks += 1; }); }""")
+        seen = set()
+        before = len(requests)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            bar, status = page.evaluate("""() => [document.querySelector('#lora_bridge_progress').innerText,
+                                                  document.querySelector('#lora_bridge_status').innerText]""")
+            if "running" in status and _number(status):
+                assert _number(bar) == _number(status), (bar, status)
+                seen.add(_number(status))
+            if "last run" in status and "done" in status and seen:
+                break
+            time.sleep(0.2)
+        assert len(seen) >= 2, seen  # watched the steps move
+        page.wait_for_timeout(2500)  # the run's last redraw (its result) goes through gradio
+        polls = [u for u in requests[before:] if "/lora-bridge/tab/live" in u]
+        clicks = page.evaluate("window.loraBridgeTestClicks")
+        assert len(polls) >= 5 and clicks <= 3, (clicks, polls)  # gradio events at start, sample, end only
+        before = len(requests)
+        page.wait_for_timeout(4000)  # idle: polls go on, no gradio event at all (time.sleep would hold the events)
+        idle = requests[before:]
+        assert [u for u in idle if any(e in u for e in GRADIO_EVENTS)] == [] and len(idle) >= 2, idle
+        assert page.evaluate(VISIBLE_PENDING) == []
     finally:
         page.close()

@@ -108,15 +108,16 @@ def test_start_poll_publish_and_lora_tag(built, dataset, tiny_base, tmp_path):
     st = host.jobs.wait(30)
     assert st["state"] == "done", st
     progress, status, chart, output, text_progress, text_status, _, _ = h.view()
-    assert 'data-step="6"' in progress and "**done**" in status and "last run `tab_lora`" in status
+    assert 'data-step="6"' in progress and "<b>done</b>" in status and "last run <code>tab_lora</code>" in status
     assert 'data-points="6"' in chart and chart.count("<polyline") == 2
-    assert "The current job is an image LoRA" in text_status and 'data-state="idle"' in text_progress
+    assert "Nothing is running. The last run was an image LoRA (see Train); it ended: done" in text_status
+    assert 'data-state="idle"' in text_progress
     gallery = h.samples_view()
     name, adapter = h.result_view()
     assert len(gallery) == 1 and name["value"] == "tab_lora" and "value" not in adapter
     assert h.ticks() == h.ticks()  # nothing changes once the job has ended: no redraw, no re-sent values
     published = tmp_path / "loras" / "tab_lora.safetensors"
-    assert published.is_file() and f"published `{published}`" in output
+    assert published.is_file() and f"published <code>{published}</code>" in output
     assert "tab_lora.safetensors:" in output
     assert h.lora_tag("tab_lora", 0.7) == "<lora:tab_lora:0.7>" and h.lora_tag("", 1) == ""
     assert "work" not in str(host.work_dir("tab_lora", "text-to-image")) or True
@@ -136,7 +137,7 @@ def test_stop_and_cancel_buttons(built, dataset, tiny_base, runner_factory):
     assert h.stop() == "stopping: the run saves after the current step"
     assert host.jobs.wait(30)["state"] == "stopped"
     progress, status = h.view()[:2]
-    assert "ETA" not in progress and "ETA" not in status and "**stopped**" in status
+    assert "ETA" not in progress and "ETA" not in status and "<b>stopped</b>" in status
     assert h.stop() == "no run in progress; the last run (halt) ended: stopped"
     assert h.cancel().startswith("no run in progress")
 
@@ -203,8 +204,10 @@ def test_text_tab_shows_its_own_run_result_and_failure(tmp_path, models_dir):
     st = host.jobs.wait(120)
     assert st["state"] == "done", st
     image_progress, image_status, _, output, text_progress, text_status, text_chart, text_result = h.view()
-    assert "The current job is a text LoRA" in image_status and 'data-state="idle"' in image_progress
-    assert "**done**" in text_status and "last run `text_lora`" in text_status and "llama-cli" in text_status
+    assert "The last run was a text LoRA (see Text LoRA); it ended: done" in image_status
+    assert 'data-state="idle"' in image_progress
+    assert "<b>done</b>" in text_status and "last run <code>text_lora</code>" in text_status
+    assert "llama-cli" in text_status and "<pre><code>from llama_cpp import Llama\nllm = Llama(" in text_status
     assert 'data-points="3"' in text_chart and 'data-step="3"' in text_progress
     assert "text_lora.gguf" in text_result and "modules match tiny.gguf" in text_result
     assert [c.split(":")[0] for c in st["checks"]] == ["text_lora.gguf", "text_lora"]  # adapter and PEFT folder
@@ -227,7 +230,7 @@ def test_text_tab_shows_a_failed_run(tmp_path, models_dir, runner_factory):
     assert h.start_text("llm/tiny.gguf", str(data), "broken", *values).startswith("started text LoRA broken")
     assert host.jobs.wait(30)["state"] == "failed"
     text_status = h.view()[5]
-    assert "**failed**" in text_status and "boom at step 2" in text_status
+    assert "<b>failed</b>" in text_status and "boom at step 2" in text_status
 
 
 def test_labels_in_words_and_help_without_backticks(built):
@@ -266,7 +269,7 @@ def test_refusal_after_a_failed_run_shows_only_the_refusal(tmp_path, models_dir,
     refused = h.start(str(tmp_path / "nowhere"), tiny_base.name, "second", *values)
     assert refused.startswith("⚠️") and "nowhere" in refused and "boom" not in refused
     status = h.view()[1]
-    assert "**failed** · last run `first`" in status  # the old failure is labelled as the last run's
+    assert "<b>failed</b> · last run <code>first</code>" in status  # the old failure is labelled as the last run's
 
 
 def test_webui_saved_values_do_not_cross_between_forms(tmp_path, models_dir, runner_factory, fake_webui):

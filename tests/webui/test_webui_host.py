@@ -150,7 +150,8 @@ def test_callbacks_register_tab_settings_and_api(fake_webui, tmp_path):
     shared.cmd_opts.api = False
     other = FastAPI()
     script_callbacks.app_started_callback(None, other)
-    assert not any("lora-bridge" in getattr(r, "path", "") for r in other.routes)  # no --api, no routes
+    paths = [getattr(r, "path", "") for r in other.routes if "lora-bridge" in getattr(r, "path", "")]
+    assert paths == ["/lora-bridge/tab/live"]  # no --api: only the tab's own live route
 
 
 def test_concurrent_starts_only_one_wins(webui_host, dataset):
