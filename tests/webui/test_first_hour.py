@@ -25,6 +25,8 @@ def models_dir(tmp_path, tiny_base, tiny_gguf):
     (folder / "llm").mkdir(parents=True)
     shutil.copy(tiny_base, folder / tiny_base.name)
     shutil.copy(tiny_base.with_suffix(".yaml"), folder / tiny_base.with_suffix(".yaml").name)
+    sidecar = tiny_base.with_suffix(".tokenizer")  # Start checks for a tokenizer (#24)
+    shutil.copytree(sidecar, folder / sidecar.name)
     shutil.copy(tiny_gguf, folder / "llm" / "tiny.gguf")
     return folder
 
