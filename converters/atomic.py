@@ -41,24 +41,27 @@ USER_ERRNOS = {
 }
 
 
-def user_os_error(exc: BaseException, path: str | os.PathLike | None = None) -> AdapterError | None:
-    """One line naming ``path`` (default: the file the error names) for an OSError the user can fix; else None.
+def user_os_error(exc: BaseException, path: str | os.PathLike | None = None,
+                  fallback: str | os.PathLike | None = None) -> AdapterError | None:
+    """One line for an OSError the user can fix (disk full or over quota, read-only file system, permission
+    refused, name too long); None for any other exception.
 
-    Fixable: disk full or over quota, read-only file system, permission refused, name too long.
+    It names ``path``, else the file the error names, else ``fallback``.
     """
     if not isinstance(exc, OSError) or exc.errno not in USER_ERRNOS:
         return None
-    where = path if path is not None else exc.filename
-    return AdapterError(f"{where if where is not None else '(unknown path)'}: {USER_ERRNOS[exc.errno]}")
+    where = next((p for p in (path, exc.filename, fallback) if p is not None), "(unknown path)")
+    return AdapterError(f"{where}: {USER_ERRNOS[exc.errno]}")
 
 
 @contextlib.contextmanager
-def user_os_errors(path: str | os.PathLike | None = None) -> Iterator[None]:
-    """Turn a fixable OSError inside the block into an AdapterError naming ``path`` (None: the file it names)."""
+def user_os_errors(path: str | os.PathLike | None = None,
+                   fallback: str | os.PathLike | None = None) -> Iterator[None]:
+    """Turn a fixable OSError inside the block into an AdapterError (see ``user_os_error``)."""
     try:
         yield
     except OSError as exc:
-        mapped = user_os_error(exc, path)
+        mapped = user_os_error(exc, path, fallback)
         if mapped is None:
             raise
         raise mapped from None
