@@ -60,31 +60,32 @@ def check_output_name_fits(name: str, folder: str | os.PathLike) -> None:
 
 
 def check_writable(folder: str | os.PathLike) -> None:
-    """UserError naming ``folder`` unless a file can be created in it; a folder made to check is removed."""
+    """UserError naming ``folder`` unless the run could make it and write into it; nothing is left behind.
+
+    A probe file is created (and removed) in ``folder``, or, when it does not exist yet, in its nearest
+    existing ancestor, whose missing components are checked against the file system's name length.
+    Making the folders to check would race with a concurrent start and could leave them behind.
+    """
     folder = Path(folder).expanduser()
-    made: list[Path] = []
+    missing = []
+    probe = folder
+    while not os.path.lexists(probe) and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{probe}: not a folder; choose another output folder")
+    limit = _name_max(probe)
     try:
-        missing = []
-        probe = folder
-        while not os.path.lexists(probe) and probe != probe.parent:
-            missing.append(probe)
-            probe = probe.parent
-        if not probe.is_dir():
-            raise UserError(f"{probe}: not a folder; choose another output folder")
-        for path in reversed(missing):
-            os.mkdir(path)
-            made.append(path)
-        fd, name = tempfile.mkstemp(prefix=".lora-bridge-probe.", dir=folder)
+        for path in missing:
+            if len(os.fsencode(path.name)) > limit:
+                raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), str(path))
+        fd, name = tempfile.mkstemp(prefix=".lora-bridge-probe.", dir=probe)
         os.close(fd)
         os.unlink(name)
     except OSError as exc:
         reason = converters.atomic.USER_ERRNOS.get(exc.errno, exc.strerror or type(exc).__name__)
         raise UserError(f"{folder}: cannot write the run's files here ({reason.split(';')[0]}); "
                         "choose another output folder") from None
-    finally:
-        for path in reversed(made):
-            with contextlib.suppress(OSError):
-                path.rmdir()
 
 
 def final_outputs(cfg: Any, lora_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -135,7 +135,12 @@ class Host:
             raise JobBusyError("a training job is already running; stop or cancel it first")
         if isinstance(config, dict) and not config.get("output_dir"):
             config = {**config, "output_dir": self.default_output_dir(config)}
-        cfg, dataset = check_start(config, self.lora_dir())
+        try:
+            cfg, dataset = check_start(config, self.lora_dir())
+        except UserError:
+            if self.jobs.running:  # a concurrent start won meanwhile (its lock, its folder): say busy
+                raise JobBusyError("a training job is already running; stop or cancel it first") from None
+            raise
         previous = (self.base_model, self.last_output_name, self.task_type, self.published, self.overwrite)
         self.base_model = str(cfg.base_model or "") or None
         self.last_output_name = str(cfg.output_name or "my_lora")

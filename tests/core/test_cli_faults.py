@@ -112,14 +112,14 @@ def test_train_refuses_a_read_only_output_folder_before_the_model_loads(tmp_path
                                                                         no_model_load):
     out = tmp_path / "ro" / "run"
     (tmp_path / "ro").mkdir()
-    real_mkdir = os.mkdir
+    real_mkstemp = tempfile.mkstemp
 
-    def read_only(path, *args, **kwargs):
-        if str(path).startswith(str(tmp_path / "ro")):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
-        return real_mkdir(path, *args, **kwargs)
+    def read_only(*args, dir=None, **kwargs):  # what creating any file under ro/ answers
+        if str(dir).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(os, "mkdir", read_only)
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
     assert main(["train", "--config", str(_train_config(tmp_path, output_dir=str(out)))]) == 2
     assert _one_line(capsys).startswith(f"lora-bridge: error: {out}: cannot write the run's files here (the folder is "
                                         "on a read-only file system)")
