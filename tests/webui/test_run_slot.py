@@ -46,16 +46,16 @@ def test_failed_or_cancelled_run_keeps_empty_folders_it_did_not_make(how, tmp_pa
 
 
 def test_real_run_failing_at_once_leaves_the_folder_as_it_was(tmp_path):
-    """The real runner: a base that cannot be read fails the run; pre-existing empty folders stay."""
-    from extension.runner import run_training
-
+    """The real runner: a base that cannot be read fails the run; pre-existing empty folders stay
+    (the report: ``output_dir: /etc`` lost 28 empty folders)."""
     out = tmp_path / "etc_like"
     for name in ("a", "b/c", "d"):
         (out / name).mkdir(parents=True)
     (tmp_path / "data").mkdir()
-    with pytest.raises(UserError):
-        run_training({"base_model": str(tmp_path / "missing.safetensors"), "train_data_dir": str(tmp_path / "data"),
-                      "output_dir": str(out), "output_name": "x"})
+    jobs = JobManager()
+    jobs.start({"base_model": str(tmp_path / "missing.safetensors"), "train_data_dir": str(tmp_path / "data"),
+                "output_dir": str(out), "output_name": "x"})
+    assert jobs.wait(120)["state"] == "failed"
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == ["a", "b", "b/c", "d"]
 
 
