@@ -58,9 +58,9 @@ def train_from_cli(config_path: str, overrides: list[str]) -> int:
     require_keys(config, config_path)
     for line in config_warnings(config):
         print(f"lora-bridge: note: {line}", file=sys.stderr)
-    check_output(config)  # before the model loads: a read-only folder is not found after minutes
     if config.task_type == "text-to-image":
         _lint_first(config)
+    check_output(config)  # before the model loads: a read-only folder is not found after minutes
     result = run_training(config, TqdmSink(desc=config.output_name))
     for path in result.output_files:
         print(f"wrote {path}")
