@@ -207,6 +207,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except converters.AdapterError as exc:
         print(f"lora-bridge: error: {exc}", file=sys.stderr)
         return EXIT_USER
+    except OSError as exc:  # disk full, read-only, refused, name too long: the user's to fix, one line
+        mapped = converters.atomic.user_os_error(exc)
+        if mapped is None:
+            raise
+        print(f"lora-bridge: error: {mapped}", file=sys.stderr)
+        return EXIT_USER
     except KeyboardInterrupt:
         print("lora-bridge: interrupted", file=sys.stderr)
         return 130

@@ -107,6 +107,11 @@ class TrainConfig:
                                      "text-generation": "Name of the outputs: the GGUF adapter `output_name.gguf` "
                                                         "for llama.cpp and the PEFT folder `output_name/`. No path "
                                                         "parts."})
+    overwrite: bool = _f(False, "Replace existing finished files of the same output_name (the LoRA in output_dir "
+                         "and in the WebUI's Lora folder). Off: Start refuses and names the file.",
+                         task_docs={"text-generation": "Replace an existing `output_name.gguf` and PEFT folder "
+                                                       "`output_name/` in output_dir. Off: Start refuses and names "
+                                                       "the file."})
     seed: int = _f(42, "Random seed for initialisation, noise and data order.", minimum=0)
     mixed_precision: str = _f("no", "Mixed precision of the forward pass (fp16/bf16 need a GPU that supports them).",
                               choices=("no", "fp16", "bf16"))

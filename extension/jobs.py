@@ -8,13 +8,15 @@ the thread that serves the UI.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
+from ._converters import converters
 from .errors import UserError
 from .training.events import TrainingControl, TrainingEvent, TrainResult
 
@@ -80,18 +82,21 @@ def _to_config(config: Any) -> Any:
     return config
 
 
-def prune_empty_dirs(folder: Any) -> None:
-    """Remove ``folder`` and its sub-folders where they hold no file (a failed or cancelled run's leftovers)."""
-    if not folder:
-        return
-    root = Path(str(folder))
-    if not root.is_dir():
-        return
-    for path in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-        with contextlib.suppress(OSError):
-            path.rmdir()  # only succeeds when empty
-    with contextlib.suppress(OSError):
-        root.rmdir()
+AdapterError = converters.AdapterError
+
+
+def release_memory() -> None:
+    """Give what a finished run held back to the host: collect its cycles, empty torch's caches, trim the heap."""
+    try:
+        gc.collect()
+        torch = sys.modules.get("torch")  # never import torch just for this
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        from .training.heap import release_free_heap
+
+        release_free_heap("cpu")
+    except Exception:
+        log.debug("could not release memory after the run", exc_info=True)
 
 
 def _empty_status() -> dict[str, Any]:
@@ -156,7 +161,13 @@ class JobManager:
         thread = threading.Thread(target=self._run, args=(cfg, hooks, run, control), name="lora-bridge-train",
                                   daemon=True)
         self._thread = thread
-        thread.start()
+        try:
+            thread.start()
+        except BaseException as exc:  # no thread (resource limits): the slot must not stay "starting"
+            self._finish("failed", f"could not start the training thread: {exc}")
+            with contextlib.suppress(Exception):
+                hooks.after_run()
+            raise
         return self.status()
 
     def stop(self) -> dict[str, Any]:
@@ -203,21 +214,23 @@ class JobManager:
                 if result.final_loss is not None:
                     self._status["loss"] = result.final_loss
         except BaseException as exc:  # a failing run must never take the WebUI down
-            if isinstance(exc, UserError):  # the user's input: one line, no traceback
+            if isinstance(exc, AdapterError):  # the user's input: one line, no traceback
                 log.warning("LoRA Bridge training refused: %s", exc)
                 message = str(exc)
             else:
                 log.exception("LoRA Bridge training failed")
                 message = f"{type(exc).__name__}: {exc}"
         finally:
+            # The slot goes back to idle whatever happens here: nothing below may raise past _finish.
             try:
                 hooks.after_run()
-            except Exception as exc:  # restoring the model failed: report, keep serving
+            except BaseException as exc:  # restoring the model failed: report, keep serving
                 log.exception("LoRA Bridge could not restore the WebUI model")
                 self._append_log(f"could not restore the WebUI model: {exc}")
-            if state in ("failed", "cancelled"):
-                prune_empty_dirs(getattr(cfg, "output_dir", None))
-            self._finish(state, message)
+            finally:
+                self._control = None
+                self._finish(state, message)
+                release_memory()
 
     def _on_event(self, event: TrainingEvent, hooks: JobHooks) -> None:
         """Fold one engine event into the status; never let a UI problem kill the run."""

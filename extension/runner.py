@@ -8,9 +8,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from ._converters import converters
 from .config import TrainConfig, as_config
 from .training.events import EventCallback, TrainingControl, TrainResult
 from .training.progress import TensorBoardSink, TqdmSink, fan_out
+from .training.run_folder import RunFolder, check_output
 
 
 def run_training(config: TrainConfig | dict[str, Any], callback: EventCallback | None = None,
@@ -21,8 +23,20 @@ def run_training(config: TrainConfig | dict[str, Any], callback: EventCallback |
 
     Bad input raises ``UserError``; a NaN/inf loss returns a ``failed`` result with the last good
     files kept. TensorBoard scalars are written under ``logging_dir`` (default ``output_dir/logs``).
+
+    Only one run at a time writes into an ``output_dir`` (a lock file, see ``training/run_folder.py``);
+    a failed or cancelled run leaves no empty folder it made. A full disk, read-only folder or refused
+    permission is a ``UserError`` naming the path.
     """
     config = as_config(config)
+    fixable = converters.atomic.user_os_errors(fallback=config.output_dir)
+    with RunFolder(config.output_dir, config.logging_dir) as folder, fixable:
+        result = _run_engine(config, callback, control)
+        folder.keep = result.status not in ("failed", "cancelled")
+    return result
+
+
+def _run_engine(config: TrainConfig, callback: EventCallback | None, control: TrainingControl | None) -> TrainResult:
     if config.task_type == "text-generation":
         from .text.engine import train_text
 
@@ -44,6 +58,7 @@ def train_from_cli(config_path: str, overrides: list[str]) -> int:
         print(f"lora-bridge: note: {line}", file=sys.stderr)
     if config.task_type == "text-to-image":
         _lint_first(config)
+    check_output(config)  # before the model loads: a read-only folder is not found after minutes
     result = run_training(config, TqdmSink(desc=config.output_name))
     for path in result.output_files:
         print(f"wrote {path}")

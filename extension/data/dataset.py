@@ -56,9 +56,13 @@ def load_rgb(path: Path) -> Any:
     """Open an image as RGB with its EXIF rotation applied (PIL Image)."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im) if hasattr(ImageOps, "exif_transpose") else im
-        return im.convert("RGB")
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im) if hasattr(ImageOps, "exif_transpose") else im
+            return im.convert("RGB")
+    except Image.DecompressionBombError:  # over PIL's own limit, whatever max_image_pixels allows
+        raise UserError(f"{path}: too many pixels for PIL to decode safely (decompression-bomb limit "
+                        f"{Image.MAX_IMAGE_PIXELS} x 2); downscale the image or remove it") from None
 
 
 class ImageDataset:

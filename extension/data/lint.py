@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..cancel import cancel_point
 from ..errors import UserError
 from .scan import ScanEntry, ScanProblem, scan_folder
 
@@ -112,6 +113,10 @@ def probe_image(path: Path, max_pixels: int, min_side: int = 8) -> tuple[int, in
                 width, height = im.size
                 if width * height > max_pixels:
                     return ScanProblem("too_large", name, f"{width}x{height} is over max_image_pixels {max_pixels}")
+                if old_limit is not None and width * height > 2 * old_limit:
+                    # Training decodes with PIL's own limit (a host-wide setting): it would refuse this image.
+                    return ScanProblem("too_large", name, f"{width}x{height} is over PIL's decompression-bomb "
+                                                          f"limit {2 * old_limit}")
                 orientation = im.getexif().get(0x0112, 1) if hasattr(im, "getexif") else 1
                 im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -146,6 +151,7 @@ def lint_dataset(root: str | Path, config: Any = None) -> LintReport:
     report.problems += [p for p in scan.problems if p.kind != "no_caption"]
     missing_caption = {p.path for p in scan.problems if p.kind == "no_caption"}
     for entry in scan.entries:
+        cancel_point()  # decoding every image of a large folder takes a while
         result = probe_image(entry.path, cfg.max_image_pixels, min_side=cfg.bucket_reso_steps)
         if isinstance(result, ScanProblem):
             result.path = entry.rel

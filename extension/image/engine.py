@@ -25,7 +25,7 @@ from ..config import TrainConfig, as_config
 from ..errors import UserError
 from ..training import checkpoint as ckpt
 from ..training.amp import loss_scaler, optimizer_step, unscale_gradients
-from ..training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult
+from ..training.events import EventCallback, RunCancelled, TrainingControl, TrainingEvent, TrainResult, cancel_point
 from ..training.optimizers import build_optimizer
 from ..training.progress import NonFiniteLoss, Throughput, check_finite
 from ..training.schedulers import build_scheduler
@@ -46,7 +46,10 @@ def train_image(config: TrainConfig | dict, callback: EventCallback | None = Non
     """Train an image LoRA as ``config`` says; events go to ``callback``; ``control`` stops or cancels."""
     run = _ImageRun(as_config(config), callback, control or TrainingControl())
     try:
-        return run.train()
+        with run.control.active():  # cancel_point() in loading, caching and sampling asks this control
+            return run.train()
+    except RunCancelled:
+        return run.cancelled()
     except NonFiniteLoss as exc:
         run.emit(TrainingEvent("error", step=run.step, message=str(exc)))
         return TrainResult("failed", output_files=run.outputs.written if run.outputs else [], steps=run.step,
@@ -98,23 +101,23 @@ class _ImageRun:
     # -- the run -------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
-        """The whole run, phase by phase."""
-        self._prepare_run()
-        self._load_data()
-        self._load_base()
-        self._inject_lora()
-        self._build_optimizer()
-        self._plan_steps()
-        self._wrap_for_processes()
-        self._resume()
-        self._build_conditioning()
-        self._announce()
+        """The whole run, phase by phase (a cancel is honoured between any two and inside the long ones)."""
+        for phase in (self._prepare_run, self._load_data, self._load_base, self._inject_lora, self._build_optimizer,
+                      self._plan_steps, self._wrap_for_processes, self._resume, self._build_conditioning,
+                      self._announce):
+            cancel_point()
+            phase()
         status = self._loop()
         if status == "cancelled":
-            self.emit(TrainingEvent("cancelled", step=self.step, total_steps=self.total_steps, message="cancelled"))
-            return TrainResult("cancelled", output_files=self.outputs.written, final_loss=self.last_loss,
-                               steps=self.step, message="cancelled; no final LoRA written")
+            return self.cancelled()
         return self._finish(status)
+
+    def cancelled(self) -> TrainResult:
+        """The result of a cancelled run: no final LoRA (intermediate saves stay)."""
+        self.emit(TrainingEvent("cancelled", step=self.step, total_steps=getattr(self, "total_steps", 0),
+                                message="cancelled"))
+        return TrainResult("cancelled", output_files=self.outputs.written if self.outputs else [],
+                           final_loss=self.last_loss, steps=self.step, message="cancelled; no final LoRA written")
 
     def _prepare_run(self) -> None:
         """Check the inputs, make the output folder, start accelerate and seed every generator."""
@@ -301,7 +304,10 @@ class _ImageRun:
     def _optimizer_step(self, chunk: list[list[int]], epoch: int) -> None:
         """One optimizer step over the micro-batches of ``chunk``; the NaN guard checks the mean loss."""
         acc, optimizer = self.accelerator, self.optimizer
-        losses = [self._micro_batch(batch, epoch, j, len(chunk)) for j, batch in enumerate(chunk)]
+        losses = []
+        for j, batch in enumerate(chunk):
+            cancel_point()
+            losses.append(self._micro_batch(batch, epoch, j, len(chunk)))
         mean_loss = torch.stack(losses).mean()
         if self.world > 1:
             mean_loss = acc.reduce(mean_loss, reduction="mean")

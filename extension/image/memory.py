@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..cancel import cancel_point
 from ..models.sd_loader import ALL_PARTS
 from ..training.heap import release_free_heap
 from .conditioning import Conditioner, LatentCache
@@ -54,6 +55,7 @@ def fill_caches(data: Any, encoder: Any, latents_of: Any, epochs: int, rank: int
     seen = 0
     for epoch in range(epochs):
         for batch in data.batches_for_process(epoch, rank, world):
+            cancel_point()
             items = [data.item(i, epoch) for i in batch]
             latents_of(items)
             encoder([it.caption for it in items])

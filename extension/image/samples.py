@@ -6,12 +6,14 @@ Prompts accept the WebUI's ``<lora:name:w>`` syntax: the weight is used and the 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import re
 from pathlib import Path
 
 import torch
 
 from .._converters import converters
+from ..cancel import cancel_point
 from .lora import restore_lora_scales, set_lora_multiplier
 
 _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", re.IGNORECASE)
@@ -45,6 +47,12 @@ def build_pipeline(base, scheduler_name: str = "euler"):
 
 
 @torch.no_grad()
+def _cancel_between_steps(pipe, step, timestep, callback_kwargs):
+    """diffusers' step-end callback: a cancelled run stops sampling after the current denoising step."""
+    cancel_point()
+    return callback_kwargs
+
+
 def render_samples(base, prompts: list[str], out_dir: str | Path, tag: str, *, size: int, steps: int = 20,
                    guidance: float = 7.0, seed: int = 0, negative: str = "", clip_skip: int = 1,
                    weight: float | None = None) -> list[str]:
@@ -64,6 +72,7 @@ def render_samples(base, prompts: list[str], out_dir: str | Path, tag: str, *, s
     paths = []
     try:
         for i, raw in enumerate(prompts):
+            cancel_point()
             prompt, tag_weight = parse_prompt(raw)
             previous = set_lora_multiplier(models, tag_weight if weight is None else weight)
             try:
@@ -72,6 +81,8 @@ def render_samples(base, prompts: list[str], out_dir: str | Path, tag: str, *, s
                               guidance_scale=guidance, height=size, width=size, generator=generator)
                 if clip_skip > 1:
                     kwargs["clip_skip"] = clip_skip - 1
+                if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
+                    kwargs["callback_on_step_end"] = _cancel_between_steps
                 with torch.autocast(device.type, enabled=False):
                     image = pipe(**kwargs).images[0]
             finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from ..cancel import cancel_point
 from ..errors import UserError, yaml_problem
 from .tokenizers import load_clip_tokenizer, tokenizer_subfolder
 
@@ -288,15 +289,18 @@ def _load_single_file(path: Path, model_arch, prediction_type, tokenizer_path, p
 
     def build(base: SDBase, wanted: tuple[str, ...]) -> None:
         source = checkpoint
+        cancel_point()
         if "unet" in wanted:
             base.unet = _build_unet(source, original, arch, path, unet_storage, file_dtype, lazy)
             _store_unet(base, unet_storage, file_dtype)
+        cancel_point()
         if "vae" in wanted:
             vae_cfg = sfu.create_vae_diffusers_config_from_ldm(original, source)
             ddconfig = original["model"]["params"]["first_stage_config"]["params"]["ddconfig"]
             _apply_extra(vae_cfg, ddconfig, ("norm_num_groups",))
             base.vae = _make(lambda: _diffusers("AutoencoderKL")(**vae_cfg),
                              lambda _: sfu.convert_ldm_vae_checkpoint(source, vae_cfg), path, "VAE", lazy)
+        cancel_point()
         if "text_encoders" in wanted:
             encoders = []
             if arch in ("sd1", "sdxl"):

@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..cancel import cancel_point
 from ..errors import UserError
 from . import chat_template as templates
 from .tokenizer import Tokenizer
@@ -238,6 +239,7 @@ def load_text_dataset(path: str | Path, tokenizer: Tokenizer, data_format: str =
     samples: list[Sample] = []
     bad: list[str] = []
     for row in read_rows(path, data_format)[1]:
+        cancel_point()
         if row.error:
             bad.append(f"{row.where}: {row.error}")
             continue

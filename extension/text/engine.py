@@ -31,7 +31,7 @@ from ..config import TrainConfig, as_config
 from ..errors import UserError
 from ..training.amp import loss_scaler, optimizer_step, unscale_gradients
 from ..training.checkpoint import latest_state, load_training_state, restore_rng, save_training_state
-from ..training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult
+from ..training.events import EventCallback, RunCancelled, TrainingControl, TrainingEvent, TrainResult, cancel_point
 from ..training.heap import keep_activations_in_heap, restore_heap_after_training, tune_heap_for_training
 from ..training.optimizers import build_optimizer
 from ..training.progress import NonFiniteLoss, TensorBoardSink, Throughput, TqdmSink, check_finite, fan_out
@@ -125,17 +125,23 @@ class _Run:
     # -- the run ----------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
-        """The whole run: load base -> data -> inject LoRA -> optimizer -> resume -> loop -> save."""
-        self.load_base_and_data()
-        self.inject_lora()
-        self.build_optimizer()
-        self.resume()
-        self.announce()
+        """The whole run: load base -> data -> inject LoRA -> optimizer -> resume -> loop -> save.
+
+        A cancel is honoured between any two phases and inside the long ones (``cancel_point``).
+        """
+        for phase in (self.load_base_and_data, self.inject_lora, self.build_optimizer, self.resume, self.announce):
+            cancel_point()
+            phase()
         status = self.loop()
         if status == "cancelled":
-            self.emit(TrainingEvent("cancelled", step=self.step, total_steps=self.total))
-            return TrainResult("cancelled", final_loss=self.loss, steps=self.step)
+            return self.cancelled()
         return self.finish(status)
+
+    def cancelled(self) -> TrainResult:
+        """The result of a cancelled run: no final adapter (step saves stay)."""
+        step = getattr(self, "step", 0)
+        self.emit(TrainingEvent("cancelled", step=step, total_steps=getattr(self, "total", 0)))
+        return TrainResult("cancelled", final_loss=self.loss, steps=step, message="cancelled; no final adapter written")
 
     def load_base_and_data(self) -> None:
         """The packed base, its tokenizer, the tokenized samples, and the GGUF file llama.cpp will use."""
@@ -155,6 +161,7 @@ class _Run:
         keep_activations_in_heap(self.model.largest_activation_bytes(self.batch_size * longest), self.device)
         self.model.limit_kept_outputs(self.batch_size * longest)  # checkpointing's kept outputs: fixed budget
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        cancel_point()
         self.base_gguf = prepare_base_gguf(config, self.output_dir, self.log)
         self.base_dir = Path(config.base_model or "") if self.base_gguf is None else None
 
@@ -274,8 +281,11 @@ class _Run:
         self.save_state()
         paths = self.export()
         self.emit(TrainingEvent("saved", step=step, total_steps=total, paths=[str(p) for p in paths]))
-        message = _usage_lines(self.base_gguf, paths[0]) + "\n" + _llama_cpp_result(
-            self.config, self.model, self.base_gguf, paths[0], self.samples)
+        try:
+            check = _llama_cpp_result(self.config, self.model, self.base_gguf, paths[0], self.samples)
+        except RunCancelled:  # the adapter is written: a cancel now only skips the check
+            check = "llama.cpp check skipped: the run was cancelled"
+        message = _usage_lines(self.base_gguf, paths[0]) + "\n" + check
         # The usage lines and the check result travel once: in the done event and the result (the CLI
         # prints the result, the WebUI shows it), not also in a log event.
         self.emit(TrainingEvent("done", step=step, total_steps=total, loss=self.loss, paths=[str(p) for p in paths],
@@ -290,7 +300,10 @@ def train_text(config: TrainConfig | dict, callback: EventCallback | None = None
     run = _Run(as_config(config), callback, control)
     tune_heap_for_training(run.device)
     try:
-        return run.train()
+        with run.control.active():  # cancel_point() in loading, tokenizing and the llama.cpp check asks this
+            return run.train()
+    except RunCancelled:
+        return run.cancelled()
     except NonFiniteLoss as exc:
         run.emit(TrainingEvent("error", message=str(exc)))
         return TrainResult("failed", message=str(exc))
@@ -321,6 +334,7 @@ def _optimizer_step(model: TextModel, group: list[list[Sample]], params, optimiz
     n_tokens = sum(sum(1 for x in s.labels[1:] if x != IGNORE) for batch in group for s in batch)
     total = 0.0
     for batch in group:
+        cancel_point()
         ids, labels = collate(batch, pad_id)
         device = params[0].device  # the model's (training_device)
         ids_t, labels_t = torch.tensor(ids, device=device), torch.tensor(labels, device=device)

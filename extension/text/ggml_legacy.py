@@ -97,6 +97,8 @@ def read_ggml(path: str | Path) -> GGMLFile:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such file")
+    if path.stat().st_size == 0:  # numpy cannot map an empty file
+        raise UserError(f"{path}: empty file (0 bytes); give a GGUF or legacy GGML model file")
     data = np.memmap(path, dtype=np.uint8, mode="r")
     size = data.shape[0]
     pos = 0

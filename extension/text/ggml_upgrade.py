@@ -14,6 +14,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from .._converters import converters
+from ..cancel import cancel_point
 from ..errors import UserError
 from .ggml_legacy import GGMLFile, gguf_metadata, gguf_tensor_name, read_ggml
 
@@ -72,6 +73,7 @@ def write_gguf_from_ggml(ggml: GGMLFile, dst: Path, meta: dict, force: bool = Fa
         writer = gguf.GGUFWriter(str(tmp), "llama")
         _write_metadata(writer, meta)
         for name, tensor in ggml.tensors.items():
+            cancel_point()
             array, raw_type = _tensor_args(tensor)
             writer.add_tensor(gguf_tensor_name(name), array, raw_dtype=raw_type)
         writer.write_header_to_file()

@@ -6,10 +6,15 @@ no front end parses text.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
+
+from ..cancel import CURRENT, RunCancelled, cancel_point
+
+__all__ = ["EventCallback", "RunCancelled", "TrainResult", "TrainingControl", "TrainingEvent", "cancel_point"]
 
 EventKind = Literal["start", "step", "sample", "saved", "log", "done", "cancelled", "error"]
 
@@ -57,6 +62,15 @@ class TrainingControl:
     def cancel_requested(self) -> bool:
         """True once cancel was asked for."""
         return self._cancel.is_set()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[TrainingControl]:
+        """Make this the control that ``cancel_point()`` asks, in this thread, for the block."""
+        token = CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            CURRENT.reset(token)
 
 
 @dataclass

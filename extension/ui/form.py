@@ -11,8 +11,9 @@ from typing import Any
 
 # Set by other parts of the tab (Dataset, Model, Output), not by the Settings form.
 OWNED_ELSEWHERE = ("train_data_dir", "metadata_path", "base_model", "output_dir", "task_type", "output_name")
-BASIC = ("resolution", "lora_rank", "lora_alpha", "learning_rate", "batch_size", "epochs", "max_train_steps",
-         "save_steps", "seed", "trigger_word", "sample_prompts", "sample_every_n_steps", "max_length", "data_format")
+BASIC = ("overwrite", "resolution", "lora_rank", "lora_alpha", "learning_rate", "batch_size", "epochs",
+         "max_train_steps", "save_steps", "seed", "trigger_word", "sample_prompts", "sample_every_n_steps",
+         "max_length", "data_format")
 
 
 @dataclass

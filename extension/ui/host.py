@@ -43,6 +43,7 @@ class Host:
         self.last_output_name: str | None = None
         self.task_type = "text-to-image"
         self.published: list[str] = []
+        self.overwrite = False  # the current run's ``overwrite``: may it replace a LoRA in lora_dir()
 
     # ---- models --------------------------------------------------------------------------
     def checkpoints(self) -> list[str]:
@@ -161,16 +162,22 @@ class Host:
             config = {**config, "output_dir": self.default_output_dir(config)}
         cfg = as_config(config, "start")
         self.path_policy().check_config(cfg)  # before any file of the config is opened
-        cfg, dataset = check_start(cfg, self.tokenizer_dirs())
-        previous = (self.base_model, self.last_output_name, self.task_type, self.published)
+        try:
+            cfg, dataset = check_start(cfg, self.lora_dir(), self.tokenizer_dirs())
+        except UserError:
+            if self.jobs.running:  # a concurrent start won meanwhile (its lock, its folder): say busy
+                raise JobBusyError("a training job is already running; stop or cancel it first") from None
+            raise
+        previous = (self.base_model, self.last_output_name, self.task_type, self.published, self.overwrite)
         self.base_model = str(cfg.base_model or "") or None
         self.last_output_name = str(cfg.output_name or "my_lora")
         self.task_type = str(cfg.task_type or "text-to-image")
         self.published = []
+        self.overwrite = bool(cfg.overwrite)
         try:
             status = self.jobs.start(cfg, hooks=self)
         except BaseException:
-            self.base_model, self.last_output_name, self.task_type, self.published = previous
+            self.base_model, self.last_output_name, self.task_type, self.published, self.overwrite = previous
             raise
         return {**status, "dataset": dataset}
 
@@ -218,7 +225,7 @@ class Host:
         """
         image = self.task_type == "text-to-image"
         if image and Path(path).stem == self.last_output_name:
-            path = str(publish(path, self.lora_dir()))
+            path = str(publish(path, self.lora_dir(), overwrite=self.overwrite))
             self.published.append(path)
             try:
                 self.refresh_loras()
@@ -251,11 +258,17 @@ class Host:
         return line
 
 
-def publish(src: str | Path, lora_dir: str | Path) -> Path:
-    """Copy a finished LoRA into the host's Lora folder (atomically); returns the new path."""
+def publish(src: str | Path, lora_dir: str | Path, overwrite: bool = True) -> Path:
+    """Copy a finished LoRA into the host's Lora folder (atomically); returns the new path.
+
+    An existing file of that name is replaced only with ``overwrite`` (Start refuses such a run
+    already; this covers a file that appeared while it trained).
+    """
     src, dst = Path(src), Path(lora_dir) / Path(src).name
     if src.resolve() == dst.resolve():
         return dst
+    if not overwrite and dst.exists():
+        raise UserError(f"{dst}: already exists and overwrite is off; the new LoRA stays at {src}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     atomic = converters.atomic
     with atomic.atomic_file(dst) as tmp:  # readable per the umask, like the WebUI's own files

@@ -17,17 +17,22 @@ TEXT_TASK = "text-generation"
 SD_ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
 
 
-def check_start(config: Any, tokenizer_dirs: dict[str, Path] | None = None) -> tuple[Any, str]:
+def check_start(config: Any, lora_dir: str | Path | None = None,
+                tokenizer_dirs: dict[str, Path] | None = None) -> tuple[Any, str]:
     """(TrainConfig, one-line summary of the dataset) for ``config`` (dict or TrainConfig); UserError if bad.
 
+    ``lora_dir`` is where the host publishes a finished image LoRA (an existing file there is refused
+    unless ``overwrite``); the output folder's name length, writability and lock are checked too.
     ``tokenizer_dirs`` (arch -> folder with ``tokenizer/`` and ``tokenizer_2/``) are the host's own
     CLIP tokenizers; an image run without ``tokenizer_path`` whose checkpoint has no sidecar gets the
     host's folder as its ``tokenizer_path``.
     """
     from ..config import config_from_dict, require_keys
+    from ..training.run_folder import check_output
 
     cfg = config_from_dict(config, "start") if isinstance(config, dict) else config
     require_keys(cfg, "start")
+    check_output(cfg, lora_dir if str(cfg.task_type) != TEXT_TASK else None)
     if str(cfg.task_type) == TEXT_TASK:
         _check_text_base(Path(str(cfg.base_model)).expanduser(), cfg)
         return cfg, _check_text_data(Path(str(cfg.train_data_dir)).expanduser(), str(cfg.data_format or "auto"))

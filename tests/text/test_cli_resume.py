@@ -43,7 +43,7 @@ def _run_fails(cfg: Path, capsys, expect: str) -> None:
 
 @pytest.fixture
 def precious(tmp_path):
-    """An earlier run's adapter in the output folder: must survive every failed run."""
+    """An earlier run's adapter in the output folder: must survive every failed run (even with overwrite)."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "tl.gguf").write_bytes(b"earlier adapter")
@@ -54,7 +54,8 @@ def test_truncated_gguf(tiny, tmp_path, lines, precious, capsys):
     data = tiny["F32"].read_bytes()
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(data[: len(data) // 2])
-    _run_fails(_write_config(tmp_path / "c.yaml", base_model=cut, train_data_dir=lines, output_dir=precious),
+    _run_fails(_write_config(tmp_path / "c.yaml", base_model=cut, train_data_dir=lines, output_dir=precious,
+                              overwrite=True),
                capsys, "cut.gguf")
     assert (precious / "tl.gguf").read_bytes() == b"earlier adapter"
 
@@ -69,7 +70,8 @@ def test_unsupported_architecture(tmp_path, lines, precious, capsys):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    _run_fails(_write_config(tmp_path / "c.yaml", base_model=path, train_data_dir=lines, output_dir=precious),
+    _run_fails(_write_config(tmp_path / "c.yaml", base_model=path, train_data_dir=lines, output_dir=precious,
+                              overwrite=True),
                capsys, "supported: llama, mistral, qwen2")
     assert (precious / "tl.gguf").read_bytes() == b"earlier adapter"
 
@@ -77,11 +79,13 @@ def test_unsupported_architecture(tmp_path, lines, precious, capsys):
 def test_broken_jsonl_and_empty_data(tiny, tmp_path, precious, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n{oops\n")
-    _run_fails(_write_config(tmp_path / "c.yaml", base_model=tiny["F32"], train_data_dir=bad, output_dir=precious),
+    _run_fails(_write_config(tmp_path / "c.yaml", base_model=tiny["F32"], train_data_dir=bad, output_dir=precious,
+                              overwrite=True),
                capsys, "line 2: not valid JSON")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    _run_fails(_write_config(tmp_path / "c.yaml", base_model=tiny["F32"], train_data_dir=empty, output_dir=precious),
+    _run_fails(_write_config(tmp_path / "c.yaml", base_model=tiny["F32"], train_data_dir=empty, output_dir=precious,
+                              overwrite=True),
                capsys, "no usable training samples")
     assert (precious / "tl.gguf").read_bytes() == b"earlier adapter"
 
@@ -93,7 +97,7 @@ def test_state_that_does_not_fit(tiny, tmp_path, lines, capsys):
     capsys.readouterr()
     before = (out / "tl.gguf").read_bytes()
     cfg = _write_config(tmp_path / "c2.yaml", base_model=tiny["F32"], train_data_dir=lines, output_dir=out,
-                        lora_rank=8, resume="auto", max_train_steps=8)
+                        lora_rank=8, resume="auto", max_train_steps=8, overwrite=True)
     _run_fails(cfg, capsys, "does not fit this model")
     assert (out / "tl.gguf").read_bytes() == before
 

@@ -176,10 +176,21 @@ def uncaptioned_dataset(tmp_path_factory) -> Path:
 
 
 def make_fake_runner(lora_file: Path, steps: int = 6, delay: float = 0.05, fail: bool = False):
-    """A runner with the engine's signature: step events, one sample, the final save, done."""
-    from extension.training.events import TrainingEvent, TrainResult
+    """A runner with the engine's signature: step events, one sample, the final save, done.
+
+    Like ``runner.run_training`` it runs the engine inside ``RunFolder`` (lock, tidy after failure or cancel).
+    """
+    from extension.training.run_folder import RunFolder
 
     def run(cfg, callback, control):
+        with RunFolder(cfg.output_dir, cfg.logging_dir) as folder:
+            result = fake_engine(cfg, callback, control)
+            folder.keep = result.status not in ("failed", "cancelled")
+        return result
+
+    def fake_engine(cfg, callback, control):
+        from extension.training.events import TrainingEvent, TrainResult
+
         out_dir = Path(cfg.output_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         total = cfg.max_train_steps or steps

@@ -441,7 +441,7 @@ def test_a_sidecar_tokenizer_wins_over_the_hosts(fake_neo, tiny_base, dataset, r
 
     _no_other_tokenizer(monkeypatch)
     cfg, _ = check_start({"base_model": str(tiny_base), "train_data_dir": str(dataset), "output_name": "side"},
-                         WebUIHost().tokenizer_dirs())
+                         tokenizer_dirs=WebUIHost().tokenizer_dirs())
     assert cfg.tokenizer_path is None  # the loader finds tiny-sd1.tokenizer/ itself
 
 
