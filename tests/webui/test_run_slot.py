@@ -179,7 +179,8 @@ def test_os_error_in_a_run_is_one_line_naming_the_path(tmp_path):
 
 def test_second_run_on_the_same_folder_is_refused(tmp_path, dataset, tiny_base, runner_factory):
     run_dir = tmp_path / "shared_run"
-    first = Host(output_dir=tmp_path / "a", jobs=JobManager(runner=runner_factory(steps=300, delay=0.02)), extra_folders=[tmp_path])
+    first = Host(output_dir=tmp_path / "a", jobs=JobManager(runner=runner_factory(steps=300, delay=0.02)),
+                 extra_folders=[tmp_path])
     second = Host(output_dir=tmp_path / "b", jobs=JobManager(runner=runner_factory()), extra_folders=[tmp_path])
     _start(first, dataset, tiny_base, output_dir=str(run_dir))
     deadline = time.time() + 20
