@@ -1,0 +1,72 @@
+"""diffusers' own Flux LoRA loader as a test oracle, on a tiny random ``FluxTransformer2DModel``.
+
+Usable in-process and as a script in another venv (Forge's diffusers 0.31):
+``python flux_consumer.py OUT.npz LORA_FILE`` writes {canonical module: delta weight}.
+
+diffusers' sd-scripts/ComfyUI converter splits a single block's ``linear1`` with full-size Flux
+widths written into it (``dims=[3072, 3072, 3072, 12288]``); ``at_tiny_width`` re-creates that one
+function from its own source with the tiny widths, so everything else runs as released.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import textwrap
+
+import numpy as np
+
+TINY = dict(patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=12, guidance_embeds=True,
+            axes_dims_rope=[2, 2, 4])
+INNER, MLP = 16, 64
+
+
+def tiny_transformer(seed: int = 0):
+    """The tiny random Flux transformer every Flux format test uses."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    return FluxTransformer2DModel(**TINY).eval()
+
+
+def at_tiny_width(func, old: str, new: str):
+    """``func`` rebuilt from its source with ``old`` replaced by ``new`` (which must occur)."""
+    source = textwrap.dedent(inspect.getsource(func))
+    assert old in source, f"{func.__name__} no longer contains {old!r}"
+    namespace = dict(func.__globals__)
+    exec(compile(source.replace(old, new), inspect.getsourcefile(func), "exec"), namespace)  # noqa: S102
+    return namespace[func.__name__]
+
+
+def diffusers_deltas(path: str) -> dict[str, np.ndarray]:
+    """Load ``path`` with ``FluxLoraLoaderMixin`` into a tiny transformer; {``transformer.<module>``: delta}."""
+    from diffusers.loaders import FluxLoraLoaderMixin, lora_conversion_utils, lora_pipeline
+
+    original = lora_pipeline._convert_kohya_flux_lora_to_diffusers
+    lora_pipeline._convert_kohya_flux_lora_to_diffusers = at_tiny_width(
+        lora_conversion_utils._convert_kohya_flux_lora_to_diffusers, "dims=[3072, 3072, 3072, 12288]",
+        f"dims=[{INNER}, {INNER}, {INNER}, {MLP}]")
+    try:
+        state, alphas = FluxLoraLoaderMixin.lora_state_dict(str(path), return_alphas=True)
+    finally:
+        lora_pipeline._convert_kohya_flux_lora_to_diffusers = original
+    transformer = tiny_transformer()
+    FluxLoraLoaderMixin.load_lora_into_transformer(state, network_alphas=alphas, transformer=transformer,
+                                                   adapter_name="t")
+    return module_deltas(transformer, "t")
+
+
+def module_deltas(model, adapter: str, prefix: str = "transformer.") -> dict[str, np.ndarray]:
+    """{prefix + module path: PEFT delta weight} of every layer carrying ``adapter``."""
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "get_delta_weight") and adapter in getattr(module, "lora_A", {}):
+            out[prefix + name.replace("base_model.model.", "")] = \
+                module.get_delta_weight(adapter).detach().float().numpy()
+    return out
+
+
+if __name__ == "__main__":
+    np.savez(sys.argv[1], **diffusers_deltas(sys.argv[2]))
