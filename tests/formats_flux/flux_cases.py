@@ -7,20 +7,27 @@ import numpy as np
 from converters import LoraAdapter, LoraModule
 
 
-def flux_adapter(model, seed: int = 0, uniform_final: bool = False, clip: bool = False) -> LoraAdapter:
-    """A LoRA on every ``nn.Linear`` of ``model`` with varied ranks and alphas (canonical names)."""
+def flux_adapter(model, seed: int = 0, clip: bool = False, blocks_only: bool = False,
+                 rank: int | None = None) -> LoraAdapter:
+    """A LoRA on every ``nn.Linear`` of ``model`` with varied ranks and alphas (canonical names).
+
+    ``blocks_only``: only layers inside double/single blocks, sd-scripts' default targets (diffusers 0.31
+    refuses sd-scripts/ComfyUI files with the others; later versions drop them, see ``block_deltas``).
+    ``clip``: also CLIP-L and T5 modules. ``rank``: one rank everywhere (diffusers 0.31 gives every
+    module of an sd-scripts file the most common rank's scale).
+    """
     import torch
 
     rng = np.random.default_rng(seed)
     modules = {}
     for i, (name, layer) in enumerate(model.named_modules()):
-        if not isinstance(layer, torch.nn.Linear):
+        if not isinstance(layer, torch.nn.Linear) or (blocks_only and "blocks." not in name):
             continue
         out, inp = layer.weight.shape
-        rank = 2 + i % 4
+        r = rank or 2 + i % 4
         modules["transformer." + name] = LoraModule(
-            down=rng.standard_normal((rank, inp)).astype(np.float32),
-            up=rng.standard_normal((out, rank)).astype(np.float32),
+            down=rng.standard_normal((r, inp)).astype(np.float32),
+            up=rng.standard_normal((out, r)).astype(np.float32),
             alpha=float(1 + i % 5))
     if clip:
         for leaf in ("self_attn.q_proj", "mlp.fc1"):

@@ -1,7 +1,8 @@
 """diffusers' own Flux LoRA loader as a test oracle, on a tiny random ``FluxTransformer2DModel``.
 
 Usable in-process and as a script in another venv (Forge's diffusers 0.31):
-``python flux_consumer.py OUT.npz LORA_FILE`` writes {canonical module: delta weight}.
+``python flux_consumer.py OUT_DIR LORA_FILE...`` writes ``OUT_DIR/<file stem>.npz`` = {canonical module:
+delta weight} for each file, or exits with ``NO_LORA_LOADER`` when that diffusers cannot load LoRAs.
 
 diffusers' sd-scripts/ComfyUI converter splits a single block's ``linear1`` with full-size Flux
 widths written into it (``dims=[3072, 3072, 3072, 12288]``); ``at_tiny_width`` re-creates that one
@@ -13,6 +14,7 @@ from __future__ import annotations
 import inspect
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -20,6 +22,7 @@ TINY = dict(patch_size=1, in_channels=8, num_layers=1, num_single_layers=1, atte
             num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=12, guidance_embeds=True,
             axes_dims_rope=[2, 2, 4])
 INNER, MLP = 16, 64
+NO_LORA_LOADER = 3  # exit code: this diffusers has no LoRA loader with its venv's pins (transformers < 4.34)
 
 
 def tiny_transformer(seed: int = 0):
@@ -49,7 +52,8 @@ def diffusers_deltas(path: str) -> dict[str, np.ndarray]:
         lora_conversion_utils._convert_kohya_flux_lora_to_diffusers, "dims=[3072, 3072, 3072, 12288]",
         f"dims=[{INNER}, {INNER}, {INNER}, {MLP}]")
     try:
-        state, alphas = FluxLoraLoaderMixin.lora_state_dict(str(path), return_alphas=True)
+        state, alphas = FluxLoraLoaderMixin.lora_state_dict(str(Path(path).parent), weight_name=Path(path).name,
+                                                            return_alphas=True)
     finally:
         lora_pipeline._convert_kohya_flux_lora_to_diffusers = original
     transformer = tiny_transformer()
@@ -69,4 +73,9 @@ def module_deltas(model, adapter: str, prefix: str = "transformer.") -> dict[str
 
 
 if __name__ == "__main__":
-    np.savez(sys.argv[1], **diffusers_deltas(sys.argv[2]))
+    from diffusers.utils import USE_PEFT_BACKEND
+
+    if not USE_PEFT_BACKEND:
+        sys.exit(NO_LORA_LOADER)
+    for lora in sys.argv[2:]:
+        np.savez(Path(sys.argv[1]) / (Path(lora).stem + ".npz"), **diffusers_deltas(lora))
