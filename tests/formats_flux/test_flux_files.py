@@ -102,3 +102,18 @@ def test_bfl_file_with_lora_a_spelling_reads_as_flux(tmp_path):
     np.testing.assert_allclose(adapter.modules["transformer.transformer_blocks.0.attn.add_v_proj"].delta(),
                                up[32:] @ down, rtol=1e-6)
     assert json.dumps(inspect_adapter(path)["fused"])
+
+
+def test_cli_inspect_and_convert_of_an_sd_scripts_flux_file(tmp_path, capsys):
+    from extension.cli import main
+
+    src = _sd_scripts_file(tmp_path / "sds.safetensors")
+    assert main(["inspect", str(src)]) == 0
+    out = capsys.readouterr().out
+    assert "arch: flux" in out
+    assert "fused: single_blocks.0.linear1 = to_q/to_k/to_v/proj_mlp (shared down, ranks 4+4+4+4" in out
+    assert main(["convert", str(src), str(tmp_path / "comfy.safetensors"), "--to", "bfl"]) == 0
+    assert load_adapter(tmp_path / "comfy.safetensors").source_format == "bfl"
+    assert main(["convert", str(src), str(tmp_path / "x.gguf")]) == 2
+    assert "a Flux.1 adapter cannot be a llama.cpp GGUF" in capsys.readouterr().err
+    assert not (tmp_path / "x.gguf").exists()
