@@ -88,7 +88,7 @@ def build_metadata(
     meta = {k: str(v) for k, v in (source or {}).items()
             if k.startswith(("ss_", "modelspec.")) and not k.startswith("sshs_") and k != "ss_network_args"}
     meta.update({
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "networks.lora_flux" if arch == "flux" else "networks.lora",
         "ss_network_dim": _uniform(r for n, r in ranks.items() if n not in conv_names),
         "ss_network_alpha": _uniform(a for n, a in alphas.items() if n not in conv_names),
         "ss_v2": v2,

@@ -101,3 +101,35 @@ def test_single_block_with_only_attention_parts_needs_the_mlp_width(tmp_path):
         save_adapter(adapter, tmp_path / "x.safetensors", to="kohya")
     assert not (tmp_path / "x.safetensors").exists()
     assert part_sizes(bfl_modules()["single_blocks.0.linear1"], 112, 16) == [16, 16, 16, 64]
+
+
+@pytest.mark.parametrize("to", ["diffusers", "kohya"])
+def test_diffusers_flux_loader_applies_our_clip_l_part(tmp_path, to):
+    """CLIP-L modules (``text_encoder.`` / ``lora_te1_``) reach FluxPipeline's text encoder unchanged."""
+    from pathlib import Path
+
+    from diffusers.loaders import FluxLoraLoaderMixin
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    rng = np.random.default_rng(6)
+    modules = {}
+    for n in range(2):
+        for leaf, (out, inp) in (("self_attn.q_proj", (16, 16)), ("self_attn.k_proj", (16, 16)),
+                                 ("self_attn.v_proj", (16, 16)), ("self_attn.out_proj", (16, 16)),
+                                 ("mlp.fc1", (37, 16)), ("mlp.fc2", (16, 37))):
+            modules[f"text_encoder.text_model.encoder.layers.{n}.{leaf}"] = LoraModule(
+                down=rng.standard_normal((4, inp)).astype(np.float32),
+                up=rng.standard_normal((out, 4)).astype(np.float32), alpha=float(1 + n))
+    adapter = LoraAdapter(modules=modules, arch="flux")
+    path = save_adapter(adapter, tmp_path / f"{to}.safetensors", to=to, dtype="f32")
+    torch.manual_seed(0)
+    encoder = CLIPTextModel(CLIPTextConfig(hidden_size=16, intermediate_size=37, num_hidden_layers=2,
+                                           num_attention_heads=2, vocab_size=99, max_position_embeddings=16,
+                                           eos_token_id=2))
+    state, alphas = FluxLoraLoaderMixin.lora_state_dict(str(Path(path).parent), weight_name=Path(path).name,
+                                                        return_alphas=True)
+    FluxLoraLoaderMixin.load_lora_into_text_encoder(state, network_alphas=alphas, text_encoder=encoder,
+                                                    prefix="text_encoder", adapter_name="t")
+    got = {k if ".text_model." in k else k.replace("text_encoder.", "text_encoder.text_model.", 1): v
+           for k, v in module_deltas(encoder, "t", prefix="text_encoder.").items()}
+    assert worst_error(got, deltas(adapter)) <= 1e-4
