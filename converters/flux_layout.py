@@ -24,6 +24,8 @@ from .flux_names import (
     KOHYA_CLIP,
     KOHYA_T5,
     KOHYA_UNET,
+    ONETRAINER,
+    TRANSFORMER,
     BflModule,
     bfl_modules,
     bfl_of_canonical,
@@ -152,12 +154,12 @@ def bfl_from_canonical(modules: dict, source: object) -> dict[str, LoraModule | 
 
 def canonical_from_bfl(file_modules: dict[str, LoraModule | LycorisModule],
                        source: object) -> tuple[dict, dict[str, str]]:
-    """Canonical modules (and inspect notes on fused ones) from {BFL path or canonical TE name: module}."""
+    """Canonical modules (and inspect notes on fused ones) from {BFL path or canonical name: module}."""
     table = bfl_modules()
     modules: dict = {}
     notes: dict[str, str] = {}
     for path, module in file_modules.items():
-        if path.startswith(tuple(c + "." for c in _TE_COMPONENTS)):
+        if path.startswith(tuple(c + "." for c in _TE_COMPONENTS) + (TRANSFORMER,)):
             modules[path] = module
             continue
         parts, note = split_module(table[path], module, source)
@@ -191,11 +193,15 @@ _TABLES: dict[str, dict[str, str]] = {}
 
 
 def file_table(style: str) -> dict[str, str]:
-    """{module name as the file spells it: BFL path or canonical TE name} for ``kohya`` or ``comfy``."""
+    """{module name as the file spells it: BFL path or canonical name} for ``kohya`` (with OneTrainer's
+    ``lora_transformer_`` names) or ``comfy``."""
     if style not in _TABLES:
         table = _te_tables(style)
         for path in bfl_modules():
             table[(KOHYA_UNET + path.replace(".", "_")) if style == "kohya" else COMFY_UNET + path] = path
+        if style == "kohya":
+            for canonical in bfl_of_canonical():
+                table[ONETRAINER + canonical[len(TRANSFORMER):].replace(".", "_")] = canonical
         _TABLES[style] = table
     return _TABLES[style]
 

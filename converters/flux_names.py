@@ -12,7 +12,8 @@ its two output halves swapped (shift, scale vs scale, shift). The table below is
 the same one diffusers' single-file loader applies to the weights; part sizes come from shapes
 (q, k, v are as wide as the block's input, the MLP part takes the rest).
 
-kohya/sd-scripts names are ``lora_unet_`` + the BFL path with ``.`` as ``_``; text encoders are
+kohya/sd-scripts names are ``lora_unet_`` + the BFL path with ``.`` as ``_`` (OneTrainer writes
+``lora_transformer_`` + the diffusers path instead, unfused); text encoders are
 ``lora_te1_`` (CLIP-L) and ``lora_te3_`` (T5; older sd-scripts wrote ``lora_te2_``). ComfyUI's
 spelling is ``diffusion_model.`` + the BFL path, ``text_encoders.clip_l.transformer.`` and
 ``text_encoders.t5xxl.transformer.``. Reverse lookups go through tables, never guesses.
@@ -63,6 +64,7 @@ T5_LEAVES = ("layer.0.SelfAttention.q", "layer.0.SelfAttention.k", "layer.0.Self
              "layer.0.SelfAttention.o", "layer.1.DenseReluDense.wi_0", "layer.1.DenseReluDense.wi_1",
              "layer.1.DenseReluDense.wo", "layer.1.DenseReluDense.wi")
 KOHYA_UNET = "lora_unet_"
+ONETRAINER = "lora_transformer_"  # OneTrainer: diffusers paths with ``.`` as ``_`` (read only)
 KOHYA_CLIP = "lora_te1_"
 KOHYA_T5 = ("lora_te3_", "lora_te2_")  # sd-scripts now writes te3 (as ComfyUI maps it); older files te2
 COMFY_UNET = "diffusion_model."

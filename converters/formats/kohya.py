@@ -7,6 +7,7 @@ because A1111 only applies q/k/v deltas when q, k, v and out are all present.
 
 Flux.1 files (sd-scripts ``flux_train_network.py``) use BFL module names, fused as BFL's weights
 are (``lora_unet_double_blocks_0_img_attn_qkv``); ``flux_layout`` splits and fuses them exactly.
+OneTrainer's Flux files (``lora_transformer_<diffusers path>``) are read too.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from ..safetensors_io import SafetensorsFile, has_tensor_prefix, write_safetenso
 from ..sd_names import canonical_from_kohya, kohya_name, unet_from_diffusers_style_kohya
 
 NAME = "kohya"
-_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_")
-_FLUX_NAMES = ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_te3_")
+_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_transformer_")
+_FLUX_NAMES = ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_te3_", "lora_transformer_")
 _OPENCLIP = re.compile(r"^(?P<head>.+\.encoder\.layers\.\d+\.self_attn\.)(?P<proj>[qkv]_proj|out_proj)$")
 
 

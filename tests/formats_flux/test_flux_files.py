@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from flux_cases import worst_error
+from flux_cases import flux_adapter, worst_error
 from flux_consumer import diffusers_deltas, module_deltas, tiny_transformer
 
 from converters import AdapterError, convert, inspect_adapter, load_adapter
@@ -118,3 +118,24 @@ def test_cli_inspect_and_convert_of_an_sd_scripts_flux_file(tmp_path, capsys):
     assert main(["convert", str(src), str(tmp_path / "x.gguf")]) == 2
     assert "a Flux.1 adapter cannot be a llama.cpp GGUF" in capsys.readouterr().err
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_onetrainer_flux_file_reads_like_diffusers_reads_it(flux_model, tmp_path):
+    """OneTrainer's ``lora_transformer_<diffusers path>`` names (read only), attention layers with alphas:
+    diffusers' own converter for them gives the same deltas."""
+    from converters.flux_names import ONETRAINER
+
+    adapter = flux_adapter(flux_model, seed=3)
+    attention = {n: m for n, m in adapter.modules.items() if ".attn.to_" in n or ".attn.add_" in n}
+    tensors = []
+    for name, module in attention.items():
+        key = ONETRAINER + name[len("transformer."):].replace(".", "_")
+        tensors += [(key + ".lora_down.weight", module.down), (key + ".lora_up.weight", module.up),
+                    (key + ".alpha", np.asarray(module.alpha, np.float32))]
+    path = tmp_path / "onetrainer.safetensors"
+    write_safetensors(path, tensors)
+    ours = load_adapter(path)
+    assert ours.arch == "flux" and set(ours.modules) == set(attention)
+    want = {n: m.delta() for n, m in attention.items()}
+    assert worst_error({n: m.delta() for n, m in ours.modules.items()}, want) < 1e-6
+    assert worst_error(diffusers_deltas(path), want) <= 1e-4
