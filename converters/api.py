@@ -9,7 +9,7 @@ import numpy as np
 
 from .errors import AdapterError
 from .formats import FORMATS, WRITABLE, WriteOptions, detect_format, format_for_destination, peft
-from .model import LoraAdapter, LoraModule, LycorisModule
+from .model import IMAGE_FAMILIES, LoraAdapter, LoraModule, LycorisModule
 from .sanity import adapter_problems
 
 
@@ -207,7 +207,7 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
     targets = sorted({_target_name(name) for name in adapter.modules})
     components: dict[str, int] = {}
     for name in adapter.modules:
-        prefix = name.split(".", 1)[0] if adapter.family == "sd" else "model"
+        prefix = name.split(".", 1)[0] if adapter.family in IMAGE_FAMILIES else "model"
         components[prefix] = components.get(prefix, 0) + 1
     dtypes = sorted({str(np.asarray(m.up if isinstance(m, LoraModule) else next(iter(m.factors.values()))).dtype)
                      for m in adapter.modules.values()})
@@ -225,6 +225,7 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
         "dora": any(m.magnitude is not None for m in adapter.modules.values()),
         "algos": sorted({m.algo if isinstance(m, LycorisModule) else "lora" for m in adapter.modules.values()}),
         "alpha_form": adapter.alpha_form,
+        "fused": dict(adapter.fused),
         "full_weights": sorted(adapter.full_weights),
         "metadata": adapter.metadata,
         "problems": adapter_problems(adapter),

@@ -26,7 +26,11 @@ ARCH_INFO = {
     "sd2": ("sd_v2", "True", "stable-diffusion-v2-512/lora", "512x512", "epsilon"),
     "sd2-v": ("sd_v2_v", "True", "stable-diffusion-v2-768-v/lora", "768x768", "v"),
     "sdxl": ("sdxl_base_v1-0", "False", "stable-diffusion-xl-v1-base/lora", "1024x1024", "epsilon"),
+    # sd-scripts' Flux.1 values (flux_train_network.py, sai_model_spec.py); Flux has no prediction type there.
+    "flux": ("flux1", "False", "flux-1-dev/lora", "1024x1024", ""),
 }
+_IMPLEMENTATION = {"sdxl": "https://github.com/Stability-AI/generative-models",
+                   "flux": "https://github.com/black-forest-labs/flux"}
 # Order of the safetensors library's Dtype enum; it writes tensors by dtype descending, then name.
 _DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64",
                 "I64", "U64"]
@@ -36,6 +40,8 @@ _LEGACY_START, _LEGACY_LEN = 0x100000, 0x10000
 def arch_from_metadata(meta: Mapping[str, str]) -> str | None:
     """The SD architecture a kohya file's metadata declares, or None."""
     version = str(meta.get("ss_base_model_version", ""))
+    if version.startswith("flux1") or str(meta.get("modelspec.architecture", "")).startswith("flux-1"):
+        return "flux"
     if version.startswith("sdxl"):
         return "sdxl"
     if version.startswith("sd_v2"):
@@ -82,7 +88,7 @@ def build_metadata(
     meta = {k: str(v) for k, v in (source or {}).items()
             if k.startswith(("ss_", "modelspec.")) and not k.startswith("sshs_") and k != "ss_network_args"}
     meta.update({
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "networks.lora_flux" if arch == "flux" else "networks.lora",
         "ss_network_dim": _uniform(r for n, r in ranks.items() if n not in conv_names),
         "ss_network_alpha": _uniform(a for n, a in alphas.items() if n not in conv_names),
         "ss_v2": v2,
@@ -90,13 +96,14 @@ def build_metadata(
         "ss_output_name": name,
         "modelspec.sai_model_spec": "1.0.1",
         "modelspec.architecture": spec,
-        "modelspec.implementation": ("https://github.com/Stability-AI/generative-models" if arch == "sdxl"
-                                     else "diffusers"),
+        "modelspec.implementation": _IMPLEMENTATION.get(arch, "diffusers"),
         "modelspec.title": name,
         "modelspec.resolution": resolution,
         "modelspec.prediction_type": prediction,
         "modelspec.date": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()),
     })
+    if not prediction:
+        del meta["modelspec.prediction_type"]
     if arch == "sd2-v":
         meta["ss_v_parameterization"] = "True"
     if conv_names:

@@ -3,6 +3,8 @@
 Module names are the base model's own module paths:
 - Stable Diffusion: ``unet.<diffusers path>``, ``text_encoder.<transformers path>``,
   ``text_encoder_2.<transformers path>`` (CLIP paths always include ``text_model.``).
+- Flux.1: ``transformer.<diffusers FluxTransformer2DModel path>`` (q/k/v split as diffusers has
+  them), ``text_encoder.<CLIP-L path>``, ``text_encoder_2.<T5 encoder path>`` (see ``flux_names``).
 - LLMs: the Hugging Face path without PEFT's ``base_model.model.`` prefix
   (``model.layers.0.self_attn.q_proj``, ``lm_head``, ``model.embed_tokens``).
 
@@ -17,8 +19,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import AdapterError
+from .flux_names import is_flux_transformer_path
 
 SD_ARCHES = ("sd1", "sd2", "sd2-v", "sdxl")
+FLUX_ARCHES = ("flux",)
+IMAGE_FAMILIES = ("sd", "flux")
 LLM_ARCHES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "falcon", "gpt2", "starcoder2")
 
 
@@ -77,12 +82,18 @@ class LoraAdapter:
     full_weights: dict[str, np.ndarray] = field(default_factory=dict)
     # How the file carried alpha (shown by inspect): e.g. "alpha tensors", "config", "folded into weights".
     alpha_form: str | None = None
+    # Modules the file held fused (Flux BFL naming), by the file's name: how they were split (inspect).
+    fused: dict[str, str] = field(default_factory=dict)
 
     @property
     def family(self) -> str | None:
-        """``"sd"`` or ``"llm"`` from the architecture or the module names; None if unknown."""
+        """``"sd"``, ``"flux"`` or ``"llm"`` from the architecture or the module names; None if unknown."""
         if self.arch in SD_ARCHES:
             return "sd"
+        if self.arch in FLUX_ARCHES or (self.arch is None and any(
+                is_flux_transformer_path(name[len("transformer."):]) for name in self.modules
+                if name.startswith("transformer."))):
+            return "flux"
         if self.arch is not None:
             return "llm"
         if any(name.startswith(("unet.", "text_encoder.", "text_encoder_2.")) for name in self.modules):

@@ -132,7 +132,7 @@ def clip_module_names(max_layers: int = 48) -> list[str]:
 
 def normalize_te_path(path: str) -> str:
     """Insert ``text_model.`` into a CLIP path written by transformers >= 5 (flattened CLIPTextModel)."""
-    if path.startswith(("encoder.", "embeddings.", "final_layer_norm")):
+    if path.startswith(("encoder.layers.", "embeddings.", "final_layer_norm")):  # not T5's encoder.block
         return "text_model." + path
     return path
 

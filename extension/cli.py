@@ -39,9 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     convert = sub.add_parser("convert", help="convert an adapter between PEFT, diffusers, kohya and GGUF")
     convert.add_argument("src")
     convert.add_argument("dst")
-    convert.add_argument("--to", choices=["peft", "diffusers", "kohya", "gguf"])
+    convert.add_argument("--to", choices=["peft", "diffusers", "kohya", "bfl", "gguf"])
     convert.add_argument("--base", help="base model to validate against (GGUF, diffusers folder, checkpoint)")
-    convert.add_argument("--arch", help="sd1|sd2|sd2-v|sdxl|llama|mistral|qwen2|... when the file does not say")
+    convert.add_argument("--arch", help="sd1|sd2|sd2-v|sdxl|flux|llama|mistral|qwen2|... when the file does not say")
     convert.add_argument("--dtype", choices=["f32", "f16", "bf16"])
     convert.add_argument("--name", help="output name recorded in the file")
     convert.add_argument("--force", action="store_true", help="overwrite an existing destination")
@@ -111,6 +111,8 @@ def _print_inspect(report: dict) -> None:
         print(f"{'algos':>10}: " + ", ".join(report["algos"]))
     if report.get("alpha_form"):
         print(f"{'alpha':>10}: {report['alpha_form']}")
+    for name, how in sorted(report.get("fused", {}).items()):
+        print(f"{'fused':>10}: {name} = {how}")
     for key, value in sorted(report["metadata"].items()):
         text = value if len(value) <= 100 else value[:97] + "..."
         print(f"  meta {key} = {text}")

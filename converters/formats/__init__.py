@@ -11,11 +11,11 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import AdapterError
-from . import diffusers_file, ggla, gguf_adapter, kohya, lycoris, peft
+from . import bfl, diffusers_file, ggla, gguf_adapter, kohya, lycoris, peft
 
 # Sniff order matters: the most specific signatures first.
 FORMATS: dict[str, ModuleType] = {
-    module.NAME: module for module in (peft, gguf_adapter, ggla, kohya, lycoris, diffusers_file)
+    module.NAME: module for module in (peft, gguf_adapter, ggla, kohya, lycoris, bfl, diffusers_file)
 }
 WRITABLE = tuple(name for name, module in FORMATS.items() if hasattr(module, "write"))
 
@@ -41,8 +41,8 @@ def detect_format(path: str | Path) -> str:
         if module.sniff(path):
             return name
     raise AdapterError(
-        f"{path}: not a LoRA adapter this tool knows (expected a PEFT folder, a diffusers, kohya or LyCORIS "
-        ".safetensors, or a GGUF/ggla adapter)"
+        f"{path}: not a LoRA adapter this tool knows (expected a PEFT folder, a diffusers, kohya, BFL/ComfyUI Flux "
+        "or LyCORIS .safetensors, or a GGUF/ggla adapter)"
     )
 
 
@@ -56,4 +56,4 @@ def format_for_destination(path: str | Path) -> str:
         return "kohya"
     if suffix == "":
         return "peft"
-    raise AdapterError(f"{path}: cannot tell the target format from the name; pass --to peft|diffusers|kohya|gguf")
+    raise AdapterError(f"{path}: cannot tell the target format from the name; pass --to peft|diffusers|kohya|bfl|gguf")

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import AdapterError
-from ..model import LoraAdapter, LoraModule, require_plain_lora
+from ..flux_names import is_flux_transformer_path
+from ..model import IMAGE_FAMILIES, LoraAdapter, LoraModule, require_plain_lora
 from ..safetensors_io import SafetensorsFile, read_header, write_safetensors
 from ..sd_names import normalize_te_path
 from .peft import (
@@ -28,6 +29,7 @@ from .peft import (
     SD_COMPONENTS,
     _component_files,
     component_path,
+    is_te,
     modules_from_tensors,
     sd_arch_guess,
 )
@@ -67,6 +69,11 @@ def _component_of(key: str) -> tuple[str, str]:
     return "", key
 
 
+def _module_of(key: str) -> str:
+    parsed = _split(key)
+    return parsed[0] if parsed else key
+
+
 def read(path: Path, arch: str | None = None) -> LoraAdapter:
     """Read a diffusers/PEFT-style single file; configs come from ``lora_adapter_metadata`` if present."""
     path = Path(path)
@@ -79,13 +86,18 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
     for key, value in st.items():
         component, rest = _component_of(key)
         groups.setdefault(component, {})[rest] = value
+    if "transformer" in groups and not any(is_flux_transformer_path(_module_of(n)) for n in groups["transformer"]):
+        # an LLM whose modules live under ``transformer.`` (GPT-2, Falcon), not Flux's transformer component
+        groups.setdefault("", {}).update({"transformer." + k: v for k, v in groups.pop("transformer").items()})
     if "" in groups and any(n.startswith(_UNET_HEADS) for n in groups[""]):
         groups.setdefault("unet", {}).update(groups.pop(""))
+    elif "" in groups and any(is_flux_transformer_path(_module_of(n)) for n in groups[""]):
+        groups.setdefault("transformer", {}).update(groups.pop(""))
     modules, full = {}, {}
     for component, tensors in groups.items():
         config = {k[len(component) + 1:]: v for k, v in packed.items() if k.startswith(component + ".")}
         prefix = component + "." if component else ""
-        te = component.startswith("text_encoder")
+        te = is_te(component)
         found, weights = modules_from_tensors(tensors, config, path, prefix, te=te)
         for key, value in tensors.items():  # old diffusers files: network alphas as tensors
             if key.endswith(".alpha"):
@@ -110,6 +122,8 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
     metadata = {k: v for k, v in st.metadata.items() if k not in (META_KEY, "format", FOLDED_KEY, PADDED_KEY)}
     family_sd = any(n.startswith(tuple(c + "." for c in SD_COMPONENTS)) for n in modules)
     chosen = arch or metadata.get("lora_bridge.arch")
+    if chosen is None and "transformer" in groups:
+        chosen = "flux"
     if chosen is None and family_sd:
         chosen = sd_arch_guess(modules) or "sd1"
     return LoraAdapter(modules=modules, arch=chosen, metadata=metadata, full_weights=full, alpha_form=alpha_form)
@@ -158,8 +172,9 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
     (``lora_bridge.alpha = folded``); CLIP modules keep ``text_model.`` in their names.
     """
     path = Path(path)
-    if adapter.family != "sd":
-        raise AdapterError(f"{path}: diffusers LoRA files are for Stable Diffusion pipelines; use --to peft or gguf")
+    if adapter.family not in IMAGE_FAMILIES:
+        raise AdapterError(f"{path}: diffusers LoRA files are for Stable Diffusion and Flux.1 pipelines; "
+                           "use --to peft or gguf")
     require_plain_lora(adapter, path, "diffusers LoRA files")
     groups: dict[str, tuple[dict, dict]] = {}
     for name, module in adapter.modules.items():
@@ -174,7 +189,7 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
     for component, (mods, full) in sorted(groups.items()):
         if component not in SD_COMPONENTS or not mods:
             raise AdapterError(f"{path}: cannot write component {component!r} to a diffusers LoRA file")
-        config, comp_tensors = _component_files(fold_scale(mods), full, None, path, te=component != "unet")
+        config, comp_tensors = _component_files(fold_scale(mods), full, None, path, te=is_te(component))
         for key in ("peft_type", "task_type", "base_model_name_or_path", "inference_mode"):
             config.pop(key, None)
         packed.update({f"{component}.{k}": v for k, v in config.items()})

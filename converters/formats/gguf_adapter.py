@@ -29,7 +29,7 @@ from ..llm_names import (
     permute_rows,
     unpermute_rows,
 )
-from ..model import LoraAdapter, LoraModule
+from ..model import IMAGE_FAMILIES, LoraAdapter, LoraModule
 from ..safetensors_io import bf16_bits_to_f32, f32_to_bf16_bits
 
 NAME = "gguf"
@@ -180,8 +180,9 @@ def _resolve(adapter: LoraAdapter, path: Path, options) -> tuple[str, BaseInfo]:
 
 def _check_writable(adapter: LoraAdapter, path: Path) -> None:
     """Refuse what a llama.cpp LoRA cannot carry."""
-    if adapter.family == "sd":
-        raise AdapterError(f"{path}: a Stable Diffusion adapter cannot be a llama.cpp GGUF; "
+    if adapter.family in IMAGE_FAMILIES:
+        kind = "a Flux.1" if adapter.family == "flux" else "a Stable Diffusion"
+        raise AdapterError(f"{path}: {kind} adapter cannot be a llama.cpp GGUF; "
                            "convert it to kohya .safetensors or a PEFT folder instead")
     for name, module in adapter.modules.items():
         if module.magnitude is not None:

@@ -4,6 +4,10 @@ Keys: ``<name>.lora_down.weight``, ``<name>.lora_up.weight`` and ``<name>.alpha`
 with names from ``sd_names.kohya_name``. Weights are fp16 unless another dtype is asked for.
 OpenCLIP-style encoders (SD2, SDXL's second) get all four attention projections per layer,
 because A1111 only applies q/k/v deltas when q, k, v and out are all present.
+
+Flux.1 files (sd-scripts ``flux_train_network.py``) use BFL module names, fused as BFL's weights
+are (``lora_unet_double_blocks_0_img_attn_qkv``); ``flux_layout`` splits and fuses them exactly.
+OneTrainer's Flux files (``lora_transformer_<diffusers path>``) are read too.
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import flux_layout
 from ..errors import AdapterError
 from ..kohya_metadata import arch_from_metadata, build_metadata, dtype_name, hashes, safetensors_order
 from ..lycoris_parts import module_from_parts, split_part
-from ..model import SD_ARCHES, LoraAdapter, LoraModule, LycorisModule, require_plain_lora
+from ..model import FLUX_ARCHES, SD_ARCHES, LoraAdapter, LoraModule, LycorisModule, require_plain_lora
 from ..safetensors_io import SafetensorsFile, has_tensor_prefix, write_safetensors
 from ..sd_names import canonical_from_kohya, kohya_name, unet_from_diffusers_style_kohya
 
 NAME = "kohya"
-_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
+_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_te3_", "lora_transformer_")
+_FLUX_NAMES = ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "lora_te3_", "lora_transformer_")
 _OPENCLIP = re.compile(r"^(?P<head>.+\.encoder\.layers\.\d+\.self_attn\.)(?P<proj>[qkv]_proj|out_proj)$")
 
 
@@ -35,6 +41,8 @@ def detect_arch(names: list[str], shapes: dict[str, tuple[int, ...]], metadata: 
     declared = arch_from_metadata(metadata)
     if declared:
         return declared
+    if any(n.startswith(_FLUX_NAMES) for n in names):
+        return "flux"
     if any(n.startswith(("lora_te2_", "lora_unet_input_blocks", "lora_unet_output_blocks", "lora_unet_middle_block",
                          "lora_unet_label_emb")) for n in names):
         return "sdxl"
@@ -67,8 +75,12 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
         raise AdapterError(f"{path}: no kohya LoRA tensors (lora_down/lora_up) found")
     shapes = {k: st.shape(k) for k in keys}
     chosen = arch or detect_arch(list(found), shapes, st.metadata)
+    if chosen in FLUX_ARCHES:
+        modules, fused = flux_layout.read_named(found, "kohya", path, module_from_parts)
+        return LoraAdapter(modules=modules, arch=chosen, metadata=dict(st.metadata), alpha_form="alpha tensors",
+                           fused=fused)
     if chosen not in SD_ARCHES:
-        raise AdapterError(f"{path}: kohya files are Stable Diffusion LoRAs; --arch {chosen} does not apply")
+        raise AdapterError(f"{path}: kohya files are Stable Diffusion or Flux.1 LoRAs; --arch {chosen} does not apply")
     modules: dict[str, LoraModule | LycorisModule] = {}
     for name, parts in found.items():
         canonical = _canonical(name, chosen)
@@ -110,8 +122,9 @@ def complete_openclip(modules: dict[str, LoraModule], arch: str) -> dict[str, Lo
 
 
 def _refuse(adapter: LoraAdapter, path: Path) -> None:
-    if adapter.family != "sd":
-        raise AdapterError(f"{path}: kohya files are for Stable Diffusion; this is an LLM adapter (use --to gguf/peft)")
+    if adapter.family not in ("sd", "flux"):
+        raise AdapterError(f"{path}: kohya files are for Stable Diffusion and Flux.1; this is an LLM adapter "
+                           "(use --to gguf/peft)")
     require_plain_lora(adapter, path, "kohya LoRA files")
     if any(m.magnitude is not None for m in adapter.modules.values()):
         raise AdapterError(f"{path}: DoRA adapters have no faithful kohya form; convert to peft or diffusers instead")
@@ -124,25 +137,38 @@ def _refuse(adapter: LoraAdapter, path: Path) -> None:
         raise AdapterError(f"{path}: kohya files cannot carry embedding LoRA; use --to peft")
 
 
-def write(adapter: LoraAdapter, path: Path, options) -> Path:
-    """Write a kohya LoRA: WebUI names, real per-module alpha (float32), fp16 by default, metadata, hashes."""
-    path = Path(path)
-    _refuse(adapter, path)
-    arch = options.arch or adapter.arch
-    if arch not in ("sd1", "sd2", "sd2-v", "sdxl"):
-        raise AdapterError(f"{path}: unknown SD architecture {arch!r}; pass --arch sd1|sd2|sd2-v|sdxl")
-    modules = complete_openclip(adapter.modules, arch)
-    float_dtype = options.dtype or "f16"
-    items: list[tuple[str, np.ndarray, str]] = []
-    ranks: dict[str, int] = {}
-    alphas: dict[str, float] = {}
-    conv: set[str] = set()
+def _sd_names(modules: dict[str, LoraModule], arch: str, path: Path) -> dict[str, LoraModule]:
+    """{kohya name: module} of an SD adapter; two modules on one name stop the write."""
+    named: dict[str, LoraModule] = {}
     seen: dict[str, str] = {}
     for canonical, module in modules.items():
         name = kohya_name(canonical, arch)
         if name in seen:
             raise AdapterError(f"{path}: {canonical} and {seen[name]} map to the same kohya name {name}")
         seen[name] = canonical
+        named[name] = module
+    return named
+
+
+def write(adapter: LoraAdapter, path: Path, options) -> Path:
+    """Write a kohya LoRA: WebUI names, real per-module alpha (float32), fp16 by default, metadata, hashes."""
+    path = Path(path)
+    _refuse(adapter, path)
+    arch = options.arch or adapter.arch
+    if adapter.family == "flux" or arch in FLUX_ARCHES:
+        arch = "flux"
+        named = {flux_layout.file_name(k, "kohya"): m
+                 for k, m in flux_layout.bfl_from_canonical(adapter.modules, path).items()}
+    elif arch not in SD_ARCHES:
+        raise AdapterError(f"{path}: unknown SD architecture {arch!r}; pass --arch sd1|sd2|sd2-v|sdxl")
+    else:
+        named = _sd_names(complete_openclip(adapter.modules, arch), arch, path)
+    float_dtype = options.dtype or "f16"
+    items: list[tuple[str, np.ndarray, str]] = []
+    ranks: dict[str, int] = {}
+    alphas: dict[str, float] = {}
+    conv: set[str] = set()
+    for name, module in named.items():
         down, up = np.asarray(module.down), np.asarray(module.up)
         if down.ndim == 4 and up.ndim == 2:
             up = up.reshape(up.shape + (1, 1))

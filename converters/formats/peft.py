@@ -25,8 +25,9 @@ import numpy as np
 
 from ..atomic import atomic_dir
 from ..errors import AdapterError
+from ..flux_names import is_flux_transformer_path
 from ..llm_names import arch_from_config
-from ..model import LoraAdapter, LoraModule, LycorisModule, require_plain_lora
+from ..model import IMAGE_FAMILIES, LoraAdapter, LoraModule, LycorisModule, require_plain_lora
 from ..safetensors_io import SafetensorsFile, write_safetensors
 from ..sd_names import normalize_te_path
 from . import peft_lycoris
@@ -36,7 +37,7 @@ CONFIG = "adapter_config.json"
 WEIGHTS = "adapter_model.safetensors"
 WEIGHTS_BIN = "adapter_model.bin"
 SIDECAR = "lora_bridge.json"
-SD_COMPONENTS = ("unet", "text_encoder", "text_encoder_2")
+SD_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")  # SD and Flux.1 pipeline components
 # What a PEFT folder holds (``save_pretrained`` adds README.md): --force replaces a folder of only these.
 ADAPTER_FILES = frozenset((CONFIG, WEIGHTS, WEIGHTS_BIN, SIDECAR, "README.md"))
 PEFT_PREFIX = "base_model.model."
@@ -315,13 +316,13 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
             config = _read_config(sub)
             if str(config.get("peft_type") or "LORA").upper() != "LORA":
                 found, weights = peft_lycoris.read_modules(load_tensors(sub), config, sub, component + ".",
-                                                           te=component != "unet"), {}
+                                                           te=is_te(component)), {}
             else:
                 found, weights = modules_from_tensors(load_tensors(sub), config, sub, component + ".",
-                                                      te=component != "unet")
+                                                      te=is_te(component))
             modules.update(found)
             full.update(weights)
-        family = "sd"
+        family = "flux" if "transformer" in dict(components) else "sd"
     else:
         config = _read_config(folder)
         if str(config.get("peft_type") or "LORA").upper() != "LORA":
@@ -332,17 +333,27 @@ def read(path: Path, arch: str | None = None) -> LoraAdapter:
             found = {"unet." + n: m for n, m in found.items()}
             weights = {"unet." + n: w for n, w in weights.items()}
             family = "sd"
+        elif found and all(is_flux_transformer_path(n) for n in found):
+            found = {"transformer." + n: m for n, m in found.items()}
+            weights = {"transformer." + n: w for n, w in weights.items()}
+            family = "flux"
         else:
             family = "llm"
             metadata = {**_llm_metadata(config), **metadata}
         modules, full = found, weights
-    chosen = arch or sidecar.get("arch") or (sd_arch_guess(modules) if family == "sd" else None)
+    chosen = arch or sidecar.get("arch") or ("flux" if family == "flux" else None) or (
+        sd_arch_guess(modules) if family == "sd" else None)
     if chosen is None and family == "sd":
         chosen = "sd1"
     return LoraAdapter(modules=modules, arch=chosen, metadata=metadata, full_weights=full)
 
 
 # ------------------------------------------------------------------------------------------ write
+def is_te(component: str) -> bool:
+    """True for a text-encoder component (CLIP names get ``text_model.`` handling; T5 paths pass through)."""
+    return component.startswith("text_encoder")
+
+
 def component_path(component: str, path: str) -> str:
     """The module path written inside a component's file: canonical, so CLIP keeps ``text_model.``.
 
@@ -452,12 +463,12 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
     base_name = adapter.metadata.get("base_model_name_or_path")
     sidecar = {"arch": adapter.arch, "metadata": {k: str(v) for k, v in {**adapter.metadata,
                                                                             **options.metadata}.items()}}
-    if adapter.family == "sd":
+    if adapter.family in IMAGE_FAMILIES:
         groups: dict[str, tuple[dict, dict]] = {}
         for name, m in adapter.modules.items():
             component, _, rest = name.partition(".")
             if component not in SD_COMPONENTS:
-                raise AdapterError(f"{name}: not an SD component module (unet./text_encoder./text_encoder_2.)")
+                raise AdapterError(f"{name}: not a pipeline component module ({'./'.join(SD_COMPONENTS)}.)")
             groups.setdefault(component, ({}, {}))[0][component_path(component, rest)] = m
         for name, w in adapter.full_weights.items():
             component, _, rest = name.partition(".")
@@ -466,7 +477,7 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
         for component, (mods, full) in groups.items():
             if not mods:
                 raise AdapterError(f"{path}: component {component} has full weights but no LoRA modules")
-            te = component != "unet"
+            te = is_te(component)
             if any(isinstance(m, LycorisModule) for m in mods.values()):
                 if full:
                     raise AdapterError(f"{path}: PEFT LoHa/LoKr folders here carry no modules_to_save")
