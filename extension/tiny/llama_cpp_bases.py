@@ -50,6 +50,9 @@ TINY_FAMILIES: dict[str, tuple[str, str, dict]] = {
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64}}),
 }
+# Added (user-defined) tokens after the SentencePiece pieces, as the real vocabularies have them: llama.cpp's
+# vocabulary loader looks Phi-3's up by name (llama-vocab.cpp, per-model token attributes).
+ADDED_TOKENS = {"phi3": ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>")}
 # ggml file types llama.cpp's quantizer makes from the F16 file (llama.h: LLAMA_FTYPE_*).
 _QUANTIZE_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_0": 2}
 
@@ -84,7 +87,8 @@ def build_tiny_family(family: str, seed: int = 0, vocab: TinyVocab | None = None
         raise ValueError(f"unknown tiny family {family!r}; use one of {sorted(TINY_FAMILIES)}")
     config_cls, model_cls, overrides = TINY_FAMILIES[family]
     vocab = vocab or tiny_vocab()
-    config = getattr(transformers, config_cls)(vocab_size=len(vocab), **{**_SIZE, **overrides})
+    n_vocab = len(vocab) + len(ADDED_TOKENS.get(family, ()))
+    config = getattr(transformers, config_cls)(vocab_size=n_vocab, **{**_SIZE, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).float().eval()
     with torch.no_grad():
@@ -95,12 +99,15 @@ def build_tiny_family(family: str, seed: int = 0, vocab: TinyVocab | None = None
     return model
 
 
-def save_family_hf(model, folder: Path, vocab: TinyVocab | None = None) -> Path:
-    """The HF folder llama.cpp's converter reads: config, safetensors, ``tokenizer.model``, tokenizer config."""
+def save_family_hf(model, folder: Path, vocab: TinyVocab | None = None, added: tuple[str, ...] = ()) -> Path:
+    """The HF folder llama.cpp's converter reads: config, safetensors, ``tokenizer.model`` (+ ``added``
+    tokens in ``added_tokens.json``), tokenizer config."""
     vocab = vocab or tiny_vocab()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
     (folder / "tokenizer.model").write_bytes(sentencepiece_model(vocab))
+    if added:
+        (folder / "added_tokens.json").write_text(json.dumps({t: len(vocab) + i for i, t in enumerate(added)}))
     config = {"tokenizer_class": "LlamaTokenizer", "bos_token": vocab.tokens[vocab.bos_id],
               "eos_token": vocab.tokens[vocab.eos_id], "unk_token": vocab.tokens[vocab.unk_id], "add_bos_token": True,
               "add_eos_token": False}
@@ -144,7 +151,7 @@ def family_files(family: str, folder: Path, llama_cpp_src: Path, qtypes: tuple[s
     folder = Path(folder)
     vocab = tiny_vocab()
     model = build_tiny_family(family, seed=seed, vocab=vocab)
-    files: dict[str, Path] = {"hf": save_family_hf(model, folder / f"{family}-hf", vocab)}
+    files: dict[str, Path] = {"hf": save_family_hf(model, folder / f"{family}-hf", vocab, ADDED_TOKENS.get(family, ()))}
     for qtype in qtypes:
         out = folder / f"{family}-{qtype.lower()}.gguf"
         if qtype in ("F32", "F16", "BF16", "Q8_0"):
