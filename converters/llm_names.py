@@ -22,10 +22,11 @@ _GGUF_ARCH = {"mistral": "llama"}
 # HF config ``model_type`` -> canonical arch.
 _MODEL_TYPES = {
     "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
-    "gemma2": "gemma2", "phi3": "phi3", "falcon": "falcon", "gpt2": "gpt2", "starcoder2": "starcoder2",
+    "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3", "phi3": "phi3", "falcon": "falcon",
+    "gpt2": "gpt2", "starcoder2": "starcoder2", "granite": "granite",
 }
 # Architectures whose GGUF Q/K weights are stored row-permuted for llama.cpp's rotary layout.
-PERMUTED_ARCHES = frozenset({"llama", "mistral"})
+PERMUTED_ARCHES = frozenset({"llama", "mistral", "granite"})
 
 # The usual decoder layout (llama, mistral, qwen2, qwen3, gemma...): HF suffix -> GGUF suffix.
 _LAYER_MODULES = {
@@ -38,7 +39,7 @@ _LAYER_MODULES = {
     "mlp.down_proj": "ffn_down",
 }
 _GLOBAL_MODULES = {"lm_head": "output", "model.embed_tokens": "token_embd"}
-_DECODER_ARCHES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2"})
+_DECODER_ARCHES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite"})
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _GGUF_LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 # Other layouts, for the reverse direction where gguf-py lists several HF names per tensor.

@@ -1,12 +1,14 @@
-"""A small LLaMA-family causal LM in torch, built from a GGUF file, a legacy GGML file or an HF folder.
+"""A decoder-only causal LM in torch, built from a GGUF file, a legacy GGML file or an HF folder.
 
-The model uses Hugging Face module names (``model.layers.0.self_attn.q_proj``) so LoRA modules
+The model is composed of the shared blocks (``blocks.py``) that its family's row (``families.py``)
+names, and uses Hugging Face module names (``model.layers.0.self_attn.q_proj``) so LoRA modules
 trained on it are canonical adapter names. Base weights stay in the file's block format
 (``quant.PackedWeight``). LLaMA GGUF files store Q and K rows permuted for llama.cpp's rotary
-layout; the loader undoes that on the packed rows so the torch model uses HF's rotate-half RoPE
-(for qwen2, which llama.cpp runs with NEOX rotary, nothing is permuted).
+layout; the loader undoes that on the packed rows so the torch model uses rotate-half RoPE
+(the other families run llama.cpp's NEOX rotary, and nothing is permuted).
 
-Works without transformers' GGUF support (transformers 4.30 in A1111 has none).
+Works without transformers (transformers 4.30 in A1111 has no GGUF support and none of the newer
+model classes): the public interface is ``load_text_model(path)`` and ``model(ids) -> logits``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,146 +27,54 @@ from torch.nn import functional as F
 from .._converters import converters
 from ..errors import UserError
 from ..training.heap import release_free_heap
+from .blocks import MLP, Attention, Backbone, DecoderLayer, FusedMLP, RMSNorm, Rotary
+from .families import (
+    FAMILIES,
+    HF_MODEL_TYPES,
+    SUPPORTED_ARCHES,
+    TextConfig,
+    config_from_gguf,
+    hf_name,
+    tensor_names,
+)
 from .lm_loss import sliced_cross_entropy_sum
 from .quant import PackedEmbedding, PackedLinear, PackedWeight, activation_rounding_active, release_buffers
 from .recompute import DEFAULT_KEPT, KEPT_BYTES, GradArena, LayerMemo, checkpointed_layer, plan_kept
 
-SUPPORTED_ARCHES = ("llama", "mistral", "qwen2")
-
-
-@dataclass
-class TextConfig:
-    """Hyper-parameters of a LLaMA-family model (what GGUF's ``<arch>.*`` keys say)."""
-
-    arch: str
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    rms_eps: float = 1e-5
-    rope_base: float = 10000.0
-    context_length: int = 2048
-    head_dim: int = 0
-    attn_bias: bool = False  # qwen2: q/k/v have biases
-    tokenizer: dict = field(default_factory=dict)  # tokenizer.ggml.* values (GGUF/GGML bases)
-
-    def __post_init__(self) -> None:
-        if not self.head_dim:
-            self.head_dim = self.hidden_size // self.num_heads
-
-
-class RMSNorm(nn.Module):
-    """LLaMA's RMS norm with a frozen weight, computed in float32 like llama.cpp."""
-
-    def __init__(self, weight: torch.Tensor, eps: float) -> None:
-        super().__init__()
-        self.register_buffer("weight", weight.to(torch.float32), persistent=False)
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * self.weight).to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-
-
-def _same_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The tensors in their widest dtype.
-
-    Under CPU autocast the LoRA branch can come out in bf16 while the frozen projection stays fp32;
-    torch < 2.3 (A1111 ships 2.1) refuses such mixed inputs to scaled_dot_product_attention.
-    """
-    dtype = tensors[0].dtype
-    for t in tensors[1:]:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return tuple(t.to(dtype) for t in tensors)
-
-
-class Attention(nn.Module):
-    """Grouped-query causal self-attention with rotate-half RoPE."""
-
-    def __init__(self, cfg: TextConfig, q: nn.Module, k: nn.Module, v: nn.Module, o: nn.Module) -> None:
-        super().__init__()
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = q, k, v, o
-        self.n_heads, self.n_kv, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.n_kv, self.head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        if self.n_kv != self.n_heads:
-            rep = self.n_heads // self.n_kv
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(*_same_dtype(q, k, v), is_causal=True)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
-
-
-class MLP(nn.Module):
-    """SwiGLU feed-forward."""
-
-    def __init__(self, gate: nn.Module, up: nn.Module, down: nn.Module) -> None:
-        super().__init__()
-        self.gate_proj, self.up_proj, self.down_proj = gate, up, down
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
-class DecoderLayer(nn.Module):
-    """Pre-norm transformer block."""
-
-    def __init__(self, input_layernorm: RMSNorm, self_attn: Attention, post_attention_layernorm: RMSNorm,
-                 mlp: MLP) -> None:
-        super().__init__()
-        self.input_layernorm, self.self_attn = input_layernorm, self_attn
-        self.post_attention_layernorm, self.mlp = post_attention_layernorm, mlp
-
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-
-class Backbone(nn.Module):
-    """Embeddings, layers and the final norm (HF's ``model.``)."""
-
-    def __init__(self, embed_tokens: nn.Module, layers: list[DecoderLayer], norm: RMSNorm) -> None:
-        super().__init__()
-        self.embed_tokens = embed_tokens
-        self.layers = nn.ModuleList(layers)
-        self.norm = norm
+__all__ = ["SUPPORTED_ARCHES", "TextConfig", "TextModel", "config_from_gguf", "load_text_model"]
 
 
 class TextModel(nn.Module):
     """The causal LM: ``forward(ids) -> logits`` (float32)."""
 
-    def __init__(self, cfg: TextConfig, backbone: Backbone, lm_head: nn.Module) -> None:
+    def __init__(self, cfg: TextConfig, backbone: Backbone, lm_head: nn.Module,
+                 rotaries: list[Rotary] | None = None) -> None:
         super().__init__()
         self.config = cfg
         self.model = backbone
         self.lm_head = lm_head
         self.gradient_checkpointing = False
         self._memos = [LayerMemo() for _ in backbone.layers]
-        inv = 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
-        self.register_buffer("inv_freq", inv.to(torch.float32), persistent=False)
+        self.rotaries = nn.ModuleList(rotaries or [Rotary(cfg.rope_dims, cfg.rope_base)])
 
     def _rope(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(t, dtype=torch.float32, device=self.inv_freq.device)
-        freqs = torch.outer(pos, self.inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos()[None, None], emb.sin()[None, None]
+        """cos and sin tables of every rotary, stacked (layer ``i`` uses entry ``rope_index``)."""
+        tables = [rotary.tables(t) for rotary in self.rotaries]
+        return torch.stack([c for c, _ in tables]), torch.stack([s for _, s in tables])
+
+    def default_lora_targets(self) -> tuple[str, ...]:
+        """The projections a LoRA adapts unless told otherwise: the matmuls llama.cpp applies LoRA to."""
+        return FAMILIES[HF_MODEL_TYPES.get(self.config.arch, self.config.arch)].lora_targets
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.hidden_states(ids)).to(torch.float32)
+        """Logits (batch, tokens, vocab) in float32."""
+        return self._logits(self.lm_head(self.hidden_states(ids)).to(torch.float32))
+
+    def _logits(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = self.config.final_softcap
+        if self.config.logit_scale != 1.0:  # Granite
+            logits = logits / self.config.logit_scale
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def causal_lm_loss_sum(self, ids: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
         """Sum of next-token cross-entropy: position t predicts ``labels[:, t + 1]`` (``ignore_index`` skips one).
@@ -177,9 +86,10 @@ class TextModel(nn.Module):
         targets = labels[:, 1:].reshape(-1)
         hidden = hidden.reshape(-1, hidden.shape[-1])
         head = self.lm_head
-        if isinstance(head, PackedLinear) and head.bias is None and not activation_rounding_active():
+        if (isinstance(head, PackedLinear) and head.bias is None and not activation_rounding_active()
+                and not self.config.final_softcap and self.config.logit_scale == 1.0):
             return sliced_cross_entropy_sum(hidden, head.weight, targets, ignore_index)
-        logits = head(hidden).to(torch.float32)  # a LoRA on lm_head, or llama.cpp emulation: plain
+        logits = self._logits(head(hidden).to(torch.float32))  # a LoRA on lm_head, or llama.cpp emulation: plain
         return F.cross_entropy(logits, targets, ignore_index=ignore_index, reduction="sum")
 
     def limit_kept_outputs(self, tokens: int, budget: int = KEPT_BYTES) -> list[str]:
@@ -208,6 +118,8 @@ class TextModel(nn.Module):
     def hidden_states(self, ids: torch.Tensor) -> torch.Tensor:
         """The final-norm output (batch, tokens, hidden size) that the output layer turns into logits."""
         x = self.model.embed_tokens(ids)
+        if self.config.embed_scale != 1.0:
+            x = x * self.config.embed_scale
         cos, sin = self._rope(ids.shape[1])
         checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         arena = GradArena([p for p in self.model.layers.parameters() if p.requires_grad]) if checkpointing else None
@@ -230,7 +142,8 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
     """Assemble a ``TextModel`` from HF-named tensors: name -> (file data, type, HF shape).
 
     ``permuted_qk``: Q/K rows are in llama.cpp's rotary order (GGUF/GGML llama) and are put back.
-    Tensors are consumed (popped) one by one so file data is not held twice.
+    Tensors are consumed (popped) one by one so file data is not held twice; one left over when the
+    model is built is an error (a piece of the model the torch graph would leave out).
     """
 
     def take(name: str) -> tuple[np.ndarray, GGMLQuantizationType, tuple[int, ...]]:
@@ -252,52 +165,62 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
         return PackedWeight.from_numpy(np.asarray(data).reshape(1, -1), qtype, (1, int(np.prod(shape)))).dequantize()[0]
 
     def linear(name: str, heads: int = 0) -> PackedLinear:
-        bias = vector(name + ".bias") if cfg.attn_bias and name + ".bias" in tensors else None
+        bias = vector(name + ".bias") if name + ".bias" in tensors else None
         return PackedLinear(packed(name + ".weight", heads), bias)
 
+    def norm(name: str) -> RMSNorm:
+        return RMSNorm(vector(name + ".weight"), cfg.rms_eps)
+
+    def optional_norm(name: str) -> RMSNorm | None:
+        return norm(name) if name + ".weight" in tensors else None
+
+    factors = None
+    for name in ("rope_freqs.weight", "rope_factors_short.weight"):
+        if name in tensors:
+            factors = vector(name)
+    if "rope_factors_long.weight" in tensors:
+        # llama.cpp uses the long factors only when it runs with a context above the original one
+        # (``rope.scaling.original_context_length``); training samples stay within it.
+        take("rope_factors_long.weight")
+    rotaries = [Rotary(cfg.rope_dims, cfg.rope_base, cfg.rope_freq_scale, factors, cfg.rope_attn_factor)]
+    if any(cfg.swa_layers):  # llama.cpp: sliding-window layers have their own rope base and scale
+        rotaries.append(Rotary(cfg.rope_dims, cfg.rope_base_swa or cfg.rope_base, cfg.rope_freq_scale_swa, factors,
+                               cfg.rope_attn_factor))
     embed = packed("model.embed_tokens.weight")
     layers = []
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}."
-        attn = Attention(
-            cfg,
-            linear(p + "self_attn.q_proj", cfg.num_heads if permuted_qk else 0),
-            linear(p + "self_attn.k_proj", cfg.num_kv_heads if permuted_qk else 0),
-            linear(p + "self_attn.v_proj"),
-            linear(p + "self_attn.o_proj"),
-        )
-        mlp = MLP(linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"))
+        swa = bool(cfg.swa_layers[i]) if cfg.swa_layers else False
+        if p + "self_attn.qkv_proj.weight" in tensors:
+            projections = (linear(p + "self_attn.qkv_proj"), None, None)
+        else:
+            projections = (linear(p + "self_attn.q_proj", cfg.num_heads if permuted_qk else 0),
+                           linear(p + "self_attn.k_proj", cfg.num_kv_heads if permuted_qk else 0),
+                           linear(p + "self_attn.v_proj"))
+        attn = Attention(cfg, *projections, linear(p + "self_attn.o_proj"),
+                         q_norm=optional_norm(p + "self_attn.q_norm"), k_norm=optional_norm(p + "self_attn.k_norm"),
+                         window=cfg.sliding_window if swa else 0)
+        if p + "mlp.gate_up_proj.weight" in tensors:
+            mlp = FusedMLP(linear(p + "mlp.gate_up_proj"), linear(p + "mlp.down_proj"), cfg.activation)
+        else:
+            mlp = MLP(linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"),
+                      cfg.activation)
         for owner in (attn, mlp):
             for child_name, child in owner.named_children():
                 child.keep_output = child_name in DEFAULT_KEPT
-        layers.append(DecoderLayer(RMSNorm(vector(p + "input_layernorm.weight"), cfg.rms_eps), attn,
-                                   RMSNorm(vector(p + "post_attention_layernorm.weight"), cfg.rms_eps), mlp))
-    norm = RMSNorm(vector("model.norm.weight"), cfg.rms_eps)
+        layers.append(DecoderLayer(norm(p + "input_layernorm") if cfg.pre_norms else None, attn,
+                                   norm(p + "post_attention_layernorm") if cfg.pre_norms else None, mlp,
+                                   post_attn_norm=optional_norm(p + "post_attn_norm"),
+                                   post_ffn_norm=optional_norm(p + "post_ffn_norm"), rope_index=1 if swa else 0,
+                                   residual_scale=cfg.residual_scale))
+    final_norm = norm("model.norm")
     head = PackedLinear(packed("lm_head.weight")) if "lm_head.weight" in tensors else PackedLinear(embed)
-    model = TextModel(cfg, Backbone(PackedEmbedding(embed), layers, norm), head)
+    if tensors:
+        raise UserError(f"tensor {sorted(tensors)[0]} is not used by the trainer's {cfg.arch} graph; "
+                        "the file does not match its architecture")
+    model = TextModel(cfg, Backbone(PackedEmbedding(embed), layers, final_norm), head, rotaries)
     model.requires_grad_(False)
     return model
-
-
-# GGUF tensor names -> HF names (LLaMA family).
-_GGUF_TOP = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
-_GGUF_BLOCK = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
-
-
-def gguf_to_hf_name(name: str) -> str | None:
-    """``blk.0.attn_q.weight`` -> ``model.layers.0.self_attn.q_proj.weight``; None for unknown tensors."""
-    stem, _, suffix = name.rpartition(".")
-    if stem in _GGUF_TOP:
-        return f"{_GGUF_TOP[stem]}.{suffix}"
-    parts = stem.split(".")
-    if len(parts) == 3 and parts[0] == "blk" and parts[2] in _GGUF_BLOCK:
-        return f"model.layers.{parts[1]}.{_GGUF_BLOCK[parts[2]]}.{suffix}"
-    return None
 
 
 def field_value(field) -> object:
@@ -334,42 +257,6 @@ def read_gguf_metadata(path: Path):
     return reader, meta
 
 
-def config_from_gguf(path: Path, meta: dict) -> TextConfig:
-    """``TextConfig`` from GGUF metadata, or UserError naming the supported architectures."""
-    arch = str(meta.get("general.architecture", ""))
-    if arch not in SUPPORTED_ARCHES:
-        raise UserError(f"{path}: architecture {arch or 'unknown'!r} is not supported for text LoRA training; "
-                        f"supported: {', '.join(SUPPORTED_ARCHES)}")
-
-    def key(name: str, default: object = None) -> object:
-        value = meta.get(f"{arch}.{name}", default)
-        if value is None:
-            raise UserError(f"{path}: GGUF metadata lacks {arch}.{name}; the file is incomplete")
-        return value
-
-    heads = int(key("attention.head_count"))
-    hidden = int(key("embedding_length"))
-    tokens = meta.get("tokenizer.ggml.tokens") or []
-    head_dim = int(meta.get(f"{arch}.attention.key_length", 0) or hidden // heads)
-    if head_dim * heads != hidden and arch == "llama":
-        head_dim = hidden // heads
-    return TextConfig(
-        arch=arch,
-        vocab_size=int(meta.get(f"{arch}.vocab_size", 0) or len(tokens)),
-        hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length")),
-        num_layers=int(key("block_count")),
-        num_heads=heads,
-        num_kv_heads=int(key("attention.head_count_kv", heads)),
-        rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_base=float(key("rope.freq_base", 10000.0)),
-        context_length=int(key("context_length", 2048)),
-        head_dim=head_dim,
-        attn_bias=arch == "qwen2",
-        tokenizer={k: v for k, v in meta.items() if k.startswith("tokenizer.")},
-    )
-
-
 def load_gguf_model(path: str | Path) -> TextModel:
     """Build the torch model from a GGUF base; weights stay packed (about the file size in RAM)."""
     path = Path(path)
@@ -377,15 +264,14 @@ def load_gguf_model(path: str | Path) -> TextModel:
     if meta.get("general.type") == "adapter":
         raise UserError(f"{path}: is a LoRA adapter, not a base model; pass the base .gguf as base_model")
     cfg = config_from_gguf(path, meta)
+    family = FAMILIES[cfg.arch]
+    names = tensor_names(cfg.arch)
     tensors = {}
-    permuted = cfg.arch in ("llama", "mistral")
     for t in reader.tensors:
-        hf = gguf_to_hf_name(t.name)
-        if hf is None:
-            continue
+        hf = hf_name(t.name, names, path, family)
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         data = t.data
-        if permuted and hf.endswith(("q_proj.weight", "k_proj.weight")):
+        if family.permuted_qk and hf.endswith(("q_proj.weight", "k_proj.weight")):
             # These get reordered into a copy; reading them without the memory map keeps their file
             # pages out of the process (otherwise Q and K would sit in RAM twice).
             data = np.fromfile(path, dtype=np.uint8, count=int(t.n_bytes), offset=int(t.data_offset))
@@ -398,7 +284,7 @@ def load_gguf_model(path: str | Path) -> TextModel:
     if emb is not None:
         cfg.vocab_size = emb[2][0]
     try:
-        return build_model(cfg, tensors, permuted_qk=permuted)
+        return build_model(cfg, tensors, permuted_qk=family.permuted_qk)
     except (ValueError, IndexError) as exc:
         raise UserError(f"{path}: damaged or truncated GGUF file ({exc}); re-download or re-convert it") from None
 
@@ -411,11 +297,12 @@ def load_hf_model(folder: str | Path) -> TextModel:
     except (OSError, ValueError) as exc:
         raise UserError(f"{folder}: no readable config.json ({exc}); pass an HF model folder") from None
     model_type = hf.get("model_type", "")
-    if model_type not in SUPPORTED_ARCHES:
+    if model_type not in HF_MODEL_TYPES:
         known = converters.llm_names.arch_from_config({"model_type": model_type})
         shown = repr(model_type) if known else "of its config.json"  # a config's own text is not echoed
-        raise UserError(f"{folder}: model_type {shown} is not supported; "
-                        f"supported: {', '.join(SUPPORTED_ARCHES)}")
+        raise UserError(f"{folder}: model_type {shown} is not supported as an HF folder; supported: "
+                        f"{', '.join(HF_MODEL_TYPES)} (convert other models to GGUF with llama.cpp's "
+                        "convert_hf_to_gguf.py; GGUF bases of these run: " + ", ".join(SUPPORTED_ARCHES) + ")")
     heads = int(hf["num_attention_heads"])
     cfg = TextConfig(
         arch=model_type, vocab_size=int(hf["vocab_size"]), hidden_size=int(hf["hidden_size"]),
@@ -434,6 +321,8 @@ def load_hf_model(folder: str | Path) -> TextModel:
         sf = io.SafetensorsFile(file)
         names = sf.keys()
         for name in names:
+            if name.endswith("rotary_emb.inv_freq"):  # transformers < 4.31 saves this derived buffer
+                continue
             array = np.asarray(sf.get(name), dtype=np.float32)
             tensors[name] = (array, GGMLQuantizationType.F32, tuple(array.shape))
     if "lm_head.weight" not in tensors and not hf.get("tie_word_embeddings", False):
@@ -449,17 +338,19 @@ def load_ggml_model(path: str | Path, n_kv_heads: int | None = None, rms_eps: fl
     ggml = read_ggml(path)
     meta = gguf_metadata(ggml, n_kv_heads, rms_eps, context_length, rope_base)
     cfg = config_from_gguf(Path(path), meta)
+    names = tensor_names(cfg.arch)
     tensors = {}
     for name, tensor in ggml.tensors.items():
         gguf_name = gguf_tensor_name(name)
-        hf = gguf_to_hf_name(gguf_name) if gguf_name else None
-        if hf is not None:
-            raw = tensor.raw
-            if hf.endswith(("q_proj.weight", "k_proj.weight")):
-                # Reordered into a copy when the model is built: read without the map, so their file
-                # pages do not stay in the process next to the copy (600 MB at 7B), as for GGUF.
-                raw = np.fromfile(path, dtype=np.uint8, count=raw.size, offset=tensor.offset)
-            tensors[hf] = (raw, tensor.qtype, tensor.shape)
+        if gguf_name is None:
+            raise UserError(f"{path}: GGML tensor {name} is not part of a LLaMA model; the file is not supported")
+        hf = hf_name(gguf_name, names, path)
+        raw = tensor.raw
+        if hf.endswith(("q_proj.weight", "k_proj.weight")):
+            # Reordered into a copy when the model is built: read without the map, so their file
+            # pages do not stay in the process next to the copy (600 MB at 7B), as for GGUF.
+            raw = np.fromfile(path, dtype=np.uint8, count=raw.size, offset=tensor.offset)
+        tensors[hf] = (raw, tensor.qtype, tensor.shape)
     return build_model(cfg, tensors, permuted_qk=True)
 
 

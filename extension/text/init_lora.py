@@ -30,6 +30,9 @@ def text_layout(config: TrainConfig, model: Any, base: Path, log: Callable[[str]
     rank = int(config.lora_rank)
     alpha = float(config.lora_alpha)
     targets = list(config.lora_target_modules)
+    targets_default = [t.strip() for t in targets] == DEFAULT_LLM_TARGETS
+    if targets_default:
+        targets = list(model.default_lora_targets())  # the family's own names (fused Q/K/V, gate/up)
     source = config.init_lora
     if not source:
         names = target_names(model, targets)
@@ -40,7 +43,6 @@ def text_layout(config: TrainConfig, model: Any, base: Path, log: Callable[[str]
     if cannot:
         raise UserError(f"init_lora {init.path}: has {len(cannot)} module(s) this trainer cannot adapt (e.g. "
                         f"{cannot[0]}: only linear layers); continue from an adapter without them")
-    targets_default = [t.strip() for t in targets] == DEFAULT_LLM_TARGETS
     wanted = target_names(model, targets)
     layout = plan_component(init, "model", wanted, "lora_target_modules", targets_default,
                             ("lora_rank", rank, is_default(config, "lora_rank")),

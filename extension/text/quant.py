@@ -418,6 +418,7 @@ def _frozen_matmul(x: torch.Tensor, packed: PackedWeight, out: tuple[torch.Tenso
 _EMULATE = {"on": False}
 _Q8_0_DOT = (Q.Q4_0, Q.Q5_0, Q.Q8_0)  # llama.cpp multiplies these with activations rounded to Q8_0
 _Q8_1_DOT = (Q.Q4_1, Q.Q5_1)  # ... and these with Q8_1 (same values, scale kept as f16 too)
+_Q8_K_DOT = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K)  # ... these with Q8_K (blocks of 256, float32 scale)
 
 
 @contextlib.contextmanager
@@ -452,6 +453,32 @@ def _round_activations(x: torch.Tensor) -> torch.Tensor:
     return (d.to(torch.float16).to(torch.float32) * q).reshape(shape).to(x.dtype)
 
 
+def _round_activations_q8_k(x: torch.Tensor) -> torch.Tensor:
+    """x rounded to Q8_K blocks of 256 as ``quantize_row_q8_K_ref``: scale -127/x[argmax|x|], ties to even."""
+    shape = x.shape
+    blocks = x.float().reshape(-1, 256)
+    peak = blocks.gather(1, blocks.abs().argmax(dim=1, keepdim=True))  # the signed value of largest magnitude
+    iscale = torch.where(peak != 0, -127.0 / peak, torch.zeros_like(peak))
+    q = torch.round(iscale * blocks).clamp(max=127.0)
+    d = torch.where(peak != 0, 1.0 / iscale, torch.zeros_like(iscale))
+    return (d * q).reshape(shape).to(x.dtype)
+
+
+def ggml_input_rounding(x: torch.Tensor, qtype: GGMLQuantizationType) -> torch.Tensor:
+    """x as llama.cpp's CPU matmul with a ``qtype`` weight sees it (its ``vec_dot_type``): F16 and BF16
+    weights take f16/bf16 activations, Q4/Q5/Q8_0 ones Q8_0 blocks, K-quants Q8_K blocks; F32 as is."""
+    cols = x.shape[-1]
+    if qtype == Q.F16:
+        return x.to(torch.float16).to(x.dtype)
+    if qtype == Q.BF16:
+        return x.to(torch.bfloat16).to(x.dtype)
+    if qtype in _Q8_0_DOT + _Q8_1_DOT and cols % 32 == 0:
+        return _round_activations(x)
+    if qtype in _Q8_K_DOT and cols % 256 == 0:
+        return _round_activations_q8_k(x)
+    return x
+
+
 class PackedLinear(torch.nn.Module):
     """A frozen linear layer on a ``PackedWeight`` with an optional float bias (Qwen2 q/k/v)."""
 
@@ -466,8 +493,8 @@ class PackedLinear(torch.nn.Module):
             self.bias = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _EMULATE["on"] and self.weight.qtype in _Q8_0_DOT + _Q8_1_DOT and self.in_features % 32 == 0:
-            x = _round_activations(x)
+        if _EMULATE["on"]:
+            x = ggml_input_rounding(x, self.weight.qtype)
         memo = active_memo()
         y = self._memo_matmul(memo, x) if memo is not None else _frozen_matmul(x, self.weight)
         if self.bias is not None:

@@ -68,3 +68,46 @@ def test_tiny_builders_and_a_ggml_run_under_a1111_pins(tmp_path):
     proc = subprocess.run([str(PYTHON), "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True, env=env,
                           timeout=600)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+FAMILY_SCRIPT = r"""
+import sys
+from pathlib import Path
+import numpy as np, torch, transformers
+assert transformers.__version__ == "4.30.2", transformers.__version__
+from extension.config import config_from_dict
+from extension.text.engine import train_text
+from extension.text.gguf_model import load_text_model
+
+base, out, ids = Path(sys.argv[1]), Path(sys.argv[2]), [int(i) for i in sys.argv[3].split(",")]
+with torch.no_grad():
+    np.save(out / "logits.npy", load_text_model(base)(torch.tensor([ids]))[0].numpy())
+(out / "data.txt").write_text("the cat sat on the mat and the dog ran to the mat\n")
+cfg = config_from_dict({"task_type": "text-generation", "base_model": str(base),
+                        "train_data_dir": str(out / "data.txt"), "output_dir": str(out / "run"), "max_train_steps": 3,
+                        "lora_rank": 4, "llama_cpp_check": "off"})
+result = train_text(cfg, callback=lambda e: None)
+assert result.status == "done" and (out / "run" / "my_lora.gguf").is_file(), result
+print("ok")
+"""
+
+
+@pytest.mark.slow
+@needs_venv
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_family_bases_under_a1111_pins(family, family_bases, tmp_path):
+    """A Qwen3 / Gemma 3 GGUF (llama.cpp's converter) loads and trains without transformers' model classes."""
+    import numpy as np
+    import torch
+
+    from extension.text.gguf_model import load_text_model
+
+    base = family_bases(family)["Q8_0"]
+    ids = [1, 259, 260, 261, 50, 100, 7, 300, 20, 21, 22, 23]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run([str(PYTHON), "-c", FAMILY_SCRIPT, str(base), str(tmp_path), ",".join(map(str, ids))],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+    with torch.no_grad():
+        want = load_text_model(base)(torch.tensor([ids]))[0].numpy()
+    assert np.abs(np.load(tmp_path / "logits.npy") - want).max() < 1e-5

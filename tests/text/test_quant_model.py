@@ -121,5 +121,7 @@ def test_unsupported_architecture_lists_supported(tmp_path):
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    with pytest.raises(UserError, match=r"'phi2' is not supported.*llama, mistral, qwen2"):
+    from extension.text.families import SUPPORTED_ARCHES
+
+    with pytest.raises(UserError, match=r"'phi2' is not supported.*" + ", ".join(SUPPORTED_ARCHES)):
         load_text_model(path)

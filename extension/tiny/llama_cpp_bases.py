@@ -1,0 +1,163 @@
+"""Tiny bases of every supported text family, made the way a llama.cpp user makes them.
+
+A seeded random Hugging Face model of the family (current transformers) is saved with a
+SentencePiece ``tokenizer.model`` over the tiny vocabulary, converted by llama.cpp's own
+``convert_hf_to_gguf.py`` (F16, Q8_0) and quantized by llama.cpp's own quantizer
+(``llama_cpp.llama_model_quantize``, e.g. Q4_K_M). Widths are multiples of 256 so the K-quant
+applies to every matrix. Nothing here is our GGUF writer: the files are what llama.cpp makes.
+
+``llama_cpp_src`` is llama.cpp's source folder (``vendor/llama.cpp`` of the llama-cpp-python sdist).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from .llama import TinyVocab, tiny_vocab
+
+_SIZE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "head_dim": 64, "max_position_embeddings": 512, "initializer_range": 0.05,
+         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+
+# family -> (transformers config class, model class, config overrides)
+TINY_FAMILIES: dict[str, tuple[str, str, dict]] = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"rms_norm_eps": 1e-6}),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", {
+        "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 64, "sliding_window": 4, "num_hidden_layers": 6,
+        "hidden_activation": "gelu_pytorch_tanh", "rope_theta": 1_000_000.0, "rope_local_base_freq": 10_000.0,
+        "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "final_logit_softcapping": None,
+        "attn_logit_softcapping": None, "tie_word_embeddings": True}),
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", {
+        "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 64, "sliding_window": 4,
+        "hidden_activation": "gelu_pytorch_tanh", "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+        "tie_word_embeddings": True, "attn_implementation": "eager"}),
+    # LongRoPE: 4x the original context, short/long per-dimension factors (Phi-3.5 / Phi-4-mini style).
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", {
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 1024,
+        "original_max_position_embeddings": 256, "sliding_window": None, "rope_scaling": {
+            "type": "longrope", "short_factor": [1.0 + 0.05 * i for i in range(32)],
+            "long_factor": [1.0 + 0.5 * i for i in range(32)]}}),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", {
+        "rms_norm_eps": 1e-5, "embedding_multiplier": 12.0, "attention_multiplier": 0.02,
+        "residual_multiplier": 0.22, "logits_scaling": 8.0}),
+    # Llama 3.1 rope scaling: llama.cpp's converter writes it as rope_freqs.weight.
+    "llama3": ("LlamaConfig", "LlamaForCausalLM", {
+        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "rope_scaling": {
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64}}),
+}
+# Added (user-defined) tokens after the SentencePiece pieces, as the real vocabularies have them: llama.cpp's
+# vocabulary loader looks Phi-3's up by name (llama-vocab.cpp, per-model token attributes).
+ADDED_TOKENS = {"phi3": ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>")}
+# ggml file types llama.cpp's quantizer makes from the F16 file (llama.h: LLAMA_FTYPE_*).
+_QUANTIZE_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_0": 2}
+
+
+def sentencepiece_model(vocab: TinyVocab) -> bytes:
+    """A serialized SentencePiece (unigram, byte fallback) model holding exactly ``vocab``."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    for token, score, kind in zip(vocab.tokens, vocab.scores, vocab.types, strict=True):
+        piece = proto.pieces.add()
+        piece.piece, piece.score, piece.type = token, score, kind
+    spec = proto.trainer_spec
+    spec.model_type = pb.TrainerSpec.UNIGRAM
+    spec.vocab_size = len(vocab)
+    spec.byte_fallback = True
+    spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = vocab.unk_id, vocab.bos_id, vocab.eos_id, -1
+    norm = proto.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = True
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+    return proto.SerializeToString()
+
+
+def build_tiny_family(family: str, seed: int = 0, vocab: TinyVocab | None = None):
+    """A seeded tiny HF model of ``family`` (float32, eval), norms and biases varied around their init."""
+    import torch
+    import transformers
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown tiny family {family!r}; use one of {sorted(TINY_FAMILIES)}")
+    config_cls, model_cls, overrides = TINY_FAMILIES[family]
+    vocab = vocab or tiny_vocab()
+    n_vocab = len(vocab) + len(ADDED_TOKENS.get(family, ()))
+    config = getattr(transformers, config_cls)(vocab_size=n_vocab, **{**_SIZE, **overrides})
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).float().eval()
+    with torch.no_grad():
+        gen = torch.Generator().manual_seed(seed + 1)
+        for param in model.parameters():
+            if param.ndim == 1:  # norms start at 1 (Gemma: 0) and biases at 0: vary them so dropping one shows
+                param.add_(0.1 * torch.randn(param.shape, generator=gen))
+    return model
+
+
+def save_family_hf(model, folder: Path, vocab: TinyVocab | None = None, added: tuple[str, ...] = ()) -> Path:
+    """The HF folder llama.cpp's converter reads: config, safetensors, ``tokenizer.model`` (+ ``added``
+    tokens in ``added_tokens.json``), tokenizer config."""
+    vocab = vocab or tiny_vocab()
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder, safe_serialization=True)
+    (folder / "tokenizer.model").write_bytes(sentencepiece_model(vocab))
+    if added:
+        (folder / "added_tokens.json").write_text(json.dumps({t: len(vocab) + i for i, t in enumerate(added)}))
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": vocab.tokens[vocab.bos_id],
+              "eos_token": vocab.tokens[vocab.eos_id], "unk_token": vocab.tokens[vocab.unk_id], "add_bos_token": True,
+              "add_eos_token": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def convert_hf_to_gguf(llama_cpp_src: Path, hf_folder: Path, out: Path, outtype: str) -> Path:
+    """Run llama.cpp's ``convert_hf_to_gguf.py`` (its own gguf-py) on ``hf_folder``; ``outtype`` f16, q8_0..."""
+    env = {**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py")}
+    cmd = [sys.executable, str(llama_cpp_src / "convert_hf_to_gguf.py"), str(hf_folder), "--outfile", str(out),
+           "--outtype", outtype]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_folder}: {done.stderr[-3000:]}")
+    return out
+
+
+_QUANTIZE = r"""
+import sys, llama_cpp
+params = llama_cpp.llama_model_quantize_default_params()
+params.ftype = int(sys.argv[3])
+params.nthread = 2
+rc = llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), params)
+sys.exit(rc)
+"""
+
+
+def quantize_gguf(src: Path, out: Path, qtype: str) -> Path:
+    """llama.cpp's quantizer (through llama-cpp-python, in a subprocess) from ``src`` to ``qtype``."""
+    done = subprocess.run([sys.executable, "-c", _QUANTIZE, str(src), str(out), str(_QUANTIZE_FTYPES[qtype])],
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0 or not out.exists():
+        raise RuntimeError(f"llama_model_quantize failed ({done.returncode}) on {src}: {done.stderr[-3000:]}")
+    return out
+
+
+def family_files(family: str, folder: Path, llama_cpp_src: Path, qtypes: tuple[str, ...] = ("F16", "Q8_0", "Q4_K_M"),
+                 seed: int = 0) -> dict[str, Path]:
+    """{"hf": folder, "F16": gguf, "Q8_0": gguf, "Q4_K_M": gguf, ...} of one tiny ``family`` base."""
+    folder = Path(folder)
+    vocab = tiny_vocab()
+    model = build_tiny_family(family, seed=seed, vocab=vocab)
+    files: dict[str, Path] = {"hf": save_family_hf(model, folder / f"{family}-hf", vocab, ADDED_TOKENS.get(family, ()))}
+    for qtype in qtypes:
+        out = folder / f"{family}-{qtype.lower()}.gguf"
+        if qtype in ("F32", "F16", "BF16", "Q8_0"):
+            files[qtype] = convert_hf_to_gguf(llama_cpp_src, files["hf"], out, qtype.lower())
+        else:
+            f16 = files.get("F16") or convert_hf_to_gguf(llama_cpp_src, files["hf"], folder / f"{family}-f16.gguf",
+                                                         "f16")
+            files[qtype] = quantize_gguf(f16, out, qtype)
+    return files
