@@ -67,9 +67,16 @@ class LintReport:
         return dict(Counter(p.kind for p in self.problems))
 
     def summary(self) -> str:
-        """One line: counts per kind. No file names: errors and logs reach REST callers, and a wrong
-        ``train_data_dir`` (``/``) would list unrelated files; ``lines()`` (``lora-bridge lint``) names them."""
-        return "; ".join(f"{count} {KIND_LABELS.get(kind, kind)}" for kind, count in self.counts().items())
+        """One line: counts per kind with the first file of each (its name inside the dataset folder).
+
+        One name a kind, never a list: errors and logs reach REST callers, and a wrong ``train_data_dir``
+        (``/``) must not list unrelated files; ``lines()`` (``lora-bridge lint``) names them all.
+        """
+        parts = []
+        for kind, count in self.counts().items():
+            first = next(p.path for p in self.problems if p.kind == kind)
+            parts.append(f"{count} {KIND_LABELS.get(kind, kind)} (first: {first})")
+        return "; ".join(parts)
 
     def lines(self) -> list[str]:
         """The full report, one line per problem, grouped by kind, with the fix."""
@@ -169,7 +176,7 @@ def enforce_bad_data(report: LintReport, bad_data: str) -> None:
         why = f": {report.summary()}" if report.summary() else " (no png/jpg/webp/bmp files found)"
         raise UserError(f"{report.root}: no usable images{why}; fix the dataset (see `lora-bridge lint`)")
     if report.problems and bad_data == "fail":
-        raise UserError(f"{report.root}: {report.summary()} (`lora-bridge lint` lists them); fix them, "
+        raise UserError(f"{report.root}: {report.summary()}; fix them (see `lora-bridge lint`), "
                         "or set bad_data: skip to train without them")
 
 

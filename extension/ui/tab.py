@@ -196,8 +196,8 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                                            ".safetensors, GGUF)")
                     conv_dst = compat.make("Textbox", label="Destination")
                 with gr.Row():
-                    conv_to = compat.make("Dropdown", choices=["", "kohya", "peft", "diffusers", "gguf"], value="",
-                                          label="To (empty: from the destination)")
+                    conv_to = compat.make("Dropdown", choices=["", "kohya", "peft", "diffusers", "bfl", "gguf"],
+                                          value="", label="To (empty: from the destination)")
                     conv_base = compat.make("Textbox", label="Base model to validate against (optional)")
                     conv_arch = compat.make("Textbox", label="Arch when the file does not say (optional)")
                     conv_dtype = compat.make("Dropdown", choices=["", "f32", "f16", "bf16"], value="", label="dtype")

@@ -51,7 +51,7 @@ def test_every_problem_kind_reported(tmp_path, make_image):
     assert [g.entry.rel for g in report.good] == ["good.png"]
     assert report.found == 8
     summary = report.summary()
-    assert "\n" not in summary and "1 images without caption" in summary and "nocap.png" not in summary
+    assert "\n" not in summary and "1 images without caption (first: nocap.png)" in summary
     assert report.to_dict()["usable"] == 1
     text = report.format()
     assert text.splitlines()[0].endswith("8 image(s), 1 usable, 8 problem(s)") and "metadata.csv:3" in text

@@ -79,7 +79,8 @@ def test_changed_ggml_options_rewrite_the_copy(article_dir, capsys):
     assert main(["train", "--config", "article.yaml", "--set", "epochs=1"]) == 0
     copy = article_dir / "models" / "llama-2-7b-chat.ggmlv3.q4_0.gguf"
     eps = GGUFReader(str(copy)).fields["llama.attention.layer_norm_rms_epsilon"].contents()
-    assert main(["train", "--config", "article.yaml", "--set", "epochs=1", "--set", "ggml_rms_eps=1e-5"]) == 0
+    assert main(["train", "--config", "article.yaml", "--set", "epochs=1", "--set", "ggml_rms_eps=1e-5",
+                 "--set", "overwrite=true"]) == 0
     assert "".join(capsys.readouterr()).count(f"wrote its GGUF copy {copy}") == 2
     new_eps = GGUFReader(str(copy)).fields["llama.attention.layer_norm_rms_epsilon"].contents()
     assert new_eps == pytest.approx(1e-5) and new_eps != pytest.approx(eps)

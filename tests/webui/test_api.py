@@ -170,7 +170,7 @@ def test_convert_errors_name_body_keys_not_cli_flags(client_factory, tmp_path, t
     again = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(out)})
     assert again.status_code == 400 and 'send "force": true to overwrite it' in again.json()["error"]
     unknown = client.post(f"{PREFIX}/convert", json={"src": str(tiny_lora), "dst": str(tmp_path / "x.bin")})
-    assert unknown.status_code == 400 and 'send "to" peft|diffusers|kohya|gguf' in unknown.json()["error"]
+    assert unknown.status_code == 400 and 'send "to" peft|diffusers|kohya|bfl|gguf' in unknown.json()["error"]
     assert "--" not in again.json()["error"] + unknown.json()["error"]
 
 

@@ -251,7 +251,7 @@ def test_convert_hint_matches_the_overwrite_checkbox(built, tiny_lora, tmp_path)
     again = h.convert(str(tiny_lora), str(out), "kohya", "", "", "", False)
     assert "tick Overwrite" in again and "--force" not in again
     unknown = h.convert(str(tiny_lora), str(tmp_path / "x.bin"), "", "", "", "", False)
-    assert "set To peft|diffusers|kohya|gguf" in unknown and "--" not in unknown
+    assert "set To peft|diffusers|kohya|bfl|gguf" in unknown and "--" not in unknown
     assert h.check_file(str(tmp_path / "missing.safetensors")).startswith("⚠️") \
         and "no such file" in h.check_file(str(tmp_path / "missing.safetensors"))
 
