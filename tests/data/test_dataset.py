@@ -114,7 +114,8 @@ def test_dataset_metadata(dataset_dir):
 
 def test_bad_data_policy(dataset_dir):
     (dataset_dir / "beta" / "broken.png").write_bytes(b"not an image at all")
-    with pytest.raises(UserError, match=r"1 unreadable images \(first: \S*broken.png\); fix them \(see `lora-bridge lint`\), .*bad_data: skip"):
+    expected = r"1 unreadable images \(first: \S*broken.png\); fix them \(see `lora-bridge lint`\), .*bad_data: skip"
+    with pytest.raises(UserError, match=expected):
         ImageDataset(cfg_for(dataset_dir))
     ds = ImageDataset(cfg_for(dataset_dir, bad_data="skip"))
     assert len(ds.items) == len(SIZES) and ds.lint_report.counts() == {"unreadable": 1}
