@@ -278,6 +278,10 @@ class TrainConfig:
                                          group="text", minimum=1)
     ggml_rope_base: float | None = _f(None, "Legacy GGML bases: rope frequency base (default 10000).",
                                       group="text", minimum=0)
+    ggml_copy_beside_base: bool = _f(True, "Legacy GGML bases: keep the GGUF copy llama.cpp needs beside the base "
+                                     "when that folder is writable (else in the run folder). The tab and REST "
+                                     "turn it off when the base's folder is not one LoRA Bridge writes to.",
+                                     group="text")
     llama_cpp_check: str = _f("auto", "Compare llama.cpp logits with base + adapter against torch after training: "
                               "auto (when llama-cpp-python is installed), on (fail if missing), off.",
                               group="text", choices=("auto", "on", "off"))

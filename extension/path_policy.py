@@ -111,6 +111,14 @@ class PathPolicy:
                             f"choose a path inside one, or {self.hint}")
         return target
 
+    def may_write(self, path: Any) -> bool:
+        """Whether ``path`` lies inside a write folder (no message: for choices, not refusals)."""
+        try:
+            self.writable(path, "path")
+        except UserError:
+            return False
+        return True
+
     def readable(self, path: Any, what: str) -> Path:
         """``path`` resolved, if it may be read; else one UserError line naming it."""
         text = clean_path(path, what)

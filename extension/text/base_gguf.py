@@ -2,9 +2,10 @@
 
 llama.cpp no longer loads GGML files, so a GGML base is upgraded once (3.8 GB at 7B Q4_0) and the
 copy is kept where the user finds it: beside the base (``<stem>.gguf``) when that folder is
-writable, else in the run's output_dir. The copy records what it was made from (file size, mtime
-and the GGML options) in ``lora_bridge.ggml_source`` (``ggml_upgrade.SOURCE_KEY``); a later run on
-the same base and options reuses it instead of writing it again. A file of that name we did not write is never replaced.
+writable and ``ggml_copy_beside_base`` allows it, else in the run's output_dir. The copy records
+what it was made from (file size, mtime and the GGML options) in ``lora_bridge.ggml_source``
+(``ggml_upgrade.SOURCE_KEY``); a later run on the same base and options reuses it instead of writing
+it again. A file of that name we did not write is never replaced.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def prepare_base_gguf(config: TrainConfig, output_dir: Path, log: Callable[[str]
     stamp = source_stamp(base, options)
     beside = base.resolve().with_suffix(".gguf")
     in_output = output_dir.resolve() / beside.name
-    candidates = [beside, in_output] if _writable(beside.parent) else [in_output]
+    candidates = [beside, in_output] if config.ggml_copy_beside_base and _writable(beside.parent) else [in_output]
     for target in candidates:
         if target.exists():
             found = _stamp_of(target)

@@ -7,6 +7,7 @@ WebUI (checkpoint list, Lora folder, VRAM, queue lock, progress bar, captioners,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 from collections.abc import Sequence
@@ -161,7 +162,11 @@ class Host:
         if isinstance(config, dict) and not config.get("output_dir"):
             config = {**config, "output_dir": self.default_output_dir(config)}
         cfg = as_config(config, "start")
-        self.path_policy().check_config(cfg)  # before any file of the config is opened
+        policy = self.path_policy()
+        policy.check_config(cfg)  # before any file of the config is opened
+        if cfg.base_model and not policy.may_write(Path(str(cfg.base_model)).expanduser().parent):
+            # a legacy GGML base's GGUF copy then goes to the run folder, not beside the base
+            cfg = dataclasses.replace(cfg, ggml_copy_beside_base=False)
         try:
             cfg, dataset = check_start(cfg, self.lora_dir(), self.tokenizer_dirs())
         except UserError:

@@ -34,3 +34,15 @@ def test_copy_is_reused_by_the_next_run(tiny, tmp_path, monkeypatch, old_gguf_py
     assert second == first and first.stat().st_mtime_ns == written
     assert not (tmp_path / "run2").exists() or not list((tmp_path / "run2").glob("*.gguf"))
     assert len(second_log) == 1 and "made by an earlier run" in second_log[0]
+
+
+def test_copy_goes_to_the_run_folder_when_not_allowed_beside_the_base(tiny, tmp_path):
+    import shutil
+
+    base = tmp_path / "models" / "tiny.ggmlv3.q4_0.bin"
+    base.parent.mkdir()
+    shutil.copy(tiny["ggml-Q4_0"], base)
+    (tmp_path / "run").mkdir()  # the engine makes its output_dir before
+    copy = prepare_base_gguf(_config(base, ggml_copy_beside_base=False), tmp_path / "run", [].append)
+    assert copy == (tmp_path / "run").resolve() / "tiny.ggmlv3.q4_0.gguf" and copy.exists()
+    assert sorted(p.name for p in base.parent.iterdir()) == [base.name]

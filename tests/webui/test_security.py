@@ -430,3 +430,27 @@ def test_generate_under_listen_reads_only_the_webui_folders(fake_webui, tmp_path
     inside.write_bytes(b"GGUF")
     answer = client.post(f"{PREFIX}/generate", json={"base": str(inside), "lora": str(tiny_lora), "prompt": "hi"})
     assert answer.status_code == 400 and "adapter is outside the folders" in answer.json()["error"], answer.text
+
+
+def test_a_ggml_bases_copy_goes_beside_it_only_inside_the_write_folders(tmp_path, tiny_gguf, runner_factory):
+    """A legacy GGML base is readable anywhere on localhost, but its GGUF copy is a write: beside the base only
+    when that folder is one LoRA Bridge writes to, else in the run folder (``ggml_copy_beside_base``)."""
+    import shutil
+
+    seen = []
+
+    def runner(cfg, callback, control):
+        seen.append(cfg.ggml_copy_beside_base)
+        return runner_factory(steps=1)(cfg, callback, control)
+
+    host = Host(output_dir=tmp_path / "loras", jobs=JobManager(runner=runner))
+    data = host.output_dir / "t.txt"
+    data.parent.mkdir(parents=True)
+    data.write_text("hello world\n" * 20)
+    inside = host.output_dir / "tiny.gguf"
+    shutil.copy(tiny_gguf, inside)
+    for base, name in ((tiny_gguf, "out"), (inside, "in")):
+        host.start_job({"task_type": "text-generation", "base_model": str(base), "train_data_dir": str(data),
+                        "output_name": name})
+        assert host.jobs.wait(30)["state"] == "done"
+    assert seen == [False, True]
