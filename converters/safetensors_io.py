@@ -107,16 +107,21 @@ class SafetensorsFile:
             yield name, self.get(name)
 
 
-def has_tensor_prefix(path: Path, prefixes: str | tuple[str, ...]) -> bool:
-    """Whether ``path`` is a readable ``.safetensors`` with a tensor named with one of ``prefixes`` (for sniffing)."""
+def tensor_names(path: Path) -> list[str]:
+    """The tensor names of a readable ``.safetensors`` file; [] for anything else (for sniffing)."""
     path = Path(path)
     if not path.is_file() or path.suffix.lower() != ".safetensors":
-        return False
+        return []
     try:
         header, _ = read_header(path)
     except AdapterError:
-        return False
-    return any(k.startswith(prefixes) for k in header if k != "__metadata__")
+        return []
+    return [k for k in header if k != "__metadata__"]
+
+
+def has_tensor_prefix(path: Path, prefixes: str | tuple[str, ...]) -> bool:
+    """Whether ``path`` is a readable ``.safetensors`` with a tensor named with one of ``prefixes`` (for sniffing)."""
+    return any(k.startswith(prefixes) for k in tensor_names(path))
 
 
 # Item sizes in bits of every dtype the safetensors library knows (its Dtype::bitsize), so a

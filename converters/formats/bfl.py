@@ -19,7 +19,7 @@ from ..flux_names import BFL_HEADS, COMFY_CLIP, COMFY_T5, COMFY_UNET
 from ..kohya_metadata import dtype_name, safetensors_order
 from ..lycoris_parts import LOHA_PARTS, LOKR_PARTS, LORA_PARTS, module_from_parts
 from ..model import LoraAdapter, require_plain_lora
-from ..safetensors_io import SafetensorsFile, read_header, write_safetensors
+from ..safetensors_io import SafetensorsFile, tensor_names, write_safetensors
 
 NAME = "bfl"
 _SPELLINGS = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}
@@ -29,14 +29,7 @@ _HEADS = tuple(COMFY_UNET + h for h in BFL_HEADS) + (COMFY_CLIP, COMFY_T5)
 
 def sniff(path: Path) -> bool:
     """A ``.safetensors`` whose tensors are BFL Flux modules under ``diffusion_model.`` or ``text_encoders.``."""
-    path = Path(path)
-    if not path.is_file() or path.suffix.lower() != ".safetensors":
-        return False
-    try:
-        header, _ = read_header(path)
-    except AdapterError:
-        return False
-    keys = [k for k in header if k != "__metadata__"]
+    keys = tensor_names(path)
     return bool(keys) and any(k.startswith(_HEADS) for k in keys) and all(
         k.startswith((COMFY_UNET, COMFY_CLIP, COMFY_T5)) for k in keys)
 
