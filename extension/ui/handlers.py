@@ -215,12 +215,28 @@ class Handlers:
         """Write the YAML box to a ``.yaml``/``.yml`` file inside the host's folders (atomically)."""
         if not str(path or "").strip():
             raise UserError("give a file name for the YAML (e.g. my_lora.yaml)")
-        target = save_yaml_path(self.host.path_policy(), path)
+        target = save_yaml_path(self.host.path_policy(), self._yaml_location(path))
         if not isinstance(text, str):
             raise UserError("the YAML box must hold text")
         yaml.safe_load(text)
+        if target.parent == self._runs_folder().resolve():
+            target.parent.mkdir(parents=True, exist_ok=True)  # not made yet on a fresh install
         dataset_view.write_text_atomic(target, text)
         return f"saved {target}"
+
+    def _yaml_location(self, path: Any) -> Any:
+        """A bare YAML file name (the box's placeholder ``my_lora.yaml``) lives in the runs folder, which the
+        path policy lets the tab write; any other path is taken as given (relative to the working folder)."""
+        if not isinstance(path, str):
+            return path  # refused by the path policy with its own line
+        given = Path(path.strip()).expanduser()
+        if len(given.parts) != 1 or given.is_absolute() or given.suffix.lower() not in (".yaml", ".yml"):
+            return str(given)
+        return str(self._runs_folder() / given)
+
+    def _runs_folder(self) -> Path:
+        """The folder holding the runs (WebUI: ``outputs/lora-bridge``; standalone: ``OUTPUT_DIR/runs``)."""
+        return Path(self.host.work_dir("", IMAGE_TASK)).parent
 
     def import_yaml(self, text_or_path: str) -> list[Any]:
         """[message, data dir, model, output name, *field values] from YAML text or a YAML file path."""
@@ -229,7 +245,7 @@ class Handlers:
         keep = len(self.image_fields)
         try:
             source = "YAML"
-            candidate = Path(str(text_or_path).strip()).expanduser()
+            candidate = Path(self._yaml_location(str(text_or_path)))
             if "\n" not in str(text_or_path).strip() and candidate.suffix in (".yaml", ".yml") and candidate.is_file():
                 self.host.path_policy().readable(candidate, "YAML file")
                 source, text_or_path = str(candidate), candidate.read_text(encoding="utf-8")

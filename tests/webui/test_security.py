@@ -454,3 +454,17 @@ def test_a_ggml_bases_copy_goes_beside_it_only_inside_the_write_folders(tmp_path
                         "output_name": name})
         assert host.jobs.wait(30)["state"] == "done"
     assert seen == [False, True]
+
+
+def test_save_yaml_bare_name_goes_beside_the_runs(tmp_path, monkeypatch):
+    """The box's placeholder is a bare name (``my_lora.yaml``): it is saved into the runs folder and imported
+    from there, not refused for lying in the WebUI's working folder (seen in real A1111 1.10.1)."""
+    monkeypatch.chdir(tmp_path)
+    host = Host(output_dir=tmp_path / "loras", jobs=JobManager())
+    handlers = Handlers(host)
+    runs = host.work_dir("x", "text-to-image").parent
+    answer = handlers.save_yaml("output_name: cats\n", "my_lora.yaml")
+    assert answer == f"saved {runs.resolve() / 'my_lora.yaml'}", answer
+    assert not (tmp_path / "my_lora.yaml").exists()
+    assert handlers.import_yaml("my_lora.yaml")[0] == f"imported {runs / 'my_lora.yaml'}"
+    assert handlers.save_yaml("a: 1\n", "sub/x.yaml").startswith("⚠️")  # a relative folder stays relative to cwd
