@@ -90,6 +90,12 @@ def _info(page) -> str:
     return page.locator("#lora_bridge_try_info").first.inner_text()  # gradio 3.41: the id is on two elements
 
 
+def _wait_info(page, text: str) -> None:
+    """Wait until the info line shows ``text`` (by locator: gradio 3.41 and current put the id on two elements,
+    and ``querySelector`` may pick the one that stays empty)."""
+    page.locator("#lora_bridge_try_info").filter(has_text=text).first.wait_for(timeout=120_000)
+
+
 def test_try_panel_generates_and_stops(browser, app_url, models):  # noqa: F811 (browser is a fixture)
     page = browser.new_page(viewport={"width": 1280, "height": 2400})
     try:
@@ -99,11 +105,12 @@ def test_try_panel_generates_and_stops(browser, app_url, models):  # noqa: F811 
         _fill(page, "lora_bridge_try_prompt", "the cat")
         _fill(page, "lora_bridge_try_max", "6")
         page.locator("#lora_bridge_try_generate").click()
-        page.wait_for_function("document.querySelector('#lora_bridge_try_info').innerText.includes('Answered by')",
-                               timeout=120_000)
+        _wait_info(page, "Answered by")
         assert "greedy, the same for both" in _info(page), _info(page)  # torch, or llama.cpp where installed
         base, adapter = _value(page, "lora_bridge_try_base"), _value(page, "lora_bridge_try_adapter")
         assert base and adapter and base != adapter
+        if "llama.cpp" in _info(page):
+            return  # answers in well under a second here: Stop of its child is in tests/text/test_try_adapter.py
         # A long answer, then Stop: it arrives while Generate runs (an unqueued event) and ends it.
         _fill(page, "lora_bridge_try_max", "110")
         _fill(page, "lora_bridge_try_prompt", "the")
@@ -112,8 +119,7 @@ def test_try_panel_generates_and_stops(browser, app_url, models):  # noqa: F811 
         while "stopping" not in _info(page) and time.time() < deadline:
             page.locator("#lora_bridge_try_stop").click()
             time.sleep(0.2)
-        page.wait_for_function("document.querySelector('#lora_bridge_try_info').innerText.includes('Answered by')",
-                               timeout=120_000)
-        assert "stopped" in _info(page), _info(page)
+        _wait_info(page, "stopped")
+        assert "Answered by" in _info(page) and "stopped" in _info(page), _info(page)
     finally:
         page.close()
