@@ -284,8 +284,14 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
     return tab
 
 
+# Fields whose saved ui-config.json value would override a newer derived default: earlier versions saved the
+# bucket bounds' old defaults (256/1024), which refuse a 64 px run although the form now derives them.
+NOT_RESTORED = ("Min bucket resolution", "Max bucket resolution")
+
+
 def keep_saved_values_apart(tab: Any) -> None:
-    """Mark every component whose label an earlier one in the tab already has ``do_not_save_to_config``.
+    """Mark every component whose label an earlier one in the tab already has ``do_not_save_to_config``,
+    and the fields in ``NOT_RESTORED``.
 
     The WebUI's ui-config.json keys components by tab and label (``lora_training/Mixed precision/value``),
     so the Text LoRA form's "Mixed precision" would otherwise be set to the image form's value. Components
@@ -301,7 +307,7 @@ def keep_saved_values_apart(tab: Any) -> None:
         label = getattr(block, "label", None)
         if label is None:
             return
-        if label in seen:
+        if label in seen or label in NOT_RESTORED:
             block.do_not_save_to_config = True
         seen.add(label)
 

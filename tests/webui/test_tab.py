@@ -293,6 +293,20 @@ def test_webui_saved_values_do_not_cross_between_forms(tmp_path, models_dir, run
         assert "lora_training/Mixed precision/value" in loadsave.ui_settings  # the image form's is still saved
 
 
+def test_saved_bucket_bounds_of_earlier_versions_are_not_restored(tmp_path, models_dir, runner_factory, fake_webui):
+    """#23.1 after an upgrade: a ui-config.json with the old bucket defaults (256/1024) leaves the derived ones."""
+    from modules.ui_loadsave import UiLoadsave
+
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", extra_folders=[tmp_path],
+                jobs=JobManager(runner=runner_factory()))
+    tab = build_tab(host, "SD1.5")
+    saved = {"lora_training/Min bucket resolution/value": 256, "lora_training/Max bucket resolution/value": 1024}
+    UiLoadsave(saved).add_block(tab, "lora_training")
+    bounds = [b for b in tab.blocks.values() if getattr(b, "label", None) in ("Min bucket resolution",
+                                                                            "Max bucket resolution")]
+    assert bounds and all(b.value in (None, "", 0) for b in bounds), [b.value for b in bounds]
+
+
 def _try_values(**over):
     """Widget values of the Try panel after base and adapter: prompt, chat, system, scale, max tokens,
     temperature, top-k, top-p, seed, backend (what the tab sends)."""
