@@ -58,13 +58,13 @@ def browser():
         chromium.close()
 
 
-def _serve(python: str, work: Path, base: Path, step_seconds: float = 0.0, env: dict[str, str] | None = None):
+def spawn_server(argv: list[str], work: Path, env: dict[str, str] | None = None):
+    """Start ``argv`` (a server taking ``{port}`` in its arguments) in ``work``; (process, url, log) once it answers."""
     port = _free_port()
     log = open(work / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
-    proc = subprocess.Popen([python, str(HERE / "serve_tab.py"), str(port), str(work), str(base)], cwd=work,
-                            stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([a.format(port=port) for a in argv], cwd=work, stdout=log, stderr=subprocess.STDOUT,
                             env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(ROOT),
-                                 "SERVE_TAB_STEP_SECONDS": str(step_seconds), **(env or {})})
+                                 **(env or {})})
     url = f"http://127.0.0.1:{port}/"
     for _ in range(240):
         try:
@@ -76,7 +76,22 @@ def _serve(python: str, work: Path, base: Path, step_seconds: float = 0.0, env: 
             time.sleep(0.5)
     proc.kill()
     log.close()
-    pytest.fail("tab server did not answer: " + (work / "server.log").read_text()[-3000:])
+    pytest.fail("server did not answer: " + (work / "server.log").read_text()[-3000:])
+
+
+def stop_server(proc: subprocess.Popen, log) -> None:
+    """Terminate a server from ``spawn_server`` (kill it if it lingers) and close its log."""
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+def _serve(python: str, work: Path, base: Path, step_seconds: float = 0.0, env: dict[str, str] | None = None):
+    return spawn_server([python, str(HERE / "serve_tab.py"), "{port}", str(work), str(base)], work,
+                        {"SERVE_TAB_STEP_SECONDS": str(step_seconds), **(env or {})})
 
 
 @pytest.fixture(params=["gradio-3.41", "gradio-4.40", "this-venv"])
@@ -92,12 +107,7 @@ def server(request, tmp_path, tiny_base):
     marker = request.node.get_closest_marker("serve_env")
     proc, url, log = _serve(python, tmp_path, tiny_base, step_seconds=0.7, env=marker.kwargs if marker else None)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_server(proc, log)
     head = (tmp_path / "server.log").read_text().splitlines()[:1]
     print(head)
 

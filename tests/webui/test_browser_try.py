@@ -7,18 +7,15 @@ test_browser_poll.py); the browser is driven from this venv.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the browser, server ports and stacks of the poll test
-from test_browser_poll import SIDE_VENVS, _free_port, _tab, browser  # noqa: E402, F401 (browser is a fixture)
+from test_browser_poll import SIDE_VENVS, _tab, browser, spawn_server, stop_server  # noqa: E402, F401 (browser is a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,30 +49,12 @@ def app_url(request, tmp_path, models):
     if not Path(python).exists():
         pytest.skip(f"no {request.param} venv at {python} (run .ci/ui-compat, or set LORA_BRIDGE_GRADIO3_PYTHON"
                     " / LORA_BRIDGE_GRADIO4_PYTHON)")
-    port = _free_port()
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (lives as long as the server)
-    proc = subprocess.Popen([python, "-m", "extension", "ui", "--port", str(port), "--models-dir", str(models[0]),
-                             "--output-dir", str(tmp_path / "out")], cwd=tmp_path, stdout=log,
-                            stderr=subprocess.STDOUT, env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False",
-                                                           "PYTHONPATH": str(ROOT)})
-    url = f"http://127.0.0.1:{port}/"
+    proc, url, log = spawn_server([python, "-m", "extension", "ui", "--port", "{port}", "--models-dir",
+                                   str(models[0]), "--output-dir", str(tmp_path / "out")], tmp_path)
     try:
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=5)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail("app did not start: " + (tmp_path / "server.log").read_text()[-3000:])
-                time.sleep(0.5)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_server(proc, log)
 
 
 def _fill(page, elem_id: str, value: str) -> None:
