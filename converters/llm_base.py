@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .errors import AdapterError
 from .gguf_check import check_gguf
-from .llm_names import arch_from_config, gguf_to_hf
+from .llm_names import arch_from_config, expert_modules, gguf_to_hf
 from .safetensors_io import read_header
 
 
@@ -89,6 +89,11 @@ def read_gguf_base_shapes(path: Path) -> tuple[str | None, dict[str, tuple[int, 
     arch = _canonical_arch(reader)
     shapes: dict[str, tuple[int, ...]] = {}
     for tensor in reader.tensors:
+        ne = tuple(int(d) for d in tensor.shape.tolist())
+        experts = expert_modules(tensor.name[: -len(".weight")], ne[-1]) if len(ne) == 3 else None
+        if experts:  # one 3-D MoE tensor (ne: in, out, experts) -> each expert's (out, in)
+            shapes.update((name, (ne[1], ne[0])) for name in experts)
+            continue
         if not tensor.name.endswith(".weight") or len(tensor.shape) != 2:
             continue
         try:

@@ -25,6 +25,7 @@ _MODEL_TYPES = {
     "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3", "phi3": "phi3", "falcon": "falcon",
     "gpt2": "gpt2", "starcoder2": "starcoder2", "granite": "granite",
 }
+_MODEL_TYPES["qwen3_moe"] = "qwen3moe"
 # Architectures whose GGUF Q/K weights are stored row-permuted for llama.cpp's rotary layout.
 PERMUTED_ARCHES = frozenset({"llama", "mistral", "granite"})
 
@@ -40,6 +41,12 @@ _LAYER_MODULES = {
 }
 _GLOBAL_MODULES = {"lm_head": "output", "model.embed_tokens": "token_embd"}
 _DECODER_ARCHES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite"})
+_DECODER_ARCHES |= {"qwen3moe"}  # attention as the others; the router and experts below
+# MoE experts: GGUF holds a layer's experts as one 3-D tensor (experts, out, in); canonical names are per expert,
+# as Hugging Face (transformers 4.x modules, the safetensors of every version) and PEFT name them.
+_EXPERT_HF = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate_proj|up_proj|down_proj)$")
+_EXPERT_GGUF = {"gate_proj": "ffn_gate_exps", "up_proj": "ffn_up_exps", "down_proj": "ffn_down_exps"}
+_EXPERT_BASE = re.compile(r"^blk\.(\d+)\.(ffn_gate_exps|ffn_up_exps|ffn_down_exps)$")
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _GGUF_LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 # Other layouts, for the reverse direction where gguf-py lists several HF names per tensor.
@@ -54,6 +61,7 @@ _ARCH_LAYERS = {
                                     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
                                     "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}),
 }
+_ARCH_LAYERS["qwen3moe"] = ("model.layers", {"mlp.gate": "ffn_gate_inp"})  # the router (gguf-py: Mixtral's name first)
 _HF_PREFIXES = {"gpt2": ("transformer.",), "falcon": ("transformer.",)}
 
 
@@ -143,6 +151,23 @@ def gguf_to_hf(base: str, arch: str) -> str:
         if candidates:
             return candidates[0]
     raise AdapterError(f"GGUF tensor {base!r} has no known Hugging Face module for arch {arch}")
+
+
+def expert_tensor(module: str) -> tuple[str, int] | None:
+    """``model.layers.0.mlp.experts.3.up_proj`` -> (``blk.0.ffn_up_exps``, 3); None for a module that is no expert."""
+    match = _EXPERT_HF.match(module)
+    if match is None:
+        return None
+    return f"blk.{match.group(1)}.{_EXPERT_GGUF[match.group(3)]}", int(match.group(2))
+
+
+def expert_modules(base: str, n_experts: int) -> list[str] | None:
+    """``blk.0.ffn_up_exps`` -> the canonical module of each of its ``n_experts`` experts; None for other tensors."""
+    match = _EXPERT_BASE.match(base)
+    if match is None:
+        return None
+    proj = next(hf for hf, gg in _EXPERT_GGUF.items() if gg == match.group(2))
+    return [f"model.layers.{match.group(1)}.mlp.experts.{e}.{proj}" for e in range(n_experts)]
 
 
 def is_permuted(arch: str, module: str) -> bool:

@@ -21,6 +21,8 @@ from ..llm_base import BaseInfo, gguf_field, info_from_config, open_gguf, read_b
 from ..llm_names import (
     arch_from_config,
     arch_from_module_names,
+    expert_modules,
+    expert_tensor,
     gguf_arch,
     gguf_to_hf,
     hf_to_gguf,
@@ -98,9 +100,12 @@ def read(path: Path, arch: str | None = None, base: Path | None = None) -> LoraA
         base_name = name[: -len(_A)]
         if base_name + _B not in tensors:
             raise AdapterError(f"{path}: {name} has no matching {base_name + _B}; the file is incomplete")
-        module = gguf_to_hf(base_name, arch)
         down = _tensor_array(tensor)
         up = _tensor_array(tensors[base_name + _B])
+        if down.ndim == 3:  # MoE: one LoRA per expert (experts, r, in) / (experts, out, r), as llama.cpp's mul_mat_id
+            modules.update(_expert_modules(path, base_name, down, up, alpha))
+            continue
+        module = gguf_to_hf(base_name, arch)
         embedding = base_name == "token_embd"
         if embedding:
             down = down.T
@@ -121,6 +126,18 @@ def read(path: Path, arch: str | None = None, base: Path | None = None) -> LoraA
             continue  # arrays (a vocabulary) are not adapter metadata: never turned into Python lists
         metadata[key] = str(gguf_field(reader, key))
     return LoraAdapter(modules=modules, arch=arch, metadata=metadata, full_weights=full)
+
+
+def _expert_modules(path: Path, base_name: str, down: np.ndarray, up: np.ndarray,
+                    alpha: float) -> dict[str, LoraModule]:
+    """The per-expert modules of a 3-D LoRA pair on an MoE expert tensor."""
+    names = expert_modules(base_name, down.shape[0])
+    if names is None or up.ndim != 3 or up.shape[0] != down.shape[0] or down.shape[1] != up.shape[2]:
+        raise AdapterError(f"{path}: {base_name}: 3-D LoRA tensors {down.shape} / {up.shape} are not an MoE expert "
+                           "LoRA this converter knows (ffn_gate_exps, ffn_up_exps, ffn_down_exps)")
+    rank = int(down.shape[1])
+    return {name: LoraModule(down=down[e], up=up[e], alpha=alpha if alpha else float(rank))
+            for e, name in enumerate(names)}
 
 
 def _read_heads(reader, path: Path, base: Path | None) -> BaseInfo:
@@ -218,25 +235,62 @@ def _encode(array: np.ndarray, dtype: str) -> tuple[np.ndarray, object]:
     return np.ascontiguousarray(array, dtype=np.float32), None
 
 
-def _plan(adapter: LoraAdapter, arch: str, info: BaseInfo, uniform: bool):
-    """Yield (gguf tensor name, function producing the array) per tensor, lazily."""
+def _plan(adapter: LoraAdapter, arch: str, info: BaseInfo, uniform: bool, path: Path):
+    """Yield (gguf tensor name, function producing the array, its shape) per tensor, lazily."""
+    experts = _expert_groups(adapter, path)
     for module_name in sorted(adapter.modules, key=_module_order):
         module = adapter.modules[module_name]
+        found = expert_tensor(module_name)
+        if found is not None:
+            if found[1] == 0:  # all experts of the tensor at once, where expert 0 comes
+                yield from _plan_experts(found[0], experts[found[0]], uniform)
+            continue
         base = hf_to_gguf(module_name, arch)
 
         def lora_a(m=module):
             return np.asarray(m.down).T if m.is_embedding else np.asarray(m.down)
 
         def lora_b(m=module, name=module_name):
-            up = np.asarray(m.up)
-            if not uniform:
-                up = up.astype(np.float32) * np.float32(m.scale)
+            up = _up(m, uniform)
             if is_permuted(arch, name):
                 up = permute_rows(up, n_heads_for(name, info.n_head, info.n_head_kv))
             return up
 
-        yield f"{base}{_A}", lora_a, module
-        yield f"{base}{_B}", lora_b, module
+        a_shape = module.down.shape[::-1] if module.is_embedding else module.down.shape
+        yield f"{base}{_A}", lora_a, tuple(a_shape)
+        yield f"{base}{_B}", lora_b, tuple(module.up.shape)
+
+
+def _up(module: LoraModule, uniform: bool) -> np.ndarray:
+    """lora_b as written: with the module's own scale baked in when the adapter's alphas differ."""
+    up = np.asarray(module.up)
+    return up if uniform else up.astype(np.float32) * np.float32(module.scale)
+
+
+def _expert_groups(adapter: LoraAdapter, path: Path) -> dict[str, list[LoraModule]]:
+    """{GGUF expert tensor: its experts' modules in expert order}; every expert needs one, all of one rank."""
+    found: dict[str, dict[int, LoraModule]] = {}
+    for name, module in adapter.modules.items():
+        where = expert_tensor(name)
+        if where is not None:
+            found.setdefault(where[0], {})[where[1]] = module
+    groups = {}
+    for base, by_index in found.items():
+        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
+        ranks = {m.rank for m in by_index.values()}
+        if missing or len(ranks) > 1:
+            what = f"experts {missing} have no LoRA" if missing else f"experts have different ranks {sorted(ranks)}"
+            raise AdapterError(f"{path}: {base}: {what}; llama.cpp applies one 3-D LoRA to all experts of a tensor, "
+                               "so every expert needs one of the same rank (train with the experts target)")
+        groups[base] = [by_index[i] for i in range(len(by_index))]
+    return groups
+
+
+def _plan_experts(base: str, group: list[LoraModule], uniform: bool):
+    """The 3-D lora_a (experts, r, in) and lora_b (experts, out, r) of one MoE expert tensor."""
+    n, first = len(group), group[0]
+    yield f"{base}{_A}", lambda: np.stack([np.asarray(m.down) for m in group]), (n, *first.down.shape)
+    yield f"{base}{_B}", lambda: np.stack([_up(m, uniform) for m in group]), (n, *first.up.shape)
 
 
 def _module_order(name: str):
@@ -246,14 +300,6 @@ def _module_order(name: str):
         if part.isdigit():
             return (0, int(part), ".".join(parts[index + 1 :]))
     return (1, 0, name)
-
-
-def _shape_and_nbytes(name: str, module: LoraModule, dtype: str) -> tuple[tuple[int, ...], int]:
-    if name.endswith(_A):
-        shape = tuple(module.down.shape[::-1]) if module.is_embedding else tuple(module.down.shape)
-    else:
-        shape = tuple(module.up.shape)
-    return shape, int(np.prod(shape)) * (4 if dtype == "f32" else 2)
 
 
 def write(adapter: LoraAdapter, path: Path, options) -> Path:
@@ -267,7 +313,7 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
     # llama.cpp reads alpha 0 as "scale 1", so a zero alpha must be baked in like mixed ones.
     uniform = len(alphas) == 1 and next(iter(alphas)) != 0
     alpha = next(iter(alphas)) if uniform else 0.0
-    plan = list(_plan(adapter, arch, info, uniform))
+    plan = list(_plan(adapter, arch, info, uniform, path))
 
     with atomic_file(path, force=options.force) as tmp:
         writer = gguf.GGUFWriter(tmp, gguf_arch(arch))
@@ -283,8 +329,8 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
             writer.add_uint32(KEY_HEADS_KV, info.n_head_kv or info.n_head)
         for key, value in sorted((options.metadata or {}).items()):
             writer.add_string(key, str(value))
-        for tensor_name, _, module in plan:
-            shape, nbytes = _shape_and_nbytes(tensor_name, module, dtype)
+        for tensor_name, _, shape in plan:
+            nbytes = int(np.prod(shape)) * (4 if dtype == "f32" else 2)
             np_dtype = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16}[dtype]
             raw = gguf.GGMLQuantizationType.BF16 if dtype == "bf16" else None
             writer.add_tensor_info(tensor_name, shape, np.dtype(np_dtype), nbytes, raw_dtype=raw)

@@ -198,12 +198,43 @@ class FusedMLP(nn.Module):
         return self.down_proj(_activation(self.activation, gate) * up)
 
 
+class SparseMoE(nn.Module):
+    """A mixture-of-experts FFN as llama.cpp's ``build_moe_ffn`` with softmax gating.
+
+    The router (``gate``) scores the experts, softmax gives probabilities, each token goes through its
+    ``used`` most probable experts (gated FFNs, HF v4's ``mlp.experts.{e}``), whose outputs are summed
+    weighted by those probabilities (divided by their sum with ``norm``, times ``scale`` unless 0 or 1).
+    Only the experts some token chose run, each on its own tokens.
+    """
+
+    def __init__(self, gate: nn.Module, experts: list[MLP], used: int, norm: bool, scale: float = 0.0) -> None:
+        super().__init__()
+        self.gate, self.experts = gate, nn.ModuleList(experts)
+        self.used, self.norm, self.scale = int(used), bool(norm), float(scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        probs = torch.softmax(self.gate(flat).float(), dim=-1)
+        weights, chosen = probs.topk(self.used, dim=-1)
+        if self.norm:  # llama.cpp clamps the sum to the smallest normal f16
+            weights = weights / weights.sum(-1, keepdim=True).clamp(min=6.103515625e-5)
+        if self.scale not in (0.0, 1.0):
+            weights = weights * self.scale
+        out = torch.zeros_like(flat)
+        for index, expert in enumerate(self.experts):
+            tokens, slot = torch.nonzero(chosen == index, as_tuple=True)
+            if tokens.numel():
+                y = expert(flat[tokens]) * weights[tokens, slot].unsqueeze(-1).to(flat.dtype)
+                out = out.index_add(0, tokens, y.to(out.dtype))
+        return out.reshape(x.shape)
+
+
 class DecoderLayer(nn.Module):
     """Transformer block: pre-norms (none in OLMo 2), Gemma's and OLMo 2's post-norms, Granite's residual scale."""
 
     def __init__(self, input_layernorm: RMSNorm | None, self_attn: Attention, post_attention_layernorm: RMSNorm | None,
-                 mlp: MLP | FusedMLP, post_attn_norm: RMSNorm | None = None, post_ffn_norm: RMSNorm | None = None,
-                 rope_index: int = 0, residual_scale: float = 1.0) -> None:
+                 mlp: MLP | FusedMLP | SparseMoE, post_attn_norm: RMSNorm | None = None,
+                 post_ffn_norm: RMSNorm | None = None, rope_index: int = 0, residual_scale: float = 1.0) -> None:
         super().__init__()
         self.input_layernorm, self.self_attn = input_layernorm, self_attn
         self.post_attention_layernorm, self.mlp = post_attention_layernorm, mlp

@@ -59,6 +59,10 @@ class TextConfig:
     logit_scale: float = 1.0  # logits / this (Granite)
     activation: str = "silu"  # the gated FFN's activation: silu (SwiGLU) or gelu (GeGLU, tanh approximation)
     pre_norms: bool = True  # norms before attention and FFN (OLMo 2 has only the post-norms)
+    num_experts: int = 0  # MoE: experts per layer (``expert_count``; 0 = dense FFN)
+    experts_used: int = 0  # experts each token goes through (``expert_used_count``, top-k)
+    expert_weights_norm: bool = False  # the top-k weights divided by their sum (qwen3moe: always, as llama.cpp)
+    expert_weights_scale: float = 0.0  # the top-k weights * this (``expert_weights_scale``; 0 or 1 = not applied)
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -87,6 +91,8 @@ class Family:
     hf_model_types: tuple[str, ...] = ()  # HF folders of these model types load too (same tensor layout)
     modules: tuple[tuple[T, str], ...] = ()  # tensor kinds whose module differs from ``MODULES`` (fused FFN)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    moe_norm: bool = False  # MoE: llama.cpp's graph renormalises the top-k expert weights (``build_moe_ffn``'s norm_w)
+    target_aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()  # lora_target_modules words that name several layers
 
 
 def _gemma_attn_scale(cfg: TextConfig) -> float:
@@ -103,6 +109,10 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("gemma2", activation="gelu", embed_scale=True, swa_pattern=2, swa_default=4096, swa_rope_inherits=True,
            attn_scale=_gemma_attn_scale, attn_softcap=True),
     Family("granite", rope="norm", permuted_qk=True, multipliers=True),
+    # MoE (softmax router, top-k experts, weights renormalised); LoRA on attention unless the targets name
+    # ``experts`` (every expert's gate/up/down: llama.cpp applies 3-D LoRA to *_exps through mul_mat_id).
+    Family("qwen3moe", moe_norm=True, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
+           target_aliases=(("experts", ("gate_proj", "up_proj", "down_proj")),)),
     Family("phi3", swa_ignored=True, modules=((T.FFN_UP, "mlp.gate_up_proj"),),
            lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
 )}
@@ -133,6 +143,10 @@ MODULES: dict[T, str] = {
     T.FFN_GATE: "mlp.gate_proj",
     T.FFN_UP: "mlp.up_proj",
     T.FFN_DOWN: "mlp.down_proj",
+    T.FFN_GATE_INP: "mlp.gate",  # MoE router
+    T.FFN_GATE_EXP: "mlp.experts.gate_proj",  # 3-D (experts, out, in): one gated FFN per expert
+    T.FFN_UP_EXP: "mlp.experts.up_proj",
+    T.FFN_DOWN_EXP: "mlp.experts.down_proj",
 }
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 
@@ -239,7 +253,14 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         embed_scale=math.sqrt(hidden) if family.embed_scale else 1.0,
         activation=family.activation,
         pre_norms=family.pre_norms,
+        num_experts=int(meta.get(f"{arch}.expert_count", 0) or 0),
+        experts_used=int(meta.get(f"{arch}.expert_used_count", 0) or 0),
+        expert_weights_norm=family.moe_norm,
+        expert_weights_scale=float(meta.get(f"{arch}.expert_weights_scale", 0.0) or 0.0),
     )
+    if cfg.num_experts and not 0 < cfg.experts_used <= cfg.num_experts:
+        raise UserError(f"{path}: {arch}.expert_used_count is {cfg.experts_used} for {cfg.num_experts} experts; "
+                        "the file is damaged, re-convert it")
     if family.attn_scale is not None:
         cfg.attn_scale = family.attn_scale(cfg)
     if family.multipliers:  # llama.cpp's granite graph: 0 or missing means "not applied"

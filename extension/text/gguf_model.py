@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from .._converters import converters
 from ..errors import UserError
 from ..training.heap import release_free_heap
-from .blocks import MLP, Attention, Backbone, DecoderLayer, FusedMLP, RMSNorm, Rotary
+from .blocks import MLP, Attention, Backbone, DecoderLayer, FusedMLP, RMSNorm, Rotary, SparseMoE
 from .families import (
     FAMILIES,
     HF_MODEL_TYPES,
@@ -64,7 +64,15 @@ class TextModel(nn.Module):
 
     def default_lora_targets(self) -> tuple[str, ...]:
         """The projections a LoRA adapts unless told otherwise: the matmuls llama.cpp applies LoRA to."""
-        return FAMILIES[HF_MODEL_TYPES.get(self.config.arch, self.config.arch)].lora_targets
+        return self._family().lora_targets
+
+    def expand_lora_targets(self, targets: list[str]) -> list[str]:
+        """``targets`` with the family's words for several layers spelled out (qwen3moe: ``experts``)."""
+        aliases = dict(self._family().target_aliases)
+        return [name for t in targets for name in aliases.get(t.strip(), (t,))]
+
+    def _family(self):
+        return FAMILIES[HF_MODEL_TYPES.get(self.config.arch, self.config.arch)]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Logits (batch, tokens, vocab) in float32."""
@@ -160,6 +168,20 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
             weight.permute_rows(rotary_row_order(shape[0], heads))
         return weight
 
+    def experts(name: str) -> list[PackedLinear]:
+        """One linear layer per expert over a 3-D (experts, out, in) tensor, sharing its file data."""
+        data, qtype, shape = take(name + ".weight")
+        if len(shape) != 3 or shape[0] != cfg.num_experts:
+            raise UserError(f"tensor {name} has shape {shape}, expected ({cfg.num_experts}, out, in); "
+                            f"the file is not a {cfg.arch} model")
+        whole = PackedWeight.from_numpy(data, qtype, (shape[0] * shape[1], shape[2]))
+        return [PackedLinear(w) for w in whole.split_rows(shape[0])]
+
+    def moe(p: str) -> SparseMoE:
+        gates, ups, downs = (experts(p + f"mlp.experts.{kind}") for kind in ("gate_proj", "up_proj", "down_proj"))
+        return SparseMoE(linear(p + "mlp.gate"), [MLP(g, u, d) for g, u, d in zip(gates, ups, downs, strict=True)],
+                         cfg.experts_used, cfg.expert_weights_norm, cfg.expert_weights_scale)
+
     def vector(name: str) -> torch.Tensor:
         data, qtype, shape = take(name)
         return PackedWeight.from_numpy(np.asarray(data).reshape(1, -1), qtype, (1, int(np.prod(shape)))).dequantize()[0]
@@ -200,7 +222,9 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
         attn = Attention(cfg, *projections, linear(p + "self_attn.o_proj"),
                          q_norm=optional_norm(p + "self_attn.q_norm"), k_norm=optional_norm(p + "self_attn.k_norm"),
                          window=cfg.sliding_window if swa else 0)
-        if p + "mlp.gate_up_proj.weight" in tensors:
+        if p + "mlp.gate.weight" in tensors:
+            mlp = moe(p)
+        elif p + "mlp.gate_up_proj.weight" in tensors:
             mlp = FusedMLP(linear(p + "mlp.gate_up_proj"), linear(p + "mlp.down_proj"), cfg.activation)
         else:
             mlp = MLP(linear(p + "mlp.gate_proj"), linear(p + "mlp.up_proj"), linear(p + "mlp.down_proj"),

@@ -33,6 +33,7 @@ def text_layout(config: TrainConfig, model: Any, base: Path, log: Callable[[str]
     targets_default = [t.strip() for t in targets] == DEFAULT_LLM_TARGETS
     if targets_default:
         targets = list(model.default_lora_targets())  # the family's own names (fused Q/K/V, gate/up)
+    targets = model.expand_lora_targets(targets)
     source = config.init_lora
     if not source:
         names = target_names(model, targets)

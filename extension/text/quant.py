@@ -314,6 +314,18 @@ class PackedWeight(torch.nn.Module):
             *index.shape, self.shape[1]
         )
 
+    def split_rows(self, parts: int) -> list[PackedWeight]:
+        """``parts`` weights over equal blocks of rows, sharing this one's data (no copy).
+
+        A 3-D GGUF tensor (experts, out, in), such as an MoE's ``ffn_up_exps``, is held as one
+        (experts * out, in) weight: its blocks are the experts, each dequantized only when used.
+        """
+        rows = self.shape[0] // parts
+        if rows * parts != self.shape[0]:
+            raise ValueError(f"cannot split {self.shape[0]} rows into {parts} equal parts")
+        shape = (rows, self.shape[1])
+        return [PackedWeight(self.raw[i * rows:(i + 1) * rows], self.qtype, shape) for i in range(parts)]
+
     def permute_rows(self, order: torch.Tensor) -> None:
         """Reorder the rows in place (undoing llama.cpp's Q/K rotary permutation works on packed rows)."""
         self.raw = self.raw[order].contiguous()

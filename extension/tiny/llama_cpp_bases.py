@@ -44,6 +44,10 @@ TINY_FAMILIES: dict[str, tuple[str, str, dict]] = {
     "granite": ("GraniteConfig", "GraniteForCausalLM", {
         "rms_norm_eps": 1e-5, "embedding_multiplier": 12.0, "attention_multiplier": 0.02,
         "residual_multiplier": 0.22, "logits_scaling": 8.0}),
+    # MoE: 4 experts, top-2, top-k weights renormalised (llama.cpp's qwen3moe graph always does); widths of 256.
+    "qwen3moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM", {
+        "rms_norm_eps": 1e-6, "moe_intermediate_size": 256, "num_experts": 4, "num_experts_per_tok": 2,
+        "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": []}),
     # Llama 3.1 rope scaling: llama.cpp's converter writes it as rope_freqs.weight.
     "llama3": ("LlamaConfig", "LlamaForCausalLM", {
         "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "rope_scaling": {
@@ -115,11 +119,29 @@ def save_family_hf(model, folder: Path, vocab: TinyVocab | None = None, added: t
     return folder
 
 
-def convert_hf_to_gguf(llama_cpp_src: Path, hf_folder: Path, out: Path, outtype: str) -> Path:
+# Families whose converter class reads a GPT-2 BPE vocabulary only, which it accepts only when the tokenizer's
+# pre-tokenizer hash is one it knows (a real 151k Qwen2 vocabulary, far from tiny): for these, the converter's
+# vocabulary step is pointed at its own SentencePiece reader (the tiny vocabulary is SentencePiece); the weights and
+# hyper-parameters still go through the converter untouched. family -> (conversion module, converter class).
+SPM_VOCAB_CLASSES = {"qwen3moe": ("conversion.qwen", "Qwen3MoeModel")}
+_SPM_VOCAB_RUN = r"""
+import importlib, os, runpy, sys
+script, module, cls = sys.argv[1:4]
+sys.path[:0] = [os.path.dirname(script), os.path.join(os.path.dirname(script), "gguf-py")]
+from conversion.base import TextModel
+setattr(getattr(importlib.import_module(module), cls), "set_vocab", TextModel._set_vocab_sentencepiece)
+sys.argv = [script] + sys.argv[4:]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def convert_hf_to_gguf(llama_cpp_src: Path, hf_folder: Path, out: Path, outtype: str, family: str = "") -> Path:
     """Run llama.cpp's ``convert_hf_to_gguf.py`` (its own gguf-py) on ``hf_folder``; ``outtype`` f16, q8_0..."""
     env = {**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py")}
-    cmd = [sys.executable, str(llama_cpp_src / "convert_hf_to_gguf.py"), str(hf_folder), "--outfile", str(out),
-           "--outtype", outtype]
+    script = str(llama_cpp_src / "convert_hf_to_gguf.py")
+    args = [str(hf_folder), "--outfile", str(out), "--outtype", outtype]
+    spm = SPM_VOCAB_CLASSES.get(family)
+    cmd = [sys.executable, "-c", _SPM_VOCAB_RUN, script, *spm, *args] if spm else [sys.executable, script, *args]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_folder}: {done.stderr[-3000:]}")
@@ -155,9 +177,9 @@ def family_files(family: str, folder: Path, llama_cpp_src: Path, qtypes: tuple[s
     for qtype in qtypes:
         out = folder / f"{family}-{qtype.lower()}.gguf"
         if qtype in ("F32", "F16", "BF16", "Q8_0"):
-            files[qtype] = convert_hf_to_gguf(llama_cpp_src, files["hf"], out, qtype.lower())
+            files[qtype] = convert_hf_to_gguf(llama_cpp_src, files["hf"], out, qtype.lower(), family)
         else:
             f16 = files.get("F16") or convert_hf_to_gguf(llama_cpp_src, files["hf"], folder / f"{family}-f16.gguf",
-                                                         "f16")
+                                                         "f16", family)
             files[qtype] = quantize_gguf(f16, out, qtype)
     return files
