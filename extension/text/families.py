@@ -62,7 +62,7 @@ class TextConfig:
     num_experts: int = 0  # MoE: experts per layer (``expert_count``; 0 = dense FFN)
     experts_used: int = 0  # experts each token goes through (``expert_used_count``, top-k)
     expert_weights_norm: bool = False  # the top-k weights divided by their sum (qwen3moe: always, as llama.cpp)
-    expert_weights_scale: float = 0.0  # the top-k weights * this (``expert_weights_scale``; 0 or 1 = not applied)
+    expert_weights_scale: float = 0.0  # the top-k weights * this (0 or 1 = not applied, as llama.cpp)
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -255,8 +255,7 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         pre_norms=family.pre_norms,
         num_experts=int(meta.get(f"{arch}.expert_count", 0) or 0),
         experts_used=int(meta.get(f"{arch}.expert_used_count", 0) or 0),
-        expert_weights_norm=family.moe_norm,
-        expert_weights_scale=float(meta.get(f"{arch}.expert_weights_scale", 0.0) or 0.0),
+        expert_weights_norm=family.moe_norm,  # qwen3moe's graph neither reads expert_weights_norm nor _scale
     )
     if cfg.num_experts and not 0 < cfg.experts_used <= cfg.num_experts:
         raise UserError(f"{path}: {arch}.expert_used_count is {cfg.experts_used} for {cfg.num_experts} experts; "
