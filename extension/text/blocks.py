@@ -225,7 +225,8 @@ class SparseMoE(nn.Module):
             tokens, slot = torch.nonzero(chosen == index, as_tuple=True)
             if tokens.numel():
                 y = expert(flat[tokens]) * weights[tokens, slot].unsqueeze(-1).to(flat.dtype)
-                out = out.index_add(0, tokens, y.to(out.dtype))
+                # in place: autograd needs no copy of ``out`` for this, and 128 experts would make 128 copies
+                out.index_add_(0, tokens, y.to(out.dtype))
         return out.reshape(x.shape)
 
 

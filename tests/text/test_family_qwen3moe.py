@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import torch
 from test_families import IDS, _run
-from textutil import llama_cpp_script
+from textutil import llama_cpp_script, text_config
 
 import converters
+from extension.text.engine import train_text
 from extension.text.gguf_model import load_text_model
 from extension.text.lora import inject_lora, load_lora_state
 from extension.tiny.llama_cpp_bases import build_tiny_family
@@ -115,3 +116,17 @@ def _names_as_llama_cpp_and_round_trip(out, targets, files, tmp_path):
     assert sorted(first) == sorted(second)
     for name, data in first.items():
         np.testing.assert_array_equal(second[name], data, err_msg=name)
+
+
+def test_checkpointing_routes_the_same(files, tmp_path):
+    """Under gradient checkpointing the recompute routes each token to the same experts: the same losses."""
+    losses = {}
+    for on in (False, True):
+        data = tmp_path / "data.txt"
+        data.write_text("the cat sat on the mat and the dog ran to the mat\n")
+        events = []
+        cfg = text_config(files["Q4_K_M"], data, tmp_path / f"out-{on}", max_train_steps=3, gradient_checkpointing=on,
+                          **TARGETS["experts"])
+        assert train_text(cfg, callback=events.append).status == "done"
+        losses[on] = [e.loss for e in events if e.kind == "step"]
+    assert losses[True] == losses[False]
