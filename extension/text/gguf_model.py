@@ -32,6 +32,7 @@ from .families import (
     FAMILIES,
     HF_MODEL_TYPES,
     SUPPORTED_ARCHES,
+    Family,
     TextConfig,
     config_from_gguf,
     hf_name,
@@ -71,7 +72,7 @@ class TextModel(nn.Module):
         aliases = dict(self._family().target_aliases)
         return [name for t in targets for name in aliases.get(t.strip(), (t,))]
 
-    def _family(self):
+    def _family(self) -> Family:
         return FAMILIES[HF_MODEL_TYPES.get(self.config.arch, self.config.arch)]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
