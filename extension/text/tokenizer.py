@@ -450,6 +450,8 @@ class HFTokenizer:
         self.add_bos = bool(probe) and self.bos_id is not None and probe[0] == self.bos_id
         self.add_eos = bool(probe) and self.eos_id is not None and probe[-1] == self.eos_id
         self.chat_template = getattr(self._tok, "chat_template", None)
+        self.eot_id: int | None = None
+        self.eog_ids = frozenset(i for i in (self.eos_id,) if i is not None)
 
     def __len__(self) -> int:
         return len(self._tok)
