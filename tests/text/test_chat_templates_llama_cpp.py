@@ -191,3 +191,25 @@ def test_responses_only_labels_each_assistant_turn_and_its_end(tmp_path, base_vo
     assert sample.ids[:len(head)] == head and sample.labels[:len(head)] == [IGNORE] * len(head)
     (full,) = load_text_dataset(data, tok, max_length=4096, train_on_responses_only=False)
     assert full.ids == sample.ids and full.labels == full.ids
+
+
+@needs_llama_cpp
+@pytest.mark.llama_cpp
+def test_try_stops_where_llama_cpp_ends_a_generation(tmp_path):
+    """Try's answers end at every token llama.cpp ends a generation at, not only the file's eos/eot ids."""
+    import llama_cpp
+    from llama_cpp import Llama
+    from test_tokenizer_llama_cpp import SPECIALS, write_bpe_gguf
+
+    from extension.text.try_adapter import _Base
+
+    tokens = [chr(c) for c in range(33, 127)] + ["ab"] + SPECIALS
+    path = write_bpe_gguf(tmp_path / "v.gguf", "qwen2", tokens, ["a b"])
+    llm = Llama(str(path), vocab_only=True, verbose=False)
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+        eog = {i for i in range(len(tokens)) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+    finally:
+        llm.close()
+    assert eog == {tokens.index("<|endoftext|>"), tokens.index("<|im_end|>")}
+    assert _Base(path).stop_ids == eog
