@@ -181,8 +181,7 @@ class Tokenizer:
                 found = next((self._ids[t] for t in texts if t in self._ids), None)
                 if found is not None:
                     named[key] = found
-        by_text = {i for t, i in self._ids.items() if t in _EOG_TEXTS}
-        by_text |= {self.eot_id} if self.eot_id is not None and self.tokens[self.eot_id] in _EOT_TEXTS else set()
+        by_text = {i for t, i in self._ids.items() if t in _EOG_TEXTS}  # holds every _EOT_TEXTS token too
         for token in by_text:
             self.types[token] = CONTROL
         eog = by_text | {named[k] for k in ("fim_pad", "fim_rep", "fim_sep") if k in named}
