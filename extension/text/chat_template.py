@@ -7,12 +7,19 @@ the compiled template executes (a trace on the template's own frames only, so ot
 untraced), which stops nested ``{% for %}`` loops that make no calls; ``*``, ``**`` and ``+``
 are checked before they build a big string, list or number, and the output is bounded as it is
 generated.
+
+The environment is the one transformers' ``apply_chat_template`` (and llama-cpp-python's
+``Jinja2ChatFormatter``) gives templates: ``trim_blocks``/``lstrip_blocks``, ``{% break %}``/``{% continue %}``,
+``raise_exception``, ``strftime_now`` (Mistral 3 puts today's date in its system prompt), ``tojson`` without
+ASCII escapes, and ``{% generation %}`` blocks rendered as plain text.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from datetime import datetime
 from typing import Any
 
 from ..errors import UserError
@@ -31,8 +38,33 @@ def _size(value: Any) -> int | None:
     return len(value) if isinstance(value, (str, list, tuple)) else None
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+            sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _generation_extension():
+    from jinja2.ext import Extension
+
+    class GenerationBlocks(Extension):
+        """transformers' ``{% generation %}...{% endgeneration %}`` marks assistant text; rendered as is."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return GenerationBlocks
+
+
 def _environment():
     from jinja2 import TemplateError
+    from jinja2.ext import loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class BoundedSandbox(ImmutableSandboxedEnvironment):
@@ -54,8 +86,10 @@ def _environment():
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
-    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True)
+    env = BoundedSandbox(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols, _generation_extension()])
     env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = _strftime_now
+    env.filters["tojson"] = _tojson
     return env
 
 

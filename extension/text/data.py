@@ -10,12 +10,18 @@ Formats (``data_format: auto`` decides per file):
 Instruction rows become a user + assistant chat. Chats are rendered with ``chat_template`` from the
 config, else the GGUF's ``tokenizer.chat_template``, else ``DEFAULT_CHAT_TEMPLATE`` below (plain
 ``### User:`` / ``### Assistant:`` headers, which need no special tokens). With
-``train_on_responses_only`` the loss covers only the final assistant reply (and the EOS after it).
+``train_on_responses_only`` the loss covers only the assistant turns: each reply up to and including its
+first end-of-generation token (llama.cpp's: ``<|im_end|>``, ``<end_of_turn>``, ``<|end|>``, ``</s>``, ...);
+a reply the template ends with none gets the end-of-turn token (else EOS) appended, as the model must emit it.
+Each assistant turn is tokenized apart from the text before it, as llama.cpp tokenizes the prompt it answers.
+A reply starts where the conversation and its generation prompt part (Gemma 4's prompt adds an empty thought
+channel that the history leaves out: the reply is trained as the history renders it).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,20 +102,49 @@ class _Builder:
 
     def chat(self, messages: list[dict]) -> Sample:
         messages = [{**m, "content": m["content"][: self.max_chars]} for m in messages]
-        prompt = render_chat(self.template, messages[:-1], self.tok, add_generation_prompt=True)
         full = render_chat(self.template, messages, self.tok, add_generation_prompt=False)
-        if not full.startswith(prompt):
-            raise ValueError("the chat template does not render the conversation as prompt + reply")
-        reply = full[len(prompt):]
-        head = prompt_ids(self.tok, prompt)
-        reply_ids = self.tok.encode(reply, add_special=False, parse_special=True, space_prefix=False)
-        eos = self.tok.eos_id
-        if eos is not None and (not reply_ids or reply_ids[-1] != eos) and not reply.rstrip().endswith(
-                self.tok.eos_token or "\0"):
-            reply_ids.append(eos)
-        ids = head + reply_ids
-        labels = ([IGNORE] * len(head) + reply_ids) if self.responses_only else list(ids)
+        turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        starts = []
+        for i in turns:
+            history = render_chat(self.template, messages[:i], self.tok, add_generation_prompt=False)
+            prompt = render_chat(self.template, messages[:i], self.tok, add_generation_prompt=True)
+            # the reply starts where the generation prompt and the conversation part: at its end, or earlier
+            # when the prompt adds what the history leaves out (Gemma 4's empty thought channel)
+            start = len(os.path.commonprefix([full, prompt]))
+            if (start < len(prompt) and not (full.startswith(history) and start >= len(history))) or (
+                    starts and start < starts[-1]):
+                raise ValueError("the chat template does not render the conversation as prompt + reply")
+            starts.append(start)
+        ids = prompt_ids(self.tok, full[:starts[0]])
+        labels = [IGNORE] * len(ids)
+        for n, (i, start) in enumerate(zip(turns, starts, strict=True)):
+            end = starts[n + 1] if n + 1 < len(starts) else len(full)
+            turn = render_chat(self.template, messages[:i + 1], self.tok, add_generation_prompt=False)
+            # where the template ends this turn when it is the last one (Qwen3 renders earlier turns otherwise)
+            cut = len(turn) if full.startswith(turn) and start <= len(turn) <= end else end
+            reply, rest = self._encode(full[start:cut]), self._encode(full[cut:end])
+            labels += self._reply_labels(reply, rest, last=end == len(full))
+            ids += reply + rest
+        if not self.responses_only:
+            labels = list(ids)
         return self._cut(Sample(ids, labels, full))
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special=False, parse_special=True, space_prefix=False) if text else []
+
+    def _reply_labels(self, reply: list[int], rest: list[int], last: bool) -> list[int]:
+        """Labels of one assistant turn (``reply``, then ``rest`` up to the next turn): the reply up to its first
+        end-of-generation token, or the one right after it (GLM-4's <|user|>); the last reply without one gets
+        the end-of-turn token appended (``reply`` grows)."""
+        end = next((k for k, t in enumerate(reply) if t in self.tok.eog_ids), None)
+        if end is not None:
+            return reply[:end + 1] + [IGNORE] * (len(reply) - end - 1 + len(rest))
+        if rest and rest[0] in self.tok.eog_ids:
+            return reply + rest[:1] + [IGNORE] * (len(rest) - 1)
+        closing = self.tok.eot_id if self.tok.eot_id is not None else self.tok.eos_id
+        if last and closing is not None:
+            reply.append(closing)
+        return list(reply) + [IGNORE] * len(rest)
 
     def _cut(self, sample: Sample) -> Sample:
         sample.ids = sample.ids[: self.max_length]

@@ -106,8 +106,7 @@ class _Base:
             self.tokenizer = Tokenizer.from_metadata(meta, str(path))
             arch = meta.get("general.architecture", "")
             self.context = int(meta.get(f"{arch}.context_length", 0) or 0)
-            self.stop_ids = {int(meta[k]) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
-                             if meta.get(k) is not None}
+            self.stop_ids = set(self.tokenizer.eog_ids)  # llama.cpp's end-of-generation tokens (<|end|>, ...)
         if self.tokenizer.eos_id is not None:
             self.stop_ids.add(int(self.tokenizer.eos_id))
 

@@ -1,15 +1,20 @@
-"""Our gpt2 (byte-level BPE) GGUF tokenizer gives exactly llama.cpp's token ids, per tokenizer.ggml.pre.
+"""Our GGUF tokenizer gives exactly llama.cpp's token ids.
 
-The vocabulary is trained in code with the `tokenizers` BPE trainer and written to a vocab-only
-qwen2 GGUF; llama-cpp-python (``vocab_only=True``) is the reference.
+- llama.cpp's own test vectors: every ``models/ggml-vocab-*.gguf`` of the llama-cpp-python sdist
+  (LORA_BRIDGE_LLAMA_CPP) with an SPM, gpt2 or gemma4 vocabulary, against its ``.gguf.inp``/``.gguf.out``
+  files and against llama-cpp-python itself (BOS/special-token parsing, end-of-generation tokens).
+- A byte-level BPE trained in code with the `tokenizers` BPE trainer and written to a vocab-only
+  qwen2 GGUF for each ``tokenizer.ggml.pre`` (also those whose vocabulary the sdist does not ship);
+  llama-cpp-python (``vocab_only=True``) is the reference.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
-from textutil import needs_llama_cpp
+from textutil import llama_cpp_script, needs_llama_cpp
 
 from extension.errors import UserError
 from extension.text.gguf_model import read_gguf_metadata
@@ -19,7 +24,8 @@ SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 USER_DEFINED = "<tool>"
 # Tokens no merge sequence reaches: llama3-style pre-tokenizers (ignore_merges) still use them whole.
 UNREACHABLE = ["xyzzyplugh", "Ġxyzzyplugh"]
-PRES = ["qwen2", "llama-bpe", "gpt-2", "default", "smollm", "dbrx"]
+PRES = ["qwen2", "llama-bpe", "gpt-2", "default", "smollm", "dbrx", "qwen35", "tekken", "chatglm-bpe", "glm4",
+        "falcon", "deepseek-llm", "deepseek-coder", "deepseek-v3"]
 
 _CORPUS = [
     "The quick brown fox jumps over the lazy dog.", "I'm sure you don't know what they've done.",
@@ -131,7 +137,7 @@ def test_bpe_ids_match_llama_cpp(tmp_path, vocabs, pre, alphabet):
     assert len(ours) == llm.n_vocab()
     assert _mismatches(ours, llm, TEXTS) == []
     whole = llm.tokenize(b"xyzzyplugh", add_bos=False) == [ours.tokens.index("xyzzyplugh")]
-    assert whole is (pre == "llama-bpe")  # ignore_merges was exercised
+    assert whole is (pre in ("llama-bpe", "tekken", "glm4"))  # ignore_merges was exercised
     if alphabet == "partial":  # missing byte tokens were exercised (llama.cpp drops such bytes)
         assert bytes_to_unicode()[0xF0] not in ours.tokens
 
@@ -165,3 +171,91 @@ def test_unknown_pre_is_a_user_error(tmp_path, vocabs):
     path = write_bpe_gguf(tmp_path / "odd.gguf", "no-such-pre", tokens, merges)
     with pytest.raises(UserError, match="tokenizer.ggml.pre 'no-such-pre' is not supported"):
         Tokenizer.from_metadata(read_gguf_metadata(path)[1], str(path))
+
+
+# -- llama.cpp's own vocabularies and test vectors ------------------------------------------------------------------
+
+# vocabulary file -> the #20 families (or other users) whose GGUFs carry it
+SHIPPED = {
+    "llama-spm": "llama (Llama-2, Mistral-7B)", "llama-bpe": "llama (Llama-3.x)", "qwen2": "qwen2, qwen3, qwen3moe",
+    "qwen35": "qwen35", "phi-3": "phi3", "gemma-4": "gemma4", "gpt-2": "gpt2", "starcoder": "starcoder2",
+    "refact": "granite (code)", "mpt": "mpt (olmo regex)", "baichuan": "baichuan",
+}
+# gguf-py's reader takes seconds per 100k-token vocabulary: the quick run checks one SPM, Phi-3's and the qwen2 one
+QUICK = ["llama-spm", "phi-3", "qwen2"]
+# shipped too, used by no #20 family: checked in the slow run only
+SHIPPED_OTHERS = ["command-r", "deepseek-llm", "deepseek-coder", "falcon", "aquila", "gpt-neox"]
+_SEP = "\n__ggml_vocab_test__\n"
+# chat-template text: special tokens in the text, whitespace after them (Phi-3 strips it), BOS written twice
+_CHAT_TEXTS = ["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "<|user|>\nhi<|end|>\n<|assistant|>\n ok",
+               "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n", "[INST] hi [/INST] ok</s>",
+               "<s> </s> <|endoftext|> <|end|> hi", "[gMASK]<sop><|user|>\nhi<|assistant|>\nok"]
+
+
+def _models_dir() -> Path | None:
+    found = llama_cpp_script("models/ggml-vocab-llama-spm.gguf")
+    return found.parent if found else None
+
+
+def _vectors(path: Path) -> list[tuple[str, list[int]]]:
+    """(text, ids) pairs of a .gguf.inp/.gguf.out pair, read as llama.cpp's test-tokenizer-0 reads them."""
+    with open(path.with_name(path.name + ".inp"), encoding="utf-8", newline="") as f:  # keeps "\r\n"
+        raw = f.read()
+    texts = raw.split(_SEP)
+    texts = texts[:-1] if raw.endswith(_SEP) else texts
+    with open(path.with_name(path.name + ".out"), encoding="utf-8", newline="") as f:
+        lines = f.read().split("\n")[:len(texts)]
+    assert len(lines) == len(texts)
+    return [(text, [int(x) for x in line.split()]) for text, line in zip(texts, lines, strict=True)]
+
+
+def _check_shipped(name: str) -> None:
+    import llama_cpp
+    from llama_cpp import Llama
+
+    folder = _models_dir()
+    if folder is None:
+        pytest.skip("set LORA_BRIDGE_LLAMA_CPP to the unpacked llama-cpp-python sdist (llama.cpp's vocabularies)")
+    path = folder / f"ggml-vocab-{name}.gguf"
+    ours = Tokenizer.from_metadata(read_gguf_metadata(path)[1], str(path))
+    llm = Llama(str(path), vocab_only=True, verbose=False)
+    try:
+        _compare_shipped(name, path, ours, llm, llama_cpp)
+    finally:
+        llm.close()
+
+
+def _compare_shipped(name, path, ours, llm, llama_cpp) -> None:
+    own = path.with_name(path.name + ".inp").is_file()
+    # a vocabulary without vectors is checked on the texts of one that has them
+    pairs = _vectors(path if own else path.with_name("ggml-vocab-qwen35.gguf"))
+    if own:
+        wrong = [(text, ours.encode(text, add_special=False), ids) for text, ids in pairs
+                 if ours.encode(text, add_special=False) != ids]
+        assert wrong == [], f"{name}: differs from llama.cpp's test vectors"
+    assert len(ours) == llm.n_vocab()
+    texts = [text for text, _ in pairs] + _CHAT_TEXTS
+    assert _mismatches(ours, llm, texts) == []
+    vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+    eog = {i for i in range(len(ours)) if llama_cpp.llama_vocab_is_eog(vocab, i)}
+    assert ours.eog_ids == eog
+    if ours.model != "llama":  # SPM's decode drops the space llama.cpp adds in front (llama.cpp keeps it)
+        for text, _ in pairs:
+            ids = llm.tokenize(text.encode(), add_bos=False, special=True)
+            assert ours.decode(ids, skip_special=False) == llm.detokenize(ids, special=True).decode("utf-8", "replace")
+
+
+@needs_llama_cpp
+@pytest.mark.llama_cpp
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in SHIPPED])
+def test_shipped_vocabulary_matches_llama_cpp(name):
+    """Ids equal llama.cpp's test vectors and llama-cpp-python's (BOS, special tokens parsed or not), same EOG set."""
+    _check_shipped(name)
+
+
+@needs_llama_cpp
+@pytest.mark.llama_cpp
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SHIPPED_OTHERS)
+def test_other_shipped_vocabularies_match_llama_cpp(name):
+    _check_shipped(name)
