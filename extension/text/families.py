@@ -87,6 +87,7 @@ class Family:
     hf_model_types: tuple[str, ...] = ()  # HF folders of these model types load too (same tensor layout)
     modules: tuple[tuple[T, str], ...] = ()  # tensor kinds whose module differs from ``MODULES`` (fused FFN)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    half_ffn_length: bool = False  # ``feed_forward_length`` is twice ffn_up's width (qwen: llama.cpp uses n_ff/2)
 
 
 def _gemma_attn_scale(cfg: TextConfig) -> float:
@@ -105,6 +106,7 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("granite", rope="norm", permuted_qk=True, multipliers=True),
     Family("phi3", swa_ignored=True, modules=((T.FFN_UP, "mlp.gate_up_proj"),),
            lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
+    Family("qwen", half_ffn_length=True, lora_targets=("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
 )}
 SUPPORTED_ARCHES = tuple(FAMILIES)
 HF_MODEL_TYPES = {t: f.arch for f in FAMILIES.values() for t in f.hf_model_types}
@@ -216,7 +218,7 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         arch=arch,
         vocab_size=int(meta.get(f"{arch}.vocab_size", 0) or len(tokens)),
         hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length")),
+        intermediate_size=int(key("feed_forward_length")) // (2 if family.half_ffn_length else 1),
         num_layers=layers,
         num_heads=heads,
         num_kv_heads=int(key("attention.head_count_kv", heads)),
