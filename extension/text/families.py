@@ -88,6 +88,7 @@ class Family:
     modules: tuple[tuple[T, str], ...] = ()  # tensor kinds whose module differs from ``MODULES`` (fused FFN)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     half_ffn_length: bool = False  # ``feed_forward_length`` is twice ffn_up's width (qwen: llama.cpp uses n_ff/2)
+    rope_layers: int = 0  # llama.cpp applies rope only at this depth (baichuan: its 7B; 13B has ALiBi, others nothing)
 
 
 def _gemma_attn_scale(cfg: TextConfig) -> float:
@@ -107,6 +108,7 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("phi3", swa_ignored=True, modules=((T.FFN_UP, "mlp.gate_up_proj"),),
            lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     Family("qwen", half_ffn_length=True, lora_targets=("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    Family("baichuan", rope="norm", permuted_qk=True, rope_layers=32),
 )}
 SUPPORTED_ARCHES = tuple(FAMILIES)
 HF_MODEL_TYPES = {t: f.arch for f in FAMILIES.values() for t in f.hf_model_types}
@@ -207,6 +209,10 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
     if head_dim * heads != hidden and arch == "llama":
         head_dim = hidden // heads
     layers = int(key("block_count"))
+    if family.rope_layers and layers != family.rope_layers:
+        raise UserError(f"{path}: a {arch} model with {layers} layers is not supported for text LoRA training: "
+                        f"llama.cpp rotates only its {family.rope_layers}-layer (7B) models (the 40-layer 13B uses "
+                        "ALiBi)")
     scaling = str(meta.get(f"{arch}.rope.scaling.type", "none"))
     if scaling not in ("none", "linear", "longrope"):
         raise UserError(f"{path}: rope scaling {scaling!r} is not supported yet for text LoRA training")

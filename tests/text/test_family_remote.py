@@ -9,9 +9,6 @@ names the adapter's tensors as we do (given the upstream folder as the base); GG
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import gguf
 import numpy as np
 import pytest
@@ -21,11 +18,11 @@ from textutil import HAS_LLAMA_CPP, llama_cpp_script
 
 import converters
 from extension.text.gguf_model import load_text_model
-from extension.tiny.remote_code_bases import build_reference, remote_family_files
+from extension.tiny.remote_code_bases import build_reference, remote_family_files, run_converter
 
 pytestmark = pytest.mark.slow  # llama.cpp's converter and quantizer run per family (seconds each)
 
-FAMILIES = ("qwen",)
+FAMILIES = ("qwen", "baichuan")
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +74,8 @@ def test_adapter_as_llama_cpp_names_it(family, remote_bases, tmp_path):
     out, _ = _run(files["F16"], tmp_path)
     script = llama_cpp_script("convert_lora_to_gguf.py")
     ref = tmp_path / "ref.gguf"
-    done = subprocess.run([sys.executable, str(script), str(out / "tl"), "--base", str(files["hf"]),
-                           "--outfile", str(ref), "--outtype", "f32"], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(script.parent / "gguf-py"), "PATH": "/usr/bin:/bin",
-                               "HF_HUB_OFFLINE": "1"}, timeout=600)
+    done = run_converter(script.parent, script.name, family, [str(out / "tl"), "--base", str(files["hf"]),
+                                                              "--outfile", str(ref), "--outtype", "f32"])
     assert done.returncode == 0, done.stderr[-2000:]
     ours = {t.name: tuple(t.shape.tolist()) for t in gguf.GGUFReader(out / "tl.gguf").tensors}
     theirs = {t.name: tuple(t.shape.tolist()) for t in gguf.GGUFReader(ref).tensors}
