@@ -45,6 +45,7 @@ class TextConfig:
     attn_bias: bool = False  # qwen2: q/k/v have biases
     tokenizer: dict = field(default_factory=dict)  # tokenizer.ggml.* values (GGUF/GGML bases)
     rope_dims: int = 0  # rotated dimensions per head (``rope.dimension_count``); 0 = head_dim
+    rope_interleaved: bool = False  # rotate adjacent pairs (llama.cpp's NORM rope on unpermuted rows: chatglm)
     rope_freq_scale: float = 1.0  # linear rope scaling: positions * this
     rope_attn_factor: float = 1.0  # cos and sin * this (LongRoPE's ``rope.scaling.attn_factor``)
     rope_base_swa: float = 0.0  # rope base of sliding-window layers (0 = rope_base)
@@ -109,6 +110,10 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     Family("qwen", half_ffn_length=True, lora_targets=("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
     Family("baichuan", rope="norm", permuted_qk=True, rope_layers=32),
+    # ChatGLM3 (fused query_key_value) and GLM-4-hf (separate q/k/v) layouts: q/k/v biases, NORM rope on half
+    # of each head (``rope.dimension_count``), llama.cpp's ffn_up holding gate then up (SWIGLU, SEQ).
+    Family("chatglm", rope="norm", modules=((T.FFN_UP, "mlp.gate_up_proj"),),
+           lora_targets=("qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")),
 )}
 SUPPORTED_ARCHES = tuple(FAMILIES)
 HF_MODEL_TYPES = {t: f.arch for f in FAMILIES.values() for t in f.hf_model_types}
@@ -235,6 +240,7 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         attn_bias=arch == "qwen2",
         tokenizer={k: v for k, v in meta.items() if k.startswith("tokenizer.")},
         rope_dims=int(meta.get(f"{arch}.rope.dimension_count", 0) or 0),
+        rope_interleaved=family.rope == "norm" and not family.permuted_qk,
         rope_freq_scale=freq_scale,
         rope_attn_factor=float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0) or 1.0),
         rope_base_swa=float(meta.get(f"{arch}.rope.freq_base_swa", swa_base)) if window else 0.0,

@@ -22,7 +22,7 @@ from extension.tiny.remote_code_bases import build_reference, remote_family_file
 
 pytestmark = pytest.mark.slow  # llama.cpp's converter and quantizer run per family (seconds each)
 
-FAMILIES = ("qwen", "baichuan")
+FAMILIES = ("qwen", "baichuan", "chatglm")
 
 
 @pytest.fixture(scope="module")
