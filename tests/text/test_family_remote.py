@@ -9,6 +9,8 @@ names the adapter's tensors as we do (given the upstream folder as the base); GG
 
 from __future__ import annotations
 
+import re
+
 import gguf
 import numpy as np
 import pytest
@@ -44,6 +46,21 @@ def remote_bases(tmp_path_factory):
     return make
 
 
+@pytest.fixture(scope="module")
+def trained(remote_bases, tmp_path_factory):
+    """run(family, qtype) -> (output folder, result) of one 12-step run with the llama.cpp check, made once
+    (the adapter tests reuse the F16 run: Baichuan's 32 layers make each run the slow part)."""
+    cache: dict[tuple[str, str], tuple] = {}
+
+    def run(family: str, qtype: str) -> tuple:
+        if (family, qtype) not in cache:
+            folder = tmp_path_factory.mktemp(f"{family}-{qtype}")
+            cache[family, qtype] = _run(remote_bases(family)[qtype], folder, llama_cpp_check="on")
+        return cache[family, qtype]
+
+    return run
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_matches_reference(family, remote_bases):
     files = remote_bases(family)
@@ -55,10 +72,8 @@ def test_forward_matches_reference(family, remote_bases):
 
 @pytest.mark.parametrize("qtype", QTYPES)
 @pytest.mark.parametrize("family", FAMILIES)
-def test_trains_and_llama_cpp_agrees(family, qtype, remote_bases, tmp_path):
-    import re
-
-    _, result = _run(remote_bases(family)[qtype], tmp_path, llama_cpp_check="on")
+def test_trains_and_llama_cpp_agrees(family, qtype, trained):
+    _, result = trained(family, qtype)
     check = re.search(r"llama.cpp check: max \|Δlogit\| (\S+) with adapter \(limit (\S+)\), (\S+) base only",
                       result.message)
     assert check, result.message
@@ -69,9 +84,9 @@ def test_trains_and_llama_cpp_agrees(family, qtype, remote_bases, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_adapter_as_llama_cpp_names_it(family, remote_bases, tmp_path):
+def test_adapter_as_llama_cpp_names_it(family, remote_bases, trained, tmp_path):
     files = remote_bases(family)
-    out, _ = _run(files["F16"], tmp_path)
+    out, _ = trained(family, "F16")
     script = llama_cpp_script("convert_lora_to_gguf.py")
     ref = tmp_path / "ref.gguf"
     done = run_converter(script.parent, script.name, family, [str(out / "tl"), "--base", str(files["hf"]),
