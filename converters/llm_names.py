@@ -24,10 +24,11 @@ _MODEL_TYPES = {
     "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
     "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3", "phi3": "phi3", "falcon": "falcon",
     "gpt2": "gpt2", "starcoder2": "starcoder2", "granite": "granite",
+    "qwen": "qwen", "baichuan": "baichuan", "chatglm": "chatglm",
 }
 _MODEL_TYPES["qwen3_moe"] = "qwen3moe"
 # Architectures whose GGUF Q/K weights are stored row-permuted for llama.cpp's rotary layout.
-PERMUTED_ARCHES = frozenset({"llama", "mistral", "granite"})
+PERMUTED_ARCHES = frozenset({"llama", "mistral", "granite", "baichuan"})
 
 # The usual decoder layout (llama, mistral, qwen2, qwen3, gemma...): HF suffix -> GGUF suffix.
 _LAYER_MODULES = {
@@ -40,7 +41,8 @@ _LAYER_MODULES = {
     "mlp.down_proj": "ffn_down",
 }
 _GLOBAL_MODULES = {"lm_head": "output", "model.embed_tokens": "token_embd"}
-_DECODER_ARCHES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite"})
+_DECODER_ARCHES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite",
+                             "baichuan"})
 _DECODER_ARCHES |= {"qwen3moe"}  # attention as the others; the router and experts below
 # MoE experts: GGUF holds a layer's experts as one 3-D tensor (experts, out, in); canonical names are per expert,
 # as Hugging Face (transformers 4.x modules, the safetensors of every version) and PEFT name them.
@@ -62,6 +64,14 @@ _ARCH_LAYERS = {
                                     "mlp.c_fc": "ffn_up", "mlp.c_proj": "ffn_down"}),
 }
 _ARCH_LAYERS["qwen3moe"] = ("model.layers", {"mlp.gate": "ffn_gate_inp"})  # the router (gguf-py: Mixtral's name first)
+# The trainer's module names of the remote-code families (fused tensors as one module, as llama.cpp has them).
+_ARCH_LAYERS["qwen"] = ("model.layers", {"self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
+                                         "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+                                         "mlp.down_proj": "ffn_down"})
+_ARCH_LAYERS["chatglm"] = ("model.layers", {"self_attn.qkv_proj": "attn_qkv", "self_attn.q_proj": "attn_q",
+                                            "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+                                            "self_attn.o_proj": "attn_output", "mlp.gate_up_proj": "ffn_up",
+                                            "mlp.down_proj": "ffn_down"})
 _HF_PREFIXES = {"gpt2": ("transformer.",), "falcon": ("transformer.",)}
 
 
@@ -126,10 +136,11 @@ def hf_to_gguf(module: str, arch: str) -> str:
 
 def gguf_to_hf(base: str, arch: str) -> str:
     """Canonical HF module path for a GGUF base tensor name (reverse of :func:`hf_to_gguf`)."""
-    if arch in _DECODER_ARCHES:
+    if arch in _DECODER_ARCHES or _ARCH_LAYERS.get(arch, ("",))[0] == "model.layers":
         for hf, gg in _GLOBAL_MODULES.items():
             if gg == base:
                 return hf
+    if arch in _DECODER_ARCHES:
         match = _GGUF_LAYER.match(base)
         if match:
             for hf, gg in _LAYER_MODULES.items():

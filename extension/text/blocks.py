@@ -35,6 +35,11 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...): adjacent pairs, llama.cpp's NORM rope."""
+    return torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)
+
+
 def _same_dtype(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The tensors in their widest dtype.
 
@@ -51,14 +56,16 @@ class Rotary(nn.Module):
     """One rotary table: ``tables(t)`` gives cos and sin for t positions.
 
     Rotate-half layout (llama.cpp's NEOX rope; LLaMA's permuted Q/K rows are put back in that order
-    at load time) over the first ``dims`` dimensions of each head. As ``ggml_rope_ext`` without
+    at load time) over the first ``dims`` dimensions of each head, or with ``interleaved`` adjacent
+    pairs (llama.cpp's NORM rope on rows stored unpermuted: ChatGLM). As ``ggml_rope_ext`` without
     YaRN: angle = pos * freq_scale * base^(-2i/dims) / factors[i], cos and sin times ``attn_factor``
     (``factors``: Llama 3.1's ``rope_freqs`` or LongRoPE's short factors).
     """
 
     def __init__(self, dims: int, base: float, freq_scale: float = 1.0, factors: torch.Tensor | None = None,
-                 attn_factor: float = 1.0) -> None:
+                 attn_factor: float = 1.0, interleaved: bool = False) -> None:
         super().__init__()
+        self.interleaved = interleaved
         inv = 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.float64) / dims))
         if factors is not None:
             inv = inv / factors.to(torch.float64)
@@ -71,20 +78,21 @@ class Rotary(nn.Module):
         if self.freq_scale != 1.0:
             pos = pos * self.freq_scale
         freqs = torch.outer(pos, self.inv_freq)
-        emb = torch.cat([freqs, freqs], dim=-1)
+        emb = freqs.repeat_interleave(2, dim=-1) if self.interleaved else torch.cat([freqs, freqs], dim=-1)
         cos, sin = emb.cos(), emb.sin()
         if self.attn_factor != 1.0:
             cos, sin = cos * self.attn_factor, sin * self.attn_factor
         return cos[None, None], sin[None, None]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
     """Rotate the first ``cos.shape[-1]`` dimensions of each head (partial rotary leaves the rest)."""
     dims = cos.shape[-1]
+    rotate = _rotate_pairs if interleaved else _rotate_half
     if dims == x.shape[-1]:
-        return x * cos + _rotate_half(x) * sin
+        return x * cos + rotate(x) * sin
     rot, rest = x[..., :dims], x[..., dims:]
-    return torch.cat([rot * cos + _rotate_half(rot) * sin, rest], dim=-1)
+    return torch.cat([rot * cos + rotate(rot) * sin, rest], dim=-1)
 
 
 def _softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
@@ -113,6 +121,7 @@ class Attention(nn.Module):
         self.scale = cfg.attn_scale or None
         self.softcap = cfg.attn_softcap
         self.window = int(window)
+        self.interleaved = cfg.rope_interleaved
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -129,8 +138,8 @@ class Attention(nn.Module):
         v = v.reshape(b, t, self.n_kv, self.head_dim).transpose(1, 2)
         if hasattr(self, "q_norm") and not whole:  # per head (Qwen3, Gemma 3)
             q, k = self.q_norm(q), self.k_norm(k)
-        q = apply_rotary(q.transpose(1, 2), cos, sin)
-        k = apply_rotary(k.transpose(1, 2), cos, sin)
+        q = apply_rotary(q.transpose(1, 2), cos, sin, self.interleaved)
+        k = apply_rotary(k.transpose(1, 2), cos, sin, self.interleaved)
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)

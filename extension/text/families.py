@@ -45,6 +45,7 @@ class TextConfig:
     attn_bias: bool = False  # qwen2: q/k/v have biases
     tokenizer: dict = field(default_factory=dict)  # tokenizer.ggml.* values (GGUF/GGML bases)
     rope_dims: int = 0  # rotated dimensions per head (``rope.dimension_count``); 0 = head_dim
+    rope_interleaved: bool = False  # rotate adjacent pairs (llama.cpp's NORM rope on unpermuted rows: chatglm)
     rope_freq_scale: float = 1.0  # linear rope scaling: positions * this
     rope_attn_factor: float = 1.0  # cos and sin * this (LongRoPE's ``rope.scaling.attn_factor``)
     rope_base_swa: float = 0.0  # rope base of sliding-window layers (0 = rope_base)
@@ -93,6 +94,8 @@ class Family:
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
     moe_norm: bool = False  # MoE: llama.cpp's graph renormalises the top-k expert weights (``build_moe_ffn``'s norm_w)
     target_aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()  # lora_target_modules words that name several layers
+    half_ffn_length: bool = False  # ``feed_forward_length`` is twice ffn_up's width (qwen: llama.cpp uses n_ff/2)
+    rope_layers: int = 0  # llama.cpp applies rope only at this depth (baichuan: its 7B; 13B has ALiBi, others nothing)
 
 
 def _gemma_attn_scale(cfg: TextConfig) -> float:
@@ -115,6 +118,12 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
            target_aliases=(("experts", ("gate_proj", "up_proj", "down_proj")),)),
     Family("phi3", swa_ignored=True, modules=((T.FFN_UP, "mlp.gate_up_proj"),),
            lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
+    Family("qwen", half_ffn_length=True, lora_targets=("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    Family("baichuan", rope="norm", permuted_qk=True, rope_layers=32),
+    # ChatGLM3 (fused query_key_value) and GLM-4-hf (separate q/k/v) layouts: q/k/v biases, NORM rope on half
+    # of each head (``rope.dimension_count``), llama.cpp's ffn_up holding gate then up (SWIGLU, SEQ).
+    Family("chatglm", rope="norm", modules=((T.FFN_UP, "mlp.gate_up_proj"),),
+           lora_targets=("qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")),
 )}
 SUPPORTED_ARCHES = tuple(FAMILIES)
 HF_MODEL_TYPES = {t: f.arch for f in FAMILIES.values() for t in f.hf_model_types}
@@ -219,6 +228,10 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
     if head_dim * heads != hidden and arch == "llama":
         head_dim = hidden // heads
     layers = int(key("block_count"))
+    if family.rope_layers and layers != family.rope_layers:
+        raise UserError(f"{path}: a {arch} model with {layers} layers is not supported for text LoRA training: "
+                        f"llama.cpp rotates only its {family.rope_layers}-layer (7B) models (the 40-layer 13B uses "
+                        "ALiBi)")
     scaling = str(meta.get(f"{arch}.rope.scaling.type", "none"))
     if scaling not in ("none", "linear", "longrope"):
         raise UserError(f"{path}: rope scaling {scaling!r} is not supported yet for text LoRA training")
@@ -230,7 +243,7 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         arch=arch,
         vocab_size=int(meta.get(f"{arch}.vocab_size", 0) or len(tokens)),
         hidden_size=hidden,
-        intermediate_size=int(key("feed_forward_length")),
+        intermediate_size=int(key("feed_forward_length")) // (2 if family.half_ffn_length else 1),
         num_layers=layers,
         num_heads=heads,
         num_kv_heads=int(key("attention.head_count_kv", heads)),
@@ -241,6 +254,7 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         attn_bias=arch == "qwen2",
         tokenizer={k: v for k, v in meta.items() if k.startswith("tokenizer.")},
         rope_dims=int(meta.get(f"{arch}.rope.dimension_count", 0) or 0),
+        rope_interleaved=family.rope == "norm" and not family.permuted_qk,
         rope_freq_scale=freq_scale,
         rope_attn_factor=float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0) or 1.0),
         rope_base_swa=float(meta.get(f"{arch}.rope.freq_base_swa", swa_base)) if window else 0.0,

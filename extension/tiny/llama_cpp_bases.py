@@ -95,12 +95,19 @@ def build_tiny_family(family: str, seed: int = 0, vocab: TinyVocab | None = None
     config = getattr(transformers, config_cls)(vocab_size=n_vocab, **{**_SIZE, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).float().eval()
+    vary_vectors(model, seed)
+    return model
+
+
+def vary_vectors(model, seed: int) -> None:
+    """Norms start at 1 (Gemma: 0) and biases at 0: vary them (seeded) so dropping one shows."""
+    import torch
+
     with torch.no_grad():
         gen = torch.Generator().manual_seed(seed + 1)
         for param in model.parameters():
-            if param.ndim == 1:  # norms start at 1 (Gemma: 0) and biases at 0: vary them so dropping one shows
+            if param.ndim == 1:
                 param.add_(0.1 * torch.randn(param.shape, generator=gen))
-    return model
 
 
 def save_family_hf(model, folder: Path, vocab: TinyVocab | None = None, added: tuple[str, ...] = ()) -> Path:
