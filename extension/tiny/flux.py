@@ -1,0 +1,108 @@
+"""A tiny Flux.1 built in code and saved as the files Forge users hold.
+
+``save_tiny_flux(folder)`` writes a BFL single-file transformer (``flux1-tiny-dev.safetensors``, names
+as in ``flux1-dev.safetensors``), ``clip_l.safetensors`` and ``t5xxl.safetensors`` (transformers names,
+as comfyanonymous/flux_text_encoders ships them), ``ae.safetensors`` (BFL/LDM VAE names, no
+quant convs) and the two tokenizers beside them (``tokenizer/`` CLIP BPE, ``tokenizer_2/`` a unigram
+T5 tokenizer). ``all_in_one=True`` writes one ComfyUI/Forge-style checkpoint instead. The shapes
+are Flux's own layout at width 16: 64 packed latent channels from a 16-channel VAE, guidance
+embedding for dev, none for schnell.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from .._converters import converters
+from ..models.flux_loader import CLIP_PREFIX, T5_PREFIX, TRANSFORMER_PREFIX, VAE_PREFIX
+from ..models.flux_weights import diffusers_to_bfl
+from .sd import text_encoder_config, write_tokenizer_files
+from .sd_checkpoint import vae_ldm
+
+TRANSFORMER = dict(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                   num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=32,
+                   axes_dims_rope=[2, 2, 4])
+VAE = dict(in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(16, 16, 16, 16),
+           down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+           layers_per_block=1, norm_num_groups=16, scaling_factor=0.3611, shift_factor=0.1159,
+           use_quant_conv=False, use_post_quant_conv=False)
+
+
+def t5_tokenizer():
+    """A tiny T5 tokenizer (unigram over letters, ``</s>`` appended, ``<pad>`` = 0) like T5-XXL's in layout."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import T5TokenizerFast
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + c, -1.0) for c in string.ascii_lowercase]
+    pieces += [(c, -2.0) for c in string.ascii_lowercase + string.digits + ",.!-"]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
+
+
+def build_tiny_flux(variant: str = "dev", seed: int = 0) -> dict:
+    """Seeded tiny components: transformer, vae, clip_l, t5xxl, t5 tokenizer."""
+    import torch
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(**TRANSFORMER, guidance_embeds=variant == "dev")
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**VAE)
+    torch.manual_seed(seed + 2)
+    clip = CLIPTextModel(text_encoder_config("sd1"))
+    torch.manual_seed(seed + 3)
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
+    return {"transformer": transformer.eval(), "vae": vae.eval(), "clip_l": clip.eval(), "t5xxl": t5.eval(),
+            "t5_tokenizer": tokenizer}
+
+
+def _save(tensors: dict, path: Path, dtype=None) -> Path:
+    from safetensors.torch import save_file
+
+    out = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() and v.ndim > 1 else v).contiguous()
+           for k, v in tensors.items()}
+    with converters.atomic.atomic_file(path) as tmp:
+        save_file(out, str(tmp))
+    return path
+
+
+def part_states(parts: dict) -> dict[str, dict]:
+    """Each part's state dict with the names its file uses (BFL transformer, LDM VAE, transformers encoders)."""
+    import torch
+
+    return {
+        "transformer": diffusers_to_bfl(parts["transformer"].state_dict()),
+        "vae": {k.removeprefix("first_stage_model."): torch.from_numpy(v) for k, v in vae_ldm(parts["vae"]).items()},
+        "clip_l": {k: v for k, v in parts["clip_l"].state_dict().items() if "position_ids" not in k},
+        "t5xxl": {k: v for k, v in parts["t5xxl"].state_dict().items() if k != "encoder.embed_tokens.weight"},
+    }
+
+
+def save_tiny_flux(folder: str | Path, variant: str = "dev", seed: int = 0, all_in_one: bool = False,
+                   transformer_dtype=None) -> dict[str, Path]:
+    """Write the tiny Flux's files into ``folder``; returns {"base_model", "clip_l", "t5xxl", "ae": path}
+    (only ``base_model`` for ``all_in_one``). ``transformer_dtype`` (e.g. ``torch.float8_e4m3fn``) stores
+    the transformer's matrices in that dtype, as the fp8/bf16 releases do."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = build_tiny_flux(variant, seed)
+    states = part_states(parts)
+    write_tokenizer_files(folder / "tokenizer")
+    parts["t5_tokenizer"].save_pretrained(str(folder / "tokenizer_2"))
+    name = f"flux1-tiny-{variant}"
+    if all_in_one:
+        merged = {TRANSFORMER_PREFIX + k: v for k, v in states["transformer"].items()}
+        for prefix, key in ((CLIP_PREFIX, "clip_l"), (T5_PREFIX, "t5xxl"), (VAE_PREFIX, "vae")):
+            merged.update({prefix + k: v for k, v in states[key].items()})
+        return {"base_model": _save(merged, folder / f"{name}-aio.safetensors", transformer_dtype)}
+    return {"base_model": _save(states["transformer"], folder / f"{name}.safetensors", transformer_dtype),
+            "clip_l": _save(states["clip_l"], folder / "clip_l.safetensors"),
+            "t5xxl": _save(states["t5xxl"], folder / "t5xxl.safetensors"),
+            "ae": _save(states["vae"], folder / "ae.safetensors")}
