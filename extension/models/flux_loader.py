@@ -118,6 +118,7 @@ class FluxBase:
     transformer_dtype: Any = None  # storage dtype of the frozen linear weights (None: float32)
     build: Any = field(default=None, repr=False)
     arch: str = "flux"
+    prediction_type: str = "flow"  # rectified flow: the transformer predicts the velocity noise - latents
 
     @property
     def source(self) -> Path:
@@ -141,11 +142,27 @@ class FluxBase:
             setattr(self, part, [] if part == "text_encoders" else None)
 
 
-def load_flux_base(config: Any, parts: tuple[str, ...] = PARTS, storage: torch.dtype = torch.float32) -> FluxBase:
-    """Load the parts ``parts`` of ``config``'s Flux.1 base on the CPU (float32, frozen linears in ``storage``)."""
+def transformer_storage(config: Any, file_dtype: torch.dtype | None,
+                        weight_dtype: torch.dtype) -> tuple[torch.dtype, str]:
+    """(storage dtype, compute) of the frozen transformer's linear weights: fp8 with ``fp8_base``, else the
+    SD engine's rule (``frozen_weight_dtype``/``frozen_compute_dtype``, the run's half dtype on a GPU)."""
+    from ..image.frozen_weights import storage_dtype
+
+    if config.fp8_base:
+        return torch.float8_e4m3fn, "fp32"
+    if weight_dtype == torch.float32 and config.frozen_compute_dtype == "bf16":
+        return torch.bfloat16, "bf16"
+    return storage_dtype(str(config.frozen_weight_dtype), file_dtype, weight_dtype), "fp32"
+
+
+def load_flux_base(config: Any, parts: tuple[str, ...] = PARTS, weight_dtype: torch.dtype = torch.float32) -> FluxBase:
+    """Load the parts ``parts`` of ``config``'s Flux.1 base on the CPU in float32; the frozen transformer's
+    linear weights are stored as ``transformer_storage`` says for a run computing in ``weight_dtype``."""
     files = find_files(config)
     path, prefix = files.transformer
-    shapes = _open(path, "base model").shapes(prefix)
+    checkpoint = _open(path, "base model")
+    shapes = checkpoint.shapes(prefix)
+    storage = transformer_storage(config, checkpoint.dtype_of(prefix), weight_dtype)
     variant = "dev" if "guidance_in.in_layer.weight" in shapes else "schnell"
     shipped = shipped_flux_config(variant)
     tokenizers = _tokenizers(config, files, shipped)
@@ -159,8 +176,8 @@ def load_flux_base(config: Any, parts: tuple[str, ...] = PARTS, storage: torch.d
             base.vae = _build_vae(files.vae, shipped)
         cancel_point()
         if "transformer" in wanted:
-            base.transformer = _build_transformer(files.transformer, shipped, storage)
-            base.transformer_dtype = None if storage == torch.float32 else storage
+            base.transformer = _build_transformer(files.transformer, shipped, *storage)
+            base.transformer_dtype = None if storage[0] == torch.float32 else storage[0]
 
     base = FluxBase(variant, files, shipped, tokenizers, build=build)
     build(base, tuple(p for p in PARTS if p in parts))
@@ -184,7 +201,7 @@ class _Loaders(dict):
         return super().pop(name)()
 
 
-def _build_transformer(where: tuple[Path, str], shipped: dict, storage: torch.dtype):
+def _build_transformer(where: tuple[Path, str], shipped: dict, storage: torch.dtype, compute: str):
     from diffusers import FluxTransformer2DModel
 
     from ..image.frozen_weights import frozen_weight_names, store_frozen_weights
@@ -202,7 +219,7 @@ def _build_transformer(where: tuple[Path, str], shipped: dict, storage: torch.dt
         raise UserError(f"{path}: the Flux.1 transformer lacks {missing[0]} ({len(missing)} missing); is the file "
                         "complete?")
     model.requires_grad_(False)
-    store_frozen_weights(model, storage)
+    store_frozen_weights(model, storage, compute)
     return model
 
 
@@ -282,3 +299,20 @@ def _build_t5(where: tuple[Path, str], shipped: dict):
     if missing:
         raise UserError(f"{path}: the T5 encoder lacks {missing[0]}; is the file complete?")
     return model.eval().requires_grad_(False)
+
+
+def is_flux_run(config: Any) -> bool:
+    """True when ``config`` trains on a Flux.1 base (``model_arch: flux``, or ``auto`` and a Flux.1 file).
+
+    An SD ``model_arch`` on a Flux.1 file is refused: an all-in-one Flux checkpoint would otherwise
+    pass for an SD one (both hold ``model.diffusion_model.*``).
+    """
+    wanted = str(config.model_arch)
+    if wanted == "flux":
+        return True
+    if is_flux_base(config.base_model):
+        if wanted != "auto":
+            raise UserError(f"{config.base_model}: is a Flux.1 model but model_arch is {wanted!r}; set model_arch: "
+                            "flux (or auto)")
+        return True
+    return False
