@@ -184,6 +184,33 @@ def load_flux_base(config: Any, parts: tuple[str, ...] = PARTS, weight_dtype: to
     return base
 
 
+def check_flux_inputs(config: Any, host_root: Path | None = None) -> Any:
+    """Before a start: every part file is found and readable and both tokenizers are there (nothing loads).
+
+    Returns ``config``, with ``tokenizer_path`` set to ``host_root`` (the WebUI's own Flux tokenizer
+    folders) when that is where the tokenizers come from.
+    """
+    import dataclasses
+
+    from .tokenizers import find_clip_tokenizer, find_t5_tokenizer, host_tokenizer_dir
+
+    files = find_files(config)
+    for (path, _), what in zip((files.clip, files.t5, files.vae), ("CLIP-L text encoder", "T5-XXL text encoder",
+                                                                   "VAE"), strict=True):
+        _open(path, what)
+    root = Path(str(config.tokenizer_path)).expanduser() if config.tokenizer_path else None
+    shipped = shipped_flux_config("dev")
+    if root is None and host_root is not None and host_tokenizer_dir(host_root, 0) and \
+            (host_root / "tokenizer_2").is_dir():
+        root = host_root
+        config = dataclasses.replace(config, tokenizer_path=str(host_root))
+    find_clip_tokenizer(tokenizer_subfolder(root, 0) if root else None, files.clip[0], 0,
+                        shipped["clip_l"]["tokenizer_cache"])
+    find_t5_tokenizer(tokenizer_subfolder(root, 1) if root else None, [files.transformer[0], files.t5[0]],
+                      shipped["t5xxl"]["tokenizer_cache"])
+    return config
+
+
 def _tokenizers(config: Any, files: FluxFiles, shipped: dict) -> list:
     root = Path(str(config.tokenizer_path)).expanduser() if config.tokenizer_path else None
     clip = load_clip_tokenizer(tokenizer_subfolder(root, 0) if root else None, files.clip[0],
