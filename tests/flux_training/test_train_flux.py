@@ -73,9 +73,10 @@ def test_loss_falls_on_the_training_images(trained, flux_files, flux_data):
 
 
 def test_sd_model_arch_on_a_flux_file_and_unsupported_keys_are_one_line(flux_files, flux_data, tmp_path):
+    from flux_training_setup import flux_config
+
     from extension.errors import UserError
     from extension.runner import run_training
-    from flux_training_setup import flux_config
 
     cases = [({"model_arch": "sdxl"}, "is a Flux.1 model but model_arch is 'sdxl'"),
              ({"clip_l": None}, "without its CLIP-L text encoder; set clip_l"),
@@ -88,9 +89,10 @@ def test_sd_model_arch_on_a_flux_file_and_unsupported_keys_are_one_line(flux_fil
 
 
 def test_runs_are_deterministic_and_schnell_trains_without_guidance(flux_data, tmp_path):
+    from flux_training_setup import flux_config
+
     from extension.runner import run_training
     from extension.tiny.flux import save_tiny_flux
-    from flux_training_setup import flux_config
 
     files = save_tiny_flux(tmp_path / "schnell", variant="schnell", all_in_one=True)
     tensors = []
