@@ -240,7 +240,8 @@ def _build_transformer(where: tuple[Path, str], shipped: dict, storage: torch.dt
     kwargs = transformer_config(shapes, shipped, path)
     loaders = bfl_to_diffusers(PrefixView(checkpoint, prefix), int(shapes["img_in.weight"][0]), path)
     model = empty_model(lambda: FluxTransformer2DModel(**kwargs))
-    half = frozen_weight_names(model) if storage != torch.float32 else set()
+    half = {n for n in frozen_weight_names(model) if storage.itemsize > 1 or n.endswith(".weight")} \
+        if storage != torch.float32 else set()
     missing = assign_weights(model, _Loaders(loaders), lambda n: storage if n in half else torch.float32)
     if missing:
         raise UserError(f"{path}: the Flux.1 transformer lacks {missing[0]} ({len(missing)} missing); is the file "
