@@ -31,9 +31,10 @@ def test_rest_start_trains_a_flux_lora_and_publishes_it(flux_files, flux_data, t
 
 def test_rest_refuses_a_missing_part_file_with_one_line(flux_files, flux_data, tmp_path):
     client, host = _client(tmp_path)
-    config = flux_config(flux_files, flux_data, tmp_path / "loras" / "run", t5xxl=str(tmp_path / "t5xxl_fp16.safetensors"))
+    missing = tmp_path / "t5xxl_fp16.safetensors"
+    config = flux_config(flux_files, flux_data, tmp_path / "loras" / "run", t5xxl=str(missing))
     answer = client.post(f"{PREFIX}/start", json=config)
-    assert answer.status_code == 400 and "t5xxl_fp16.safetensors: T5-XXL text encoder not found" in answer.json()["error"]
+    assert answer.status_code == 400 and f"{missing}: T5-XXL text encoder not found" in answer.json()["error"]
     assert host.jobs.status()["state"] == "idle" and not (tmp_path / "loras" / "run").exists()
 
 
