@@ -45,8 +45,13 @@ def _open(path: Path, what: str):
 
     if not path.is_file():
         raise UserError(f"{path}: {what} not found; check the path")
+    if what == "base model" and path.suffix.lower() == ".gguf":
+        from .flux_gguf import GGUFTensors
+
+        return GGUFTensors(path)
     if path.suffix.lower() != ".safetensors":
-        raise UserError(f"{path}: the Flux.1 {what} must be a .safetensors file")
+        raise UserError(f"{path}: the Flux.1 {what} must be a .safetensors file"
+                        + (" (or a city96 GGUF)" if what == "base model" else ""))
     return LazyCheckpoint(path)
 
 
@@ -55,6 +60,10 @@ def flux_prefix(path: str | Path | None) -> str | None:
     from .._converters import converters
 
     path = Path(str(path or "")).expanduser()
+    if path.suffix.lower() == ".gguf" and path.is_file():
+        from .flux_gguf import is_flux_gguf
+
+        return "" if is_flux_gguf(path) else None
     if path.suffix.lower() != ".safetensors" or not path.is_file():
         return None
     try:
@@ -163,6 +172,8 @@ def load_flux_base(config: Any, parts: tuple[str, ...] = PARTS, weight_dtype: to
     checkpoint = _open(path, "base model")
     shapes = checkpoint.shapes(prefix)
     storage = transformer_storage(config, checkpoint.dtype_of(prefix), weight_dtype)
+    if path.suffix.lower() == ".gguf":
+        storage = (torch.float32, "fp32")  # quantized matrices stay packed; the few float ones are float32
     variant = "dev" if "guidance_in.in_layer.weight" in shapes else "schnell"
     shipped = shipped_flux_config(variant)
     tokenizers = _tokenizers(config, files, shipped)
@@ -238,8 +249,14 @@ def _build_transformer(where: tuple[Path, str], shipped: dict, storage: torch.dt
     checkpoint = _open(path, "base model")
     shapes = checkpoint.shapes(prefix)
     kwargs = transformer_config(shapes, shipped, path)
-    loaders = bfl_to_diffusers(PrefixView(checkpoint, prefix), int(shapes["img_in.weight"][0]), path)
+    pairs = bfl_to_diffusers(PrefixView(checkpoint, prefix), int(shapes["img_in.weight"][0]), path)
     model = empty_model(lambda: FluxTransformer2DModel(**kwargs))
+    if path.suffix.lower() == ".gguf":
+        from .flux_gguf import pack_linears
+
+        loaders, storage, compute = pack_linears(model, checkpoint, pairs), torch.float32, "fp32"
+    else:
+        loaders = {name: load for name, (_, load) in pairs.items()}
     half = {n for n in frozen_weight_names(model) if storage.itemsize > 1 or n.endswith(".weight")} \
         if storage != torch.float32 else set()
     missing = assign_weights(model, _Loaders(loaders), lambda n: storage if n in half else torch.float32)

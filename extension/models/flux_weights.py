@@ -60,14 +60,14 @@ def _split(bfl, value: torch.Tensor, width: int) -> list[torch.Tensor]:
 
 
 def bfl_to_diffusers(bfl: Mapping[str, torch.Tensor], width: int,
-                     source: object) -> dict[str, Callable[[], torch.Tensor]]:
-    """{diffusers name: loader of its tensor} for a BFL state dict of a transformer ``width`` wide.
+                     source: object) -> dict[str, tuple[str, Callable[[], torch.Tensor]]]:
+    """{diffusers name: (BFL key, loader of its tensor)} for a BFL state dict of a transformer ``width`` wide.
 
     Tensors are read when a loader is called (a fused one once per part). Every BFL key must be
     used: an unknown one stops the load with one line naming it.
     """
     n_double, n_single = block_counts(bfl)
-    out: dict[str, Callable[[], torch.Tensor]] = {}
+    out: dict[str, tuple[str, Callable[[], torch.Tensor]]] = {}
     used: set[str] = set()
     for path, module in _names.bfl_modules().items():
         for param in ("weight", "bias"):
@@ -77,11 +77,11 @@ def bfl_to_diffusers(bfl: Mapping[str, torch.Tensor], width: int,
             used.add(key)
             for i, part in enumerate(module.parts):
                 name = f"{part[len(_names.TRANSFORMER):]}.{param}"
-                out[name] = lambda key=key, i=i, module=module: _split(module, bfl[key], width)[i]
+                out[name] = key, lambda key=key, i=i, module=module: _split(module, bfl[key], width)[i]
     for key, name in _norm_names(n_double, n_single).items():
         if key in bfl:
             used.add(key)
-            out[name] = lambda key=key: bfl[key]
+            out[name] = key, lambda key=key: bfl[key]
     unknown = sorted(set(bfl) - used)
     if unknown:
         raise UserError(f"{source}: {unknown[0]} is not a tensor of a Flux.1 transformer; is this a Flux.1 "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .._converters import converters
 from ..models.flux_loader import CLIP_PREFIX, T5_PREFIX, TRANSFORMER_PREFIX, VAE_PREFIX
-from ..models.flux_weights import diffusers_to_bfl
+from ..models.flux_weights import diffusers_to_bfl, rope_axes
 from .sd import text_encoder_config, write_tokenizer_files
 from .sd_checkpoint import vae_ldm
 
@@ -43,7 +43,13 @@ def t5_tokenizer():
     return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
 
 
-def build_tiny_flux(variant: str = "dev", seed: int = 0) -> dict:
+def transformer_kwargs(variant: str = "dev", head_dim: int = 8) -> dict:
+    """The tiny transformer's arguments; ``head_dim`` 16 makes it 32 wide (rows long enough for Q8_0/Q4_0 blocks)."""
+    return dict(TRANSFORMER, attention_head_dim=head_dim, axes_dims_rope=rope_axes(head_dim),
+                guidance_embeds=variant == "dev")
+
+
+def build_tiny_flux(variant: str = "dev", seed: int = 0, head_dim: int = 8) -> dict:
     """Seeded tiny components: transformer, vae, clip_l, t5xxl, t5 tokenizer."""
     import torch
     from diffusers import AutoencoderKL, FluxTransformer2DModel
@@ -51,7 +57,7 @@ def build_tiny_flux(variant: str = "dev", seed: int = 0) -> dict:
 
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(**TRANSFORMER, guidance_embeds=variant == "dev")
+    transformer = FluxTransformer2DModel(**transformer_kwargs(variant, head_dim))
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**VAE)
     torch.manual_seed(seed + 2)
@@ -85,14 +91,43 @@ def part_states(parts: dict) -> dict[str, dict]:
     }
 
 
+def save_city96_gguf(bfl: dict, path: Path, qtype: str) -> Path:
+    """A Flux GGUF written the way city96's ``tools/convert.py`` writes one (arch ``flux``, BFL names, 1-D and
+    <= 1024-element tensors F32, matrices F16 or, as llama.cpp's quantizer then makes them, ``qtype``; a matrix
+    whose rows do not split into ``qtype``'s blocks falls back to F16 as convert.py's QuantError branch does)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path=None, arch="flux")
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if qtype == "F16" else getattr(gguf.LlamaFileType,
+                                                                                       f"MOSTLY_{qtype}"))
+    for key, tensor in bfl.items():
+        data = tensor.detach().float().numpy()
+        kind = gguf.GGMLQuantizationType.F32 if data.ndim == 1 or data.size <= 1024 else \
+            gguf.GGMLQuantizationType[qtype]
+        try:
+            packed = gguf.quants.quantize(data, kind)
+        except gguf.QuantError:
+            kind = gguf.GGMLQuantizationType.F16
+            packed = gguf.quants.quantize(data, kind)
+        writer.add_tensor(key, packed, raw_dtype=kind)
+    with converters.atomic.atomic_file(path) as tmp:
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+    return path
+
+
 def save_tiny_flux(folder: str | Path, variant: str = "dev", seed: int = 0, all_in_one: bool = False,
-                   transformer_dtype=None) -> dict[str, Path]:
+                   transformer_dtype=None, gguf_qtype: str | None = None, head_dim: int = 8) -> dict[str, Path]:
     """Write the tiny Flux's files into ``folder``; returns {"base_model", "clip_l", "t5xxl", "ae": path}
     (only ``base_model`` for ``all_in_one``). ``transformer_dtype`` (e.g. ``torch.float8_e4m3fn``) stores
-    the transformer's matrices in that dtype, as the fp8/bf16 releases do."""
+    the transformer's matrices in that dtype, as the fp8/bf16 releases do; ``gguf_qtype`` (Q8_0, Q4_0, F16)
+    writes the transformer as a city96 GGUF instead."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    parts = build_tiny_flux(variant, seed)
+    parts = build_tiny_flux(variant, seed, head_dim)
     states = part_states(parts)
     write_tokenizer_files(folder / "tokenizer")
     parts["t5_tokenizer"].save_pretrained(str(folder / "tokenizer_2"))
@@ -102,7 +137,9 @@ def save_tiny_flux(folder: str | Path, variant: str = "dev", seed: int = 0, all_
         for prefix, key in ((CLIP_PREFIX, "clip_l"), (T5_PREFIX, "t5xxl"), (VAE_PREFIX, "vae")):
             merged.update({prefix + k: v for k, v in states[key].items()})
         return {"base_model": _save(merged, folder / f"{name}-aio.safetensors", transformer_dtype)}
-    return {"base_model": _save(states["transformer"], folder / f"{name}.safetensors", transformer_dtype),
+    base = save_city96_gguf(states["transformer"], folder / f"{name}-{gguf_qtype}.gguf", gguf_qtype) if gguf_qtype \
+        else _save(states["transformer"], folder / f"{name}.safetensors", transformer_dtype)
+    return {"base_model": base,
             "clip_l": _save(states["clip_l"], folder / "clip_l.safetensors"),
             "t5xxl": _save(states["t5xxl"], folder / "t5xxl.safetensors"),
             "ae": _save(states["vae"], folder / "ae.safetensors")}
