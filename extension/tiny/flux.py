@@ -69,7 +69,8 @@ def build_tiny_flux(variant: str = "dev", seed: int = 0, head_dim: int = 8) -> d
             "t5_tokenizer": tokenizer}
 
 
-def _save(tensors: dict, path: Path, dtype=None) -> Path:
+def save_safetensors(tensors: dict, path: Path, dtype=None) -> Path:
+    """Write ``tensors`` to ``path`` atomically (matrices cast to ``dtype`` when given)."""
     from safetensors.torch import save_file
 
     out = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() and v.ndim > 1 else v).contiguous()
@@ -136,10 +137,10 @@ def save_tiny_flux(folder: str | Path, variant: str = "dev", seed: int = 0, all_
         merged = {TRANSFORMER_PREFIX + k: v for k, v in states["transformer"].items()}
         for prefix, key in ((CLIP_PREFIX, "clip_l"), (T5_PREFIX, "t5xxl"), (VAE_PREFIX, "vae")):
             merged.update({prefix + k: v for k, v in states[key].items()})
-        return {"base_model": _save(merged, folder / f"{name}-aio.safetensors", transformer_dtype)}
+        return {"base_model": save_safetensors(merged, folder / f"{name}-aio.safetensors", transformer_dtype)}
     base = save_city96_gguf(states["transformer"], folder / f"{name}-{gguf_qtype}.gguf", gguf_qtype) if gguf_qtype \
-        else _save(states["transformer"], folder / f"{name}.safetensors", transformer_dtype)
+        else save_safetensors(states["transformer"], folder / f"{name}.safetensors", transformer_dtype)
     return {"base_model": base,
-            "clip_l": _save(states["clip_l"], folder / "clip_l.safetensors"),
-            "t5xxl": _save(states["t5xxl"], folder / "t5xxl.safetensors"),
-            "ae": _save(states["vae"], folder / "ae.safetensors")}
+            "clip_l": save_safetensors(states["clip_l"], folder / "clip_l.safetensors"),
+            "t5xxl": save_safetensors(states["t5xxl"], folder / "t5xxl.safetensors"),
+            "ae": save_safetensors(states["vae"], folder / "ae.safetensors")}
