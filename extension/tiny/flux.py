@@ -43,30 +43,42 @@ def t5_tokenizer():
     return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
 
 
-def transformer_kwargs(variant: str = "dev", head_dim: int = 8) -> dict:
+def transformer_kwargs(variant: str = "dev", head_dim: int = 8, widths: tuple[int, int] = (32, 16)) -> dict:
     """The tiny transformer's arguments; ``head_dim`` 16 makes it 32 wide (rows long enough for Q8_0/Q4_0 blocks)."""
     return dict(TRANSFORMER, attention_head_dim=head_dim, axes_dims_rope=rope_axes(head_dim),
-                guidance_embeds=variant == "dev")
+                guidance_embeds=variant == "dev", pooled_projection_dim=widths[0], joint_attention_dim=widths[1])
 
 
-def build_tiny_flux(variant: str = "dev", seed: int = 0, head_dim: int = 8) -> dict:
-    """Seeded tiny components: transformer, vae, clip_l, t5xxl, t5 tokenizer."""
+def build_tiny_flux(variant: str = "dev", seed: int = 0, head_dim: int = 8, widths: tuple[int, int] = (32, 16),
+                    transformer: bool = True) -> dict:
+    """Seeded tiny components: transformer, vae, clip_l, t5xxl, t5 tokenizer.
+
+    ``widths`` = (CLIP-L, T5) hidden sizes, (768, 4096) for encoders that feed a full-size Flux.1 transformer;
+    ``transformer=False`` leaves the transformer out (a full-size one is built elsewhere)."""
     import torch
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer = t5_tokenizer()
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(**transformer_kwargs(variant, head_dim))
+    parts = {"transformer": FluxTransformer2DModel(**transformer_kwargs(variant, head_dim, widths)).eval()} \
+        if transformer else {}
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**VAE)
+    parts["vae"] = AutoencoderKL(**VAE).eval()
     torch.manual_seed(seed + 2)
-    clip = CLIPTextModel(text_encoder_config("sd1"))
+    clip_config = text_encoder_config("sd1")
+    if widths[0] != clip_config.hidden_size:
+        clip_config.update({"hidden_size": widths[0], "intermediate_size": 2 * widths[0], "num_attention_heads":
+                            widths[0] // 64, "num_hidden_layers": 1, "projection_dim": widths[0]})
+    parts["clip_l"] = CLIPTextModel(clip_config).eval()
     torch.manual_seed(seed + 3)
-    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
-                                 feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False))
-    return {"transformer": transformer.eval(), "vae": vae.eval(), "clip_l": clip.eval(), "t5xxl": t5.eval(),
-            "t5_tokenizer": tokenizer}
+    heads = 4 if widths[1] <= 64 else widths[1] // 64
+    parts["t5xxl"] = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=widths[1], d_kv=widths[1] // heads, d_ff=32, num_heads=heads,
+        num_layers=2 if widths[1] <= 64 else 1, feed_forward_proj="gated-gelu", is_encoder_decoder=False,
+        use_cache=False)).eval()
+    parts["t5_tokenizer"] = tokenizer
+    return parts
 
 
 def save_safetensors(tensors: dict, path: Path, dtype=None) -> Path:
@@ -85,7 +97,7 @@ def part_states(parts: dict) -> dict[str, dict]:
     import torch
 
     return {
-        "transformer": diffusers_to_bfl(parts["transformer"].state_dict()),
+        **({"transformer": diffusers_to_bfl(parts["transformer"].state_dict())} if "transformer" in parts else {}),
         "vae": {k.removeprefix("first_stage_model."): torch.from_numpy(v) for k, v in vae_ldm(parts["vae"]).items()},
         "clip_l": {k: v for k, v in parts["clip_l"].state_dict().items() if "position_ids" not in k},
         "t5xxl": {k: v for k, v in parts["t5xxl"].state_dict().items() if k != "encoder.embed_tokens.weight"},
