@@ -88,6 +88,7 @@ def test_sd_model_arch_on_a_flux_file_and_unsupported_keys_are_one_line(flux_fil
         assert not (tmp_path / "out" / "flux_t.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_runs_are_deterministic_and_schnell_trains_without_guidance(flux_data, tmp_path):
     from flux_training_setup import flux_config
 
