@@ -14,6 +14,8 @@ Run through ``benchmarks/gpu_check.sh`` (a few minutes on one GPU, nothing downl
    ``quant.dequant_backend``; the compiled CPU helper must never be called), with the CUDA
    kernel time of torch's bitwise ops in a profiled step as a second witness.
 
+3. Flux.1: a full-size random Flux.1 dev transformer stored as float8 (``fp8_base``) and as a city96
+   GGUF Q4_0, trained at 512 px with gradient checkpointing (``flux_gpu_check.py``): s/step, peak VRAM.
 Fails (exit 1) on a wrong result: a loss that is not finite, a text loss that does not fall, an
 adapter that does not load or did not train, a dequantization off the GPU, or a ratio beyond the
 thresholds (``--min-speed``, ``--max-vram``, ``--max-text-vram``). Exit 77: no CUDA device, nothing measured.
@@ -530,6 +532,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="model shapes (default: full on CUDA, tiny with --dry-run)")
     parser.add_argument("--skip-image", action="store_true")
     parser.add_argument("--skip-text", action="store_true")
+    parser.add_argument("--skip-flux", action="store_true")
+    parser.add_argument("--flux-steps", type=int, default=None, help="default 8 (3 when tiny)")
     parser.add_argument("--precisions", default="fp16,bf16", help="image mixed precisions, comma-separated")
     parser.add_argument("--resolution", type=int, default=None, help="image px (default 512; 64 when tiny)")
     parser.add_argument("--image-steps", type=int, default=None, help="default 25 (6 when tiny)")
@@ -585,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
             summary += run_image(args, device, work, checks)
         if not args.skip_text:
             summary += run_text(args, device, work, checks)
+        if not args.skip_flux:
+            from flux_gpu_check import run_flux
+
+            summary += run_flux(args, device, work, checks, PeakMemory, run_training)
     except Exception as exc:  # a crash is a failed check, reported as one line plus the traceback above it
         import traceback
 

@@ -32,7 +32,8 @@ MAX_PATH = 4096  # Linux PATH_MAX
 MAX_NAME = 255  # bytes of one path component on common file systems
 
 # TrainConfig keys that name something a run reads, and folders it writes into.
-READ_KEYS = ("base_model", "train_data_dir", "metadata_path", "tokenizer_path", "init_lora", "resume")
+READ_KEYS = ("base_model", "train_data_dir", "metadata_path", "tokenizer_path", "init_lora", "resume",
+             "clip_l", "t5xxl", "ae")
 WRITE_KEYS = ("output_dir", "logging_dir")
 RESUME_WORDS = ("auto", "none", "")
 

@@ -41,9 +41,14 @@ def _run_engine(config: TrainConfig, callback: EventCallback | None, control: Tr
         from .text.engine import train_text
 
         return train_text(config, callback, control)
-    from .image.engine import train_image
+    from .models.flux_loader import is_flux_run
 
     callback = fan_out(callback, TensorBoardSink.for_run(config.logging_dir, config.output_dir))
+    if is_flux_run(config):
+        from .image.flux.engine import train_flux
+
+        return train_flux(config, callback, control)
+    from .image.engine import train_image
 
     return train_image(config, callback, control)
 

@@ -40,8 +40,12 @@ class Conditioner:
                 with torch.no_grad():
                     self.cache[caption] = self._encode([caption])
         hidden = torch.cat([self.cache[c][0] for c in captions])
-        pooled = None if not self.base.is_sdxl else torch.cat([self.cache[c][1] for c in captions])
+        pooled = torch.cat([self.cache[c][1] for c in captions]) if self.has_pooled() else None
         return hidden, pooled
+
+    def has_pooled(self) -> bool:
+        """True when the model is also conditioned on a pooled text embedding (SDXL)."""
+        return self.base.is_sdxl
 
     def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
         outputs, pooled = [], None
@@ -90,5 +94,6 @@ class LatentCache:
         gen = torch.Generator().manual_seed(self.seed * 7919 + item.index * 2 + int(item.flipped))
         noise = torch.randn(dist.mean.shape, generator=gen).to(dist.mean.device, dist.mean.dtype)
         latent = dist.mean + dist.std * noise
-        latent = latent * self.vae.config.scaling_factor
+        shift = getattr(self.vae.config, "shift_factor", None)  # Flux's VAE; SD configs have none
+        latent = (latent - shift if shift else latent) * self.vae.config.scaling_factor
         return latent.float().cpu()

@@ -42,9 +42,12 @@ from .outputs import OutputFiles
 
 
 def train_image(config: TrainConfig | dict, callback: EventCallback | None = None,
-                control: TrainingControl | None = None) -> TrainResult:
-    """Train an image LoRA as ``config`` says; events go to ``callback``; ``control`` stops or cancels."""
-    run = _ImageRun(as_config(config), callback, control or TrainingControl())
+                control: TrainingControl | None = None, run_class: type | None = None) -> TrainResult:
+    """Train an image LoRA as ``config`` says; events go to ``callback``; ``control`` stops or cancels.
+
+    ``run_class`` is the run's class: ``_ImageRun`` (SD), or a model family's subclass (``flux/engine.py``).
+    """
+    run = (run_class or _ImageRun)(as_config(config), callback, control or TrainingControl())
     try:
         with run.control.active():  # cancel_point() in loading, caching and sampling asks this control
             return run.train()
@@ -261,6 +264,11 @@ class _ImageRun:
         self.encoder, self.latents_of = self.early or (
             Conditioner(base, callables, int(config.clip_skip), self.device, cache_te, self.train_te),
             LatentCache(base.vae, self.seed, self.device, self.cache_latents))
+        self._loop_settings()
+
+    def _loop_settings(self) -> None:
+        """What every step reads: throughput meter, gradient clip, noise offset, min-SNR gamma."""
+        config = self.config
         self.throughput = Throughput(self.total_steps)
         self.max_norm = float(config.max_grad_norm)
         self.noise_offset = float(config.noise_offset)

@@ -224,6 +224,8 @@ def store_frozen_weights(model: torch.nn.Module, dtype: torch.dtype, compute: st
     total = 0
     for module in frozen_layers(model):
         for key, param in list(module._parameters.items()):
+            if key == "bias" and dtype.itemsize == 1:  # 8-bit storage (fp8) is for matrices; biases keep theirs
+                continue
             if param is not None and param.dtype != dtype:
                 module._parameters[key] = torch.nn.Parameter(param.detach().to(dtype), requires_grad=False)
             if param is not None:

@@ -20,7 +20,7 @@ from ..errors import UserError
 _TORCH_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-    "BOOL": torch.bool,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
 }
 
 
@@ -59,6 +59,10 @@ class LazyCheckpoint(Mapping):
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
+
+    def shapes(self, prefix: str = "") -> dict[str, tuple[int, ...]]:
+        """{name without ``prefix``: shape} of the tensors whose name starts with ``prefix``."""
+        return {k[len(prefix):]: tuple(v["shape"]) for k, v in self._entries.items() if k.startswith(prefix)}
 
     def dtype_of(self, prefix: str) -> torch.dtype | None:
         """The dtype of the first floating tensor whose name starts with ``prefix`` (None if there is none)."""
@@ -107,3 +111,24 @@ def _set_tensor(model: torch.nn.Module, name: str, value: torch.Tensor) -> None:
                                                       else True)
     else:
         module._buffers[leaf] = value
+
+
+class PrefixView(Mapping):
+    """The tensors of ``checkpoint`` under ``prefix``, named without it (read on access, like the checkpoint)."""
+
+    def __init__(self, checkpoint: Mapping, prefix: str) -> None:
+        self.checkpoint = checkpoint
+        self.prefix = prefix
+        self._names = [k[len(prefix):] for k in checkpoint if k.startswith(prefix)]
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.checkpoint[self.prefix + name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.prefix + name in self.checkpoint

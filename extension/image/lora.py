@@ -138,7 +138,8 @@ def _text_path(name: str) -> str:
 def export_adapter(models: dict[str, torch.nn.Module], arch: str, metadata: dict[str, str] | None = None):
     """A canonical ``converters.LoraAdapter`` from peft-wrapped components.
 
-    ``models`` maps ``unet`` / ``text_encoder`` / ``text_encoder_2`` to the (unwrapped) modules.
+    ``models`` maps ``unet`` (``transformer`` for Flux) / ``text_encoder`` / ``text_encoder_2`` to the
+    (unwrapped) modules.
     Alpha is recovered from PEFT's scale (alpha / r) so rank_pattern/alpha_pattern survive.
     """
     modules = {}
@@ -149,6 +150,6 @@ def export_adapter(models: dict[str, torch.nn.Module], arch: str, metadata: dict
             rank = down.shape[0]
             # scaling may hold a sample multiplier at this moment; r_alpha is PEFT's own record.
             alpha = float(layer.lora_alpha[ADAPTER]) if hasattr(layer, "lora_alpha") else layer.scaling[ADAPTER] * rank
-            path = name if component == "unet" else _text_path(name)
+            path = name if component in ("unet", "transformer") else _text_path(name)
             modules[f"{component}.{path}"] = converters.LoraModule(down=down.copy(), up=up.copy(), alpha=alpha)
     return converters.LoraAdapter(modules=modules, arch=arch, metadata=dict(metadata or {}))

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from ..config import TrainConfig, bucket_bounds
 
-_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0"}
+_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sd2-v": "sd_v2_v", "sdxl": "sdxl_base_v1-0", "flux": "flux1"}
 _SPEC_ARCH = {
     "sd1": "stable-diffusion-v1/lora",
     "sd2": "stable-diffusion-v2-512/lora",
     "sd2-v": "stable-diffusion-v2-768-v/lora",
     "sdxl": "stable-diffusion-xl-v1-base/lora",
+    "flux": "flux-1/lora",  # sd-scripts' name when dev/schnell is unknown; image/flux/metadata.py names it
 }
 
 

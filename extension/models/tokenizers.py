@@ -137,3 +137,45 @@ def tokenizer_dir_from_bpe(bpe: Path, out: Path | None = None) -> Path:
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
                                     encoding="utf-8")
     return out
+
+
+def _is_t5_tokenizer_dir(folder: Path | None) -> bool:
+    return folder is not None and folder.is_dir() and any(
+        (folder / name).is_file() for name in ("tokenizer.json", "spiece.model"))
+
+
+def find_t5_tokenizer(folder: Path | None, beside: list[Path], cache_id: str | None = None) -> Path:
+    """The T5 tokenizer folder: ``folder`` (tokenizer_path), a ``tokenizer_2/`` beside one of the ``beside``
+    files (Forge keeps one under ``backend/huggingface/black-forest-labs/FLUX.1-dev``), or the HF cache's copy."""
+    if folder is not None:
+        if _is_t5_tokenizer_dir(folder):
+            return folder
+        raise UserError(f"{folder}: no T5 tokenizer there (spiece.model or tokenizer.json); fix tokenizer_path")
+    for path in beside:
+        for candidate in (path.with_name(f"{path.stem}.tokenizer_2"), path.parent / "tokenizer_2"):
+            if _is_t5_tokenizer_dir(candidate):
+                return candidate
+    if cache_id:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        for name in ("tokenizer.json", "spiece.model"):
+            found = try_to_load_from_cache(cache_id, name) if try_to_load_from_cache else None
+            if isinstance(found, str):
+                return Path(found).parent
+    raise UserError(f"{beside[0]}: no T5 tokenizer available offline; set tokenizer_path to a folder with "
+                    "tokenizer_2/ (spiece.model or tokenizer.json), e.g. Forge's "
+                    "backend/huggingface/black-forest-labs/FLUX.1-dev, or put tokenizer_2/ beside the model")
+
+
+def load_t5_tokenizer(folder: Path | None, beside: list[Path], cache_id: str | None = None):
+    """The T5 tokenizer from ``find_t5_tokenizer``'s folder, offline."""
+    from transformers import AutoTokenizer, T5TokenizerFast
+
+    path = find_t5_tokenizer(folder, beside, cache_id)
+    if (path / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if (path / "tokenizer.json").is_file():
+        return T5TokenizerFast(tokenizer_file=str(path / "tokenizer.json"))
+    return T5TokenizerFast(vocab_file=str(path / "spiece.model"))

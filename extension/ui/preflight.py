@@ -36,10 +36,25 @@ def check_start(config: Any, lora_dir: str | Path | None = None,
     if str(cfg.task_type) == TEXT_TASK:
         _check_text_base(Path(str(cfg.base_model)).expanduser(), cfg)
         return cfg, _check_text_data(Path(str(cfg.train_data_dir)).expanduser(), str(cfg.data_format or "auto"))
+    if _flux_run(cfg):
+        from ..models.flux_loader import check_flux_inputs
+
+        cfg = check_flux_inputs(cfg, (tokenizer_dirs or {}).get("flux"))
+        return cfg, _check_image_data(cfg)
     arch = _check_image_base(cfg)
     if arch is not None:
         cfg = _check_tokenizers(cfg, arch, tokenizer_dirs or {})
     return cfg, _check_image_data(cfg)
+
+
+def _flux_run(cfg: Any) -> bool:
+    """True for a Flux.1 base (the Flux engine's own checks follow); UserError for a missing base."""
+    from ..models.flux_loader import is_flux_run
+
+    base = Path(str(cfg.base_model)).expanduser()
+    if not base.exists():
+        raise UserError(f"{base}: base model not found; pick a checkpoint in Model or give a full path")
+    return is_flux_run(cfg)
 
 
 def _check_image_base(cfg: Any) -> str | None:

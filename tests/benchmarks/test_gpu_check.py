@@ -79,7 +79,8 @@ def test_q4_builder_writes_a_base_the_engine_loads(tmp_path):
 
 def test_text_dry_run_with_torch_dequantization():
     """Without the C helper the CPU run dequantizes as a GPU run does (torch ops): the probe shows it."""
-    proc = _run("--dry-run", "--skip-image", "--text-steps", "2", "--no-profile", timeout=600, LORA_BRIDGE_NATIVE="0")
+    proc = _run("--dry-run", "--skip-image", "--skip-flux", "--text-steps", "2", "--no-profile", timeout=600,
+                LORA_BRIDGE_NATIVE="0")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Q4_0/cpu/torch" in proc.stdout and "native" not in proc.stdout.split("dispatches")[1].split("\n")[0]
     assert "compiled CPU helper calls: 0" in proc.stdout
@@ -87,8 +88,16 @@ def test_text_dry_run_with_torch_dequantization():
 
 @pytest.mark.slow
 def test_dry_run_passes_on_the_cpu():
-    proc = _run("--dry-run", "--precisions", "bf16", "--image-steps", "4", "--text-steps", "3", timeout=900)
+    proc = _run("--dry-run", "--precisions", "bf16", "--image-steps", "4", "--text-steps", "3", "--skip-flux",
+                timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "DRY RUN PASSED" in proc.stdout
     assert "[FAIL]" not in proc.stdout
     assert "every Q4_0 dequantization on cpu" in proc.stdout
+
+
+@pytest.mark.slow
+def test_flux_dry_run_trains_on_fp8_and_gguf_q4_0():
+    proc = _run("--dry-run", "--skip-image", "--skip-text", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "flux fp8:" in proc.stdout and "flux Q4_0:" in proc.stdout and "DRY RUN PASSED" in proc.stdout

@@ -1,0 +1,187 @@
+"""The Flux.1 LoRA trainer: the image engine's run (data, optimizer, schedule, resume, saves) with Flux's
+base, conditioning, rectified-flow objective and samples in place of SD's.
+
+The frozen transformer is loaded after T5 + CLIP-L outputs and VAE latents are cached and those
+encoders freed (when the data allows caching), as the SD engine's memory plan does. LoRA layers go
+on the transformer's linears with PEFT (by default every linear of the double and single blocks,
+sd-scripts' set); the file is written in kohya/sd-scripts layout (fused ``qkv``/``linear1``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...config import DEFAULT_UNET_TARGETS, TrainConfig, as_config
+from ...errors import UserError
+from ...training import checkpoint as ckpt
+from ...training.events import EventCallback, TrainingControl, TrainingEvent, TrainResult, cancel_point
+from .. import memory
+from ..conditioning import LatentCache
+from ..engine import _ImageRun, _weight_dtype, train_image
+from ..frozen_weights import adapters_in_fp32
+from ..lean_lora import use_lean_lora
+from ..lora import export_adapter, inject_lora, lora_parameters, resolve_targets
+from ..metadata import training_metadata
+from ..noise import diffusion_loss, sample_noise, step_generator
+from .conditioning import FluxConditioner, cache_then_release, encoders_to, t5_length
+from .flow import flow_target, image_ids, noisy_input, pack, read_prediction, sample_sigmas, text_ids, unpack
+from .metadata import flux_metadata
+
+_BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
+ENCODERS = ("vae", "text_encoders")
+
+
+def train_flux(config: TrainConfig | dict, callback: EventCallback | None = None,
+               control: TrainingControl | None = None) -> TrainResult:
+    """Train a Flux.1 LoRA as ``config`` says (``train_image``'s contract: events, stop/cancel, result)."""
+    return train_image(as_config(config), callback, control, run_class=_FluxRun)
+
+
+def flux_targets(transformer: torch.nn.Module, targets: list[str]) -> list[str]:
+    """LoRA targets: sd-scripts' default (every linear in the double and single blocks) while
+    ``unet_target_modules`` is left at its SD default, else the given names resolved."""
+    if list(targets) != DEFAULT_UNET_TARGETS:
+        return resolve_targets(transformer, targets, "transformer")
+    return [n for n, m in transformer.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith(_BLOCKS)]
+
+
+def check_flux_config(config: TrainConfig) -> None:
+    """Settings the Flux.1 engine does not offer (yet) stop the run with one line each."""
+    refused = {"train_text_encoder": "train the transformer only (sd-scripts' default)",
+               "init_lora": "start from scratch", "conv_rank": "Flux.1 has no convolutions to adapt",
+               "min_snr_gamma": "it is an epsilon-prediction weighting; Flux.1 trains a flow"}
+    for key, fix in refused.items():
+        if getattr(config, key):
+            raise UserError(f"config: {key} is not supported for Flux.1 bases; {fix}")
+
+
+class _FluxRun(_ImageRun):
+    """One Flux.1 training run; the phases ``_ImageRun.train`` lists, with Flux's where SD's differ."""
+
+    def _prepare_run(self) -> None:
+        check_flux_config(self.config)
+        super()._prepare_run()
+
+    def _load_base(self) -> None:
+        """Encoders first (caches filled, encoders freed) when the data allows, then the frozen transformer."""
+        from ...models.flux_loader import PARTS, load_flux_base
+
+        config, data = self.config, self.data
+        self.device = self.accelerator.device
+        self.weight_dtype = _weight_dtype(self.accelerator.mixed_precision, self.device)
+        self.release = bool(config.release_encoders and config.cache_latents and config.cache_text_encoder_outputs
+                            and data.text_is_static and data.pixels_are_static)
+        base = self.base = load_flux_base(config, ENCODERS if self.release else PARTS, self.weight_dtype)
+        self.t5_tokens = t5_length(config, base)
+        self.early = cache_then_release(base, data, config, self.seed, self.device, self.rank,
+                                        self.world) if self.release else None
+        base.load_parts(("transformer",))
+        self.train_te = False
+        if int(config.blocks_to_swap):
+            self._log(f"blocks_to_swap {config.blocks_to_swap}: no effect on this {self.device.type} run "
+                      "(every block stays where the transformer is)")
+
+    def _inject_lora(self) -> None:
+        config, transformer = self.config, self.base.transformer
+        torch.manual_seed(self.seed)  # LoRA init is the same in every process and every resumed run
+        names = flux_targets(transformer, list(config.unet_target_modules))
+        with adapters_in_fp32():
+            inject_lora(transformer, names, int(config.lora_rank), float(config.lora_alpha),
+                        float(config.lora_dropout))
+        if config.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        self.components = {"transformer": transformer}
+        self._place_modules()
+        if config.inplace_lora_add:
+            use_lean_lora(transformer)
+
+    def _place_modules(self) -> None:
+        """The transformer on the device; on a half-precision GPU run its float32 parts in that dtype."""
+        base, device, dtype = self.base, self.device, self.weight_dtype
+        base.transformer.to(device)
+        if not self.release:
+            encoders_to(base, device)
+        for name, param in base.transformer.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.float()
+            elif dtype != torch.float32 and param.dtype == torch.float32:
+                param.data = param.data.to(dtype)
+
+    def _build_optimizer(self) -> None:
+        from ...training.optimizers import build_optimizer
+
+        groups = [{"params": lora_parameters(self.base.transformer), "lr": float(self.config.learning_rate)}]
+        self.optimizer = build_optimizer(groups, self.config)
+
+    def _build_conditioning(self) -> None:
+        config, base, data = self.config, self.base, self.data
+        cache_te = data.text_is_static and config.cache_text_encoder_outputs
+        self.cache_latents = data.pixels_are_static and config.cache_latents
+        self.encoder, self.latents_of = self.early or (
+            FluxConditioner(base, self.device, cache_te, self.t5_tokens),
+            LatentCache(base.vae, self.seed, self.device, self.cache_latents))
+        self._loop_settings()
+
+    def _micro_batch(self, batch: list[int], epoch: int, j: int, n_micro: int) -> torch.Tensor:
+        """Forward and backward of one micro-batch: σ drawn, noisy latents, velocity loss."""
+        device, dtype = self.device, self.weight_dtype
+        gen = step_generator(self.seed, self.step * self.gas + j, self.rank, self.world)
+        items = [self.data.item(i, epoch) for i in batch]
+        latents = self.latents_of(items).to(device, dtype)
+        hidden, pooled = self.encoder([it.caption for it in items])
+        noise = sample_noise(latents, gen, self.noise_offset)
+        sigmas = sample_sigmas(self.config, latents.shape[0], gen, tuple(latents.shape[-2:])).to(device)
+        noisy = noisy_input(latents, noise, sigmas)
+        pred = self._velocity(noisy, sigmas, hidden.to(device, dtype), pooled.to(device, dtype))
+        pred = read_prediction(pred, noisy, sigmas, str(self.config.model_prediction_type))
+        loss = diffusion_loss(pred, flow_target(latents, noise), None, sigmas)
+        self.accelerator.backward(loss / n_micro)
+        return loss.detach()
+
+    def _velocity(self, noisy: torch.Tensor, sigmas: torch.Tensor, hidden: torch.Tensor,
+                  pooled: torch.Tensor) -> torch.Tensor:
+        """The transformer's output for (B, C, H, W) ``noisy`` latents, unpacked to that shape."""
+        h, w = noisy.shape[-2:]
+        device, batch = noisy.device, noisy.shape[0]
+        guidance = torch.full((batch,), float(self.config.guidance_scale), device=device) \
+            if self.base.has_guidance else None
+        with self.accelerator.autocast():
+            out = self.wrapped["transformer"](
+                hidden_states=pack(noisy), encoder_hidden_states=hidden, pooled_projections=pooled,
+                timestep=sigmas.to(noisy.dtype), img_ids=image_ids(h, w, device),
+                txt_ids=text_ids(hidden.shape[1], device), guidance=guidance, return_dict=False)[0]
+        return unpack(out, h, w)
+
+    def _save_lora(self, final: bool, epoch: int) -> list[str]:
+        self.accelerator.wait_for_everyone()
+        meta = training_metadata(self.config, self.base, self.data, step=self.step, epoch=epoch,
+                                 started_at=self.started_at, total_steps=self.total_steps, world=self.world,
+                                 cache_latents=self.cache_latents, num_epochs=self.epochs)
+        meta = flux_metadata(meta, self.config, self.base, self.t5_tokens)
+        adapter = export_adapter(self.components, "flux", meta)
+        return self.outputs.save(adapter, None if final else self.step)
+
+    def _samples(self, tag: str, step: int) -> None:
+        from .samples import render_flux_samples
+
+        config, base = self.config, self.base
+        prompts = list(config.sample_prompts or [])
+        if not prompts:
+            return
+        rng_state = ckpt.capture_rng()  # sampling must not shift the training's random stream
+        if self.release:
+            base.load_parts(ENCODERS)
+        try:
+            cancel_point()
+            encoders_to(base, self.device)
+            paths = render_flux_samples(
+                base, FluxConditioner(base, self.device, False, self.t5_tokens), prompts,
+                Path(config.output_dir) / "samples", tag, size=int(config.resolution), steps=int(config.sample_steps),
+                guidance=float(config.sample_guidance_scale), seed=int(config.sample_seed or config.seed))
+        finally:
+            ckpt.restore_rng(rng_state)
+            if self.release:
+                memory.release(base)
+        self.emit(TrainingEvent("sample", step=step, paths=paths))

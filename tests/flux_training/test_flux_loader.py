@@ -1,0 +1,94 @@
+"""The Flux.1 base as Forge users hold it: BFL names proven by diffusers' single-file converter, all-in-one
+checkpoints, float8 files, and the objective's pieces against diffusers' FluxPipeline and scheduler."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from flux_consumer import INNER, at_tiny_width
+
+from extension.config import config_from_dict
+from extension.models.flux_loader import load_flux_base
+from extension.tiny.flux import build_tiny_flux, save_tiny_flux
+
+
+def _config(files: dict, **overrides):
+    values = {"base_model": str(files["base_model"])}
+    values.update({k: str(files[k]) for k in ("clip_l", "t5xxl", "ae") if k in files})
+    values.update(overrides)
+    return config_from_dict(values, "test")
+
+
+def _same_state(got: torch.nn.Module, want: torch.nn.Module) -> list[str]:
+    a, b = got.state_dict(), want.state_dict()
+    return [k for k in b if k not in a or not torch.equal(a[k].float(), b[k].float())]
+
+
+def test_our_bfl_file_is_what_diffusers_single_file_converter_reads(flux_files):
+    from diffusers.loaders import single_file_utils
+    from safetensors.torch import load_file
+
+    to_diffusers = at_tiny_width(single_file_utils.convert_flux_transformer_checkpoint_to_diffusers,
+                                 "inner_dim = 3072", f"inner_dim = {INNER}")
+    converted = to_diffusers({"model.diffusion_model." + k: v for k, v in load_file(flux_files["base_model"]).items()})
+    reference = build_tiny_flux()["transformer"].state_dict()
+    assert set(converted) == set(reference)
+    assert all(torch.equal(converted[k], v) for k, v in reference.items())
+    assert not _same_state(load_flux_base(_config(flux_files), ("transformer",)).transformer,
+                           build_tiny_flux()["transformer"])
+
+
+def test_all_in_one_checkpoint_loads_the_same_parts(flux_files, tmp_path):
+    aio = save_tiny_flux(tmp_path, all_in_one=True)
+    one, separate = load_flux_base(_config(aio)), load_flux_base(_config(flux_files))
+    assert one.variant == separate.variant == "dev"
+    for got, want in ((one.transformer, separate.transformer), (one.vae, separate.vae),
+                      *zip(one.text_encoders, separate.text_encoders, strict=True)):
+        assert not _same_state(got, want)
+
+
+def test_float8_file_trains_on_float8_storage_with_the_upcast_values(tmp_path):
+    files = save_tiny_flux(tmp_path, transformer_dtype=torch.float8_e4m3fn)
+    kept = load_flux_base(_config(files, fp8_base=True), ("transformer",))
+    upcast = load_flux_base(_config(files), ("transformer",))
+    qkv = kept.transformer.transformer_blocks[0].attn.to_q.weight
+    assert qkv.dtype == torch.float8_e4m3fn and kept.transformer_dtype == torch.float8_e4m3fn
+    assert upcast.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.float32
+    gen = torch.Generator().manual_seed(0)
+    inputs = dict(hidden_states=torch.randn(1, 16, 64, generator=gen), encoder_hidden_states=torch.randn(1, 5, 16,
+                  generator=gen), pooled_projections=torch.randn(1, 32, generator=gen), timestep=torch.tensor([0.5]),
+                  img_ids=torch.zeros(16, 3), txt_ids=torch.zeros(5, 3), guidance=torch.ones(1), return_dict=False)
+    with torch.no_grad():
+        assert torch.equal(kept.transformer(**inputs)[0], upcast.transformer(**inputs)[0])
+
+
+def test_missing_part_files_are_one_line(flux_files, tmp_path):
+    from extension.errors import UserError
+
+    with pytest.raises(UserError, match="without its VAE; set ae"):
+        load_flux_base(_config({k: v for k, v in flux_files.items() if k != "ae"}))
+    with pytest.raises(UserError, match="not a Flux VAE"):
+        load_flux_base(_config({**flux_files, "ae": flux_files["clip_l"]}))
+
+
+def test_packing_ids_and_sigmas_match_diffusers():
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    from extension.config import TrainConfig
+    from extension.image.flux.flow import dev_mu, image_ids, pack, sample_sigmas, sampling_sigmas, unpack
+
+    latents = torch.randn(2, 16, 6, 4)
+    packed = FluxPipeline._pack_latents(latents, 2, 16, 6, 4)
+    assert torch.equal(pack(latents), packed) and torch.equal(unpack(packed, 6, 4), latents)
+    assert torch.equal(image_ids(6, 4), FluxPipeline._prepare_latent_image_ids(2, 3, 2, "cpu", torch.float32))
+    assert dev_mu(1024) == pytest.approx(calculate_shift(1024, 256, 4096, 0.5, 1.15))
+
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    drawn = sample_sigmas(TrainConfig(timestep_sampling="sigma"), 64, torch.Generator().manual_seed(0), (8, 8))
+    assert all(torch.isclose(scheduler.sigmas, s, atol=1e-6).any() for s in drawn)
+
+    dev = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+    dev.set_timesteps(sigmas=[1 - i / 4 for i in range(4)], mu=dev_mu(1024))
+    shipped = {"base_shift": 0.5, "max_shift": 1.15, "base_seq_len": 256, "max_seq_len": 4096}
+    assert sampling_sigmas(4, 1024, True, shipped) == pytest.approx(dev.sigmas.tolist(), abs=1e-6)
