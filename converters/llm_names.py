@@ -24,9 +24,11 @@ _MODEL_TYPES = {
     "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma": "gemma",
     "gemma2": "gemma2", "gemma3": "gemma3", "gemma3_text": "gemma3", "phi3": "phi3", "falcon": "falcon",
     "gpt2": "gpt2", "starcoder2": "starcoder2", "granite": "granite",
+    "ministral3": "mistral3",  # Ministral 3 / Mistral Small 3 text models: llama.cpp's mistral3
+    "olmo2": "olmo2",
 }
 # Architectures whose GGUF Q/K weights are stored row-permuted for llama.cpp's rotary layout.
-PERMUTED_ARCHES = frozenset({"llama", "mistral", "granite"})
+PERMUTED_ARCHES = frozenset({"llama", "mistral", "granite", "mistral3"})
 
 # The usual decoder layout (llama, mistral, qwen2, qwen3, gemma...): HF suffix -> GGUF suffix.
 _LAYER_MODULES = {
@@ -39,7 +41,8 @@ _LAYER_MODULES = {
     "mlp.down_proj": "ffn_down",
 }
 _GLOBAL_MODULES = {"lm_head": "output", "model.embed_tokens": "token_embd"}
-_DECODER_ARCHES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite"})
+_DECODER_ARCHES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite",
+                             "mistral3", "olmo2"})
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _GGUF_LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
 # Other layouts, for the reverse direction where gguf-py lists several HF names per tensor.

@@ -27,6 +27,16 @@ from gguf import MODEL_TENSOR as T
 from ..errors import UserError
 
 
+@dataclass(frozen=True)
+class Yarn:
+    """YaRN rope scaling (``rope.scaling.type = yarn``) as llama.cpp runs it: ``ggml_rope_ext`` with ext_factor 1."""
+
+    orig_ctx: int  # ``rope.scaling.original_context_length`` (else the training context)
+    beta_fast: float = 32.0  # llama.cpp's defaults where the family reads no key (llama-hparams.h)
+    beta_slow: float = 1.0
+    log_mul: float = 0.0  # ``rope.scaling.yarn_log_multiplier`` (HF's mscale_all_dim): the magnitude factor's divisor
+
+
 @dataclass
 class TextConfig:
     """Hyper-parameters of a model (what GGUF's ``<arch>.*`` keys say) and the family's block choices."""
@@ -59,6 +69,9 @@ class TextConfig:
     logit_scale: float = 1.0  # logits / this (Granite)
     activation: str = "silu"  # the gated FFN's activation: silu (SwiGLU) or gelu (GeGLU, tanh approximation)
     pre_norms: bool = True  # norms before attention and FFN (OLMo 2 has only the post-norms)
+    yarn: Yarn | None = None  # YaRN rope scaling (then ``rope_freq_scale`` is 1/factor)
+    attn_temp_scale: float = 0.0  # Llama 4 attention temperature: Q * (1 + this * log(1 + floor(pos / floor)))
+    attn_temp_floor: int = 0  # its position step (llama.cpp: the original YaRN context)
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -84,6 +97,7 @@ class Family:
     attn_softcap: bool = False  # attention logit soft-capping (``attn_logit_softcapping``)
     pre_norms: bool = True
     multipliers: bool = False  # Granite's embedding, attention, residual and logit multipliers (``<arch>.*_scale``)
+    yarn_keys: bool = False  # reads YaRN's betas and log multiplier and the attention temperature (mistral3)
     hf_model_types: tuple[str, ...] = ()  # HF folders of these model types load too (same tensor layout)
     modules: tuple[tuple[T, str], ...] = ()  # tensor kinds whose module differs from ``MODULES`` (fused FFN)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -103,6 +117,8 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("gemma2", activation="gelu", embed_scale=True, swa_pattern=2, swa_default=4096, swa_rope_inherits=True,
            attn_scale=_gemma_attn_scale, attn_softcap=True),
     Family("granite", rope="norm", permuted_qk=True, multipliers=True),
+    Family("mistral3", rope="norm", permuted_qk=True, yarn_keys=True),
+    Family("olmo2", pre_norms=False),
     Family("phi3", swa_ignored=True, modules=((T.FFN_UP, "mlp.gate_up_proj"),),
            lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
 )}
@@ -206,10 +222,10 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         head_dim = hidden // heads
     layers = int(key("block_count"))
     scaling = str(meta.get(f"{arch}.rope.scaling.type", "none"))
-    if scaling not in ("none", "linear", "longrope"):
+    if scaling not in ("none", "linear", "longrope", "yarn"):
         raise UserError(f"{path}: rope scaling {scaling!r} is not supported yet for text LoRA training")
     factor = float(meta.get(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
-    freq_scale = 1.0 / factor if scaling == "linear" and factor else 1.0
+    freq_scale = 1.0 / factor if scaling in ("linear", "yarn") and factor else 1.0
     window = 0 if family.swa_ignored else int(meta.get(f"{arch}.attention.sliding_window", family.swa_default) or 0)
     swa_base = float(key("rope.freq_base", 10000.0)) if family.swa_rope_inherits else 10000.0
     cfg = TextConfig(
@@ -242,9 +258,24 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
     )
     if family.attn_scale is not None:
         cfg.attn_scale = family.attn_scale(cfg)
+    orig_ctx = int(meta.get(f"{arch}.rope.scaling.original_context_length", 0) or cfg.context_length)
+    if scaling == "yarn":
+        cfg.yarn = _yarn(meta, arch, orig_ctx, family.yarn_keys)
+    if family.yarn_keys:  # llama.cpp's mistral3: the temperature steps every original context length
+        cfg.attn_temp_scale = float(meta.get(f"{arch}.attention.temperature_scale", 0.0) or 0.0)
+        cfg.attn_temp_floor = orig_ctx
     if family.multipliers:  # llama.cpp's granite graph: 0 or missing means "not applied"
         cfg.embed_scale = float(meta.get(f"{arch}.embedding_scale", 0.0) or 1.0)
         cfg.attn_scale = float(meta.get(f"{arch}.attention.scale", 0.0) or 0.0)
         cfg.residual_scale = float(meta.get(f"{arch}.residual_scale", 0.0) or 1.0)
         cfg.logit_scale = float(key("logit_scale"))
     return cfg
+
+
+def _yarn(meta: dict, arch: str, orig_ctx: int, read_keys: bool) -> Yarn:
+    """YaRN's parameters as llama.cpp's ``load_hparams`` and the family's ``load_arch_hparams`` read them."""
+    if not read_keys:
+        return Yarn(orig_ctx)
+    return Yarn(orig_ctx, float(meta.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0)),
+                float(meta.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0)),
+                float(meta.get(f"{arch}.rope.scaling.yarn_log_multiplier", 0.0)))

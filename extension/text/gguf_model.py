@@ -182,7 +182,8 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
         # llama.cpp uses the long factors only when it runs with a context above the original one
         # (``rope.scaling.original_context_length``); training samples stay within it.
         take("rope_factors_long.weight")
-    rotaries = [Rotary(cfg.rope_dims, cfg.rope_base, cfg.rope_freq_scale, factors, cfg.rope_attn_factor)]
+    rotaries = [Rotary(cfg.rope_dims, cfg.rope_base, cfg.rope_freq_scale, factors, cfg.rope_attn_factor,
+                       cfg.yarn)]
     if any(cfg.swa_layers):  # llama.cpp: sliding-window layers have their own rope base and scale
         rotaries.append(Rotary(cfg.rope_dims, cfg.rope_base_swa or cfg.rope_base, cfg.rope_freq_scale_swa, factors,
                                cfg.rope_attn_factor))
