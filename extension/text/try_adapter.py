@@ -108,7 +108,8 @@ class _Base:
             arch = meta.get("general.architecture", "")
             self.context = int(meta.get(f"{arch}.context_length", 0) or 0)
             if arch in FAMILIES:  # what llama.cpp's own tools would run (llama_check.llama_args)
-                self.llama_args = llama_args(config_from_gguf(path, meta))
+                with contextlib.suppress(UserError):  # a rope scaling training refuses: llama.cpp's defaults
+                    self.llama_args = llama_args(config_from_gguf(path, meta))
             self.stop_ids = {int(meta[k]) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
                              if meta.get(k) is not None}
         if self.tokenizer.eos_id is not None:
