@@ -22,7 +22,9 @@ MAX_ARRAY_TOTAL = 1 << 21
 MAX_STRING = 1 << 26  # a chat template or a long description fits many times over
 _MAX_DIMS = 4
 _FIXED = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUFValueType -> bytes
+_FORMATS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 _STRING, _ARRAY = 8, 9
+_KEPT_ARRAY = 4096  # read_gguf_header keeps number arrays up to this long (per-layer head counts), skips the rest
 
 
 class _Walk:
@@ -31,6 +33,7 @@ class _Walk:
     def __init__(self, path: Path, data: mmap.mmap | bytes, order: str, array_limit: int, too_many: str | None):
         self.path, self.data, self.pos, self.order = path, data, 0, order
         self.array_total, self.array_limit, self.too_many = 0, array_limit, too_many
+        self.kept: dict[str, object] | None = None  # read_gguf_header: top-level values read as they are walked
 
     def fail(self, what: str) -> AdapterError:
         return AdapterError(f"{self.path}: truncated or corrupt GGUF file ({what} at byte {self.pos}); "
@@ -57,10 +60,16 @@ class _Walk:
         self.skip(length, 1, what)
 
     def value(self, vtype: int, key: str, depth: int = 0) -> None:
-        if vtype in _FIXED:
+        keep = self.kept is not None and depth == 0
+        if vtype in _FIXED and keep:
+            self.kept[key] = self.take(_FORMATS[vtype])
+        elif vtype in _FIXED:
             self.skip(1, _FIXED[vtype], key)
         elif vtype == _STRING:
+            start = self.pos + 8
             self.string(f"value of {key}")
+            if keep:
+                self.kept[key] = bytes(self.data[start:self.pos]).decode("utf-8", errors="replace")
         elif vtype == _ARRAY and depth < 2:  # gguf-py reads arrays of arrays; nothing writes deeper ones
             self.array(key, depth)
         else:
@@ -75,7 +84,10 @@ class _Walk:
             raise AdapterError(f"{self.path}: metadata array {key} has {count} elements, more than any model "
                                f"needs ({MAX_ARRAY}, {self.array_limit} in all); the file is corrupt or hostile")
         if itype in _FIXED:
+            start = self.pos
             self.skip(count, _FIXED[itype], f"array {key}")
+            if self.kept is not None and depth == 0 and count <= _KEPT_ARRAY:
+                self.kept[key] = list(struct.unpack_from(f"{self.order}{count}{_FORMATS[itype]}", self.data, start))
             return
         self.skip(count, 8, f"array {key}")  # strings and arrays take at least their 8-byte length each
         self.pos -= count * 8
@@ -100,23 +112,39 @@ def check_gguf(path: str | Path, array_limit: int = MAX_ARRAY_TOTAL, too_many: s
     ``array_limit``: metadata array elements allowed in all; ``too_many`` the refusal (after the
     path) when there are more, else a generic one.
     """
-    path = Path(path)
+    _walk_file(Path(path), array_limit, too_many, keep=False)
+
+
+def _walk_file(path: Path, array_limit: int, too_many: str | None, keep: bool
+               ) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...]]]]:
     try:
         with open(path, "rb") as handle:
             if path.stat().st_size < 24:
                 raise AdapterError(f"{path}: too short to be a GGUF file (truncated?)")
             with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                _check(path, data, array_limit, too_many)
+                return _check(path, data, array_limit, too_many, keep)
     except OSError as exc:
         raise AdapterError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def _check(path: Path, data: mmap.mmap, array_limit: int, too_many: str | None) -> None:
+def read_gguf_header(path: str | Path) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...]]]]:
+    """(top-level metadata values, [(tensor name, ggml shape)]) of a GGUF file, with ``check_gguf``'s checks.
+
+    Strings and numbers are read; number arrays up to a few thousand long (per-layer head counts) too; longer
+    and string arrays (the vocabulary) are skipped, which gguf-py's reader would turn into ~2 numpy views per
+    element (tens of seconds for a 128 k vocabulary). For what needs only names, shapes and hyper-parameters.
+    """
+    return _walk_file(Path(path), MAX_ARRAY_TOTAL, None, keep=True)
+
+
+def _check(path: Path, data: mmap.mmap, array_limit: int, too_many: str | None, keep: bool = False
+           ) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...]]]]:
     if data[:4] != b"GGUF":
         raise AdapterError(f"{path}: not a GGUF file (bad magic)")
     (version,) = struct.unpack_from("<I", data, 4)
     order = ">" if version & 0xFFFF == 0 else "<"  # gguf-py's test for a big-endian file
     walk = _Walk(path, data, order, array_limit, too_many)
+    walk.kept = {} if keep else None
     walk.pos = 4
     version = walk.take("I")
     if version not in (2, 3):
@@ -132,23 +160,31 @@ def _check(path: Path, data: mmap.mmap, array_limit: int, too_many: str | None) 
         vtype = walk.take("I")
         if key == "general.alignment" and vtype == 4:
             alignment = walk.take("I") or 32
+            if walk.kept is not None:
+                walk.kept[key] = alignment
             continue
         walk.value(vtype, key)
     walk.skip(n_tensors, 8 + 4 + 4 + 8, "tensor list")  # name length, n_dims, type, offset
     walk.pos -= n_tensors * 24
-    spans = []
+    spans, tensors = [], []
     for _ in range(n_tensors):
+        start = walk.pos + 8
         walk.string("a tensor name")
+        name = bytes(data[start:walk.pos]).decode("utf-8", errors="replace") if keep else ""
         n_dims = walk.take("I")
         if n_dims > _MAX_DIMS:
             raise walk.fail(f"tensor with {n_dims} dimensions")
+        dims = tuple(walk.take("Q") for _ in range(n_dims))
         count = 1
-        for _ in range(n_dims):
-            count *= walk.take("Q")
+        for dim in dims:
+            count *= dim
         ggml_type, offset = walk.take("I"), walk.take("Q")
         spans.append((offset, _tensor_bytes(count, ggml_type)))
+        if keep:
+            tensors.append((name, dims))
     data_start = -(-walk.pos // alignment) * alignment
     for offset, nbytes in spans:
         if nbytes is not None and data_start + offset + nbytes > len(data):
             raise AdapterError(f"{path}: truncated GGUF file (tensor data runs past the end); "
                                "re-download or re-convert it")
+    return walk.kept or {}, tensors

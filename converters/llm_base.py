@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AdapterError
-from .gguf_check import check_gguf
+from .gguf_check import check_gguf, read_gguf_header
 from .llm_names import arch_from_config, expert_modules, gguf_to_hf
 from .safetensors_io import read_header
 
@@ -76,41 +76,49 @@ def open_gguf(path: Path, adapter: bool = False):
                            "re-download or re-convert it") from None
 
 
-def _canonical_arch(reader) -> str | None:
-    """Canonical arch of a GGUF file (our own key first: it keeps ``mistral`` apart from ``llama``)."""
-    return gguf_field(reader, "lora_bridge.arch") or gguf_field(reader, "general.architecture")
+def _base_header(path: Path) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...]]]]:
+    """``gguf_check.read_gguf_header`` of a model GGUF (not gguf-py: its reader spends seconds per 10 k vocabulary
+    entries these functions never look at); AdapterError for a file that is not a GGUF."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot read ({exc.strerror})") from None
+    if magic != b"GGUF":
+        raise AdapterError(f"{path}: not a GGUF file (bad magic)")
+    return read_gguf_header(path)
 
 
 def read_gguf_base_shapes(path: Path) -> tuple[str | None, dict[str, tuple[int, ...]]]:
     """(arch, {canonical HF module name: weight shape (out, in)}) from a GGUF model's tensor infos."""
-    reader = open_gguf(path)
-    if gguf_field(reader, "general.type") == "adapter":
+    meta, tensors = _base_header(path)
+    if meta.get("general.type") == "adapter":
         raise AdapterError(f"{path}: is a LoRA adapter, not a base model; give the model GGUF as --base")
-    arch = _canonical_arch(reader)
+    arch = meta.get("lora_bridge.arch") or meta.get("general.architecture")  # ours first: mistral is not llama
     shapes: dict[str, tuple[int, ...]] = {}
-    for tensor in reader.tensors:
-        ne = tuple(int(d) for d in tensor.shape.tolist())
-        experts = expert_modules(tensor.name[: -len(".weight")], ne[-1]) if len(ne) == 3 else None
+    for tensor_name, dims in tensors:
+        ne = tuple(int(d) for d in dims)
+        experts = expert_modules(tensor_name[: -len(".weight")], ne[-1]) if len(ne) == 3 else None
         if experts:  # one 3-D MoE tensor (ne: in, out, experts) -> each expert's (out, in)
             shapes.update((name, (ne[1], ne[0])) for name in experts)
             continue
-        if not tensor.name.endswith(".weight") or len(tensor.shape) != 2:
+        if not tensor_name.endswith(".weight") or len(dims) != 2:
             continue
         try:
-            name = gguf_to_hf(tensor.name[: -len(".weight")], arch or "llama")
+            name = gguf_to_hf(tensor_name[: -len(".weight")], arch or "llama")
         except AdapterError:
             continue
-        shapes[name] = tuple(int(d) for d in reversed(tensor.shape.tolist()))  # ggml ne -> (out, in)
+        shapes[name] = tuple(int(d) for d in reversed(dims))  # ggml ne -> (out, in)
     return arch, shapes
 
 
 def read_gguf_base_info(path: Path) -> BaseInfo:
     """Arch and head counts from a GGUF model's metadata."""
-    reader = open_gguf(path)
-    arch = gguf_field(reader, "general.architecture")
-    n_head = gguf_field(reader, f"{arch}.attention.head_count")
-    n_head_kv = gguf_field(reader, f"{arch}.attention.head_count_kv")
-    return BaseInfo(_canonical_arch(reader), _int_or_none(n_head), _int_or_none(n_head_kv or n_head))
+    meta, _ = _base_header(path)
+    arch = meta.get("general.architecture")
+    n_head = meta.get(f"{arch}.attention.head_count")
+    n_head_kv = meta.get(f"{arch}.attention.head_count_kv")
+    return BaseInfo(meta.get("lora_bridge.arch") or arch, _int_or_none(n_head), _int_or_none(n_head_kv or n_head))
 
 
 def _int_or_none(value) -> int | None:

@@ -8,11 +8,13 @@ runs exactly the operations it always ran.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .families import TextConfig
+from .families import TextConfig, Yarn
 from .quant import activation_rounding_active
 
 
@@ -57,18 +59,22 @@ class Rotary(nn.Module):
 
     Rotate-half layout (llama.cpp's NEOX rope; LLaMA's permuted Q/K rows are put back in that order
     at load time) over the first ``dims`` dimensions of each head, or with ``interleaved`` adjacent
-    pairs (llama.cpp's NORM rope on rows stored unpermuted: ChatGLM). As ``ggml_rope_ext`` without
-    YaRN: angle = pos * freq_scale * base^(-2i/dims) / factors[i], cos and sin times ``attn_factor``
-    (``factors``: Llama 3.1's ``rope_freqs`` or LongRoPE's short factors).
+    pairs (llama.cpp's NORM rope on rows stored unpermuted: ChatGLM). As ``ggml_rope_ext``:
+    angle = pos * freq_scale * base^(-2i/dims) / factors[i], cos and sin times ``attn_factor``
+    (``factors``: Llama 3.1's ``rope_freqs`` or LongRoPE's short factors). With ``yarn``, each
+    dimension mixes the scaled and the unscaled angle by YaRN's ramp (``yarn_scaling``).
     """
 
     def __init__(self, dims: int, base: float, freq_scale: float = 1.0, factors: torch.Tensor | None = None,
-                 attn_factor: float = 1.0, interleaved: bool = False) -> None:
+                 attn_factor: float = 1.0, yarn: Yarn | None = None, interleaved: bool = False) -> None:
         super().__init__()
         self.interleaved = interleaved
         inv = 1.0 / (base ** (torch.arange(0, dims, 2, dtype=torch.float64) / dims))
         if factors is not None:
             inv = inv / factors.to(torch.float64)
+        if yarn is not None:
+            mix, mscale = yarn_scaling(dims, base, freq_scale, yarn)
+            inv, freq_scale, attn_factor = inv * mix, 1.0, attn_factor * mscale
         self.register_buffer("inv_freq", inv.to(torch.float32), persistent=False)
         self.freq_scale = float(freq_scale)
         self.attn_factor = float(attn_factor)
@@ -83,6 +89,30 @@ class Rotary(nn.Module):
         if self.attn_factor != 1.0:
             cos, sin = cos * self.attn_factor, sin * self.attn_factor
         return cos[None, None], sin[None, None]
+
+
+def yarn_scaling(dims: int, base: float, freq_scale: float, yarn: Yarn) -> tuple[torch.Tensor, float]:
+    """Per-dimension angle multiplier and cos/sin magnitude of YaRN, as llama.cpp computes them.
+
+    ``ggml_rope_yarn_corr_dims`` bounds the ramp; ``rope_yarn`` takes angle * (freq_scale * (1 - ramp) + ramp)
+    (ext_factor 1). The magnitude is llama_context's yarn_attn_factor times rope_yarn's own
+    ``1 + 0.1 ln(1/freq_scale)``; the context divides that very factor out first, so what remains is
+    ``get_mscale(factor, 1) / get_mscale(factor, log_mul)`` (or ``get_mscale(factor, 1)`` without a log_mul).
+    """
+
+    def corr_dim(rotations: float) -> float:
+        return dims * math.log(yarn.orig_ctx / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    def get_mscale(scale: float, mscale: float) -> float:
+        return 1.0 if scale <= 1.0 else 0.1 * mscale * math.log(scale) + 1.0
+
+    low = max(0.0, math.floor(corr_dim(yarn.beta_fast)))
+    high = min(dims - 1.0, math.ceil(corr_dim(yarn.beta_slow)))
+    i = torch.arange(dims // 2, dtype=torch.float64)
+    ramp = 1.0 - ((i - low) / max(0.001, high - low)).clamp(0.0, 1.0)
+    factor = 1.0 / freq_scale
+    mscale = get_mscale(factor, 1.0) / get_mscale(factor, yarn.log_mul) if yarn.log_mul else get_mscale(factor, 1.0)
+    return freq_scale * (1.0 - ramp) + ramp, mscale
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
@@ -105,7 +135,8 @@ class Attention(nn.Module):
     Q, K and V come from ``q_proj``/``k_proj``/``v_proj``, or from one fused ``qkv_proj`` (``k`` and
     ``v`` None; rows Q, then K, then V as llama.cpp's ``build_qkv`` views them). Optional: per-head
     RMS norms of Q and K before the rotation (``q_norm``/``k_norm``), a Q scale other than
-    1/sqrt(head_dim), attention logit soft-capping and a sliding window.
+    1/sqrt(head_dim), Llama 4's per-position attention temperature (Mistral 3), attention logit
+    soft-capping and a sliding window.
     """
 
     def __init__(self, cfg: TextConfig, q: nn.Module, k: nn.Module | None, v: nn.Module | None, o: nn.Module,
@@ -122,6 +153,7 @@ class Attention(nn.Module):
         self.softcap = cfg.attn_softcap
         self.window = int(window)
         self.interleaved = cfg.rope_interleaved
+        self.temp_scale, self.temp_floor = cfg.attn_temp_scale, cfg.attn_temp_floor
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         b, t, _ = x.shape
@@ -140,6 +172,8 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q = apply_rotary(q.transpose(1, 2), cos, sin, self.interleaved)
         k = apply_rotary(k.transpose(1, 2), cos, sin, self.interleaved)
+        if self.temp_scale:
+            q = q * self._temperature(t, q.device).to(q.dtype)
         if self.n_kv != self.n_heads:
             rep = self.n_heads // self.n_kv
             k = k.repeat_interleave(rep, dim=1)
@@ -152,6 +186,12 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+
+    def _temperature(self, t: int, device: torch.device) -> torch.Tensor:
+        """llama.cpp's ``llm_graph_input_attn_temp``: 1 + scale * log(floor(pos / floor) + 1), per position."""
+        pos = torch.arange(t, dtype=torch.float64, device=device)
+        scale = torch.log(torch.floor(pos / self.temp_floor) + 1.0) * self.temp_scale + 1.0
+        return scale.to(torch.float32)[:, None]
 
     def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, t: int) -> torch.Tensor:
         """Attention with a mask llama.cpp builds: causal, and ``p_q - p_k < window`` on sliding-window layers."""

@@ -27,6 +27,16 @@ from gguf import MODEL_TENSOR as T
 from ..errors import UserError
 
 
+@dataclass(frozen=True)
+class Yarn:
+    """YaRN rope scaling (``rope.scaling.type = yarn``) as llama.cpp runs it: ``ggml_rope_ext`` with ext_factor 1."""
+
+    orig_ctx: int  # ``rope.scaling.original_context_length`` (else the training context)
+    beta_fast: float = 32.0  # llama.cpp's defaults where the family reads no key (llama-hparams.h)
+    beta_slow: float = 1.0
+    log_mul: float = 0.0  # ``rope.scaling.yarn_log_multiplier`` (HF's mscale_all_dim): the magnitude factor's divisor
+
+
 @dataclass
 class TextConfig:
     """Hyper-parameters of a model (what GGUF's ``<arch>.*`` keys say) and the family's block choices."""
@@ -64,6 +74,9 @@ class TextConfig:
     experts_used: int = 0  # experts each token goes through (``expert_used_count``, top-k)
     expert_weights_norm: bool = False  # the top-k weights divided by their sum (qwen3moe: always, as llama.cpp)
     expert_weights_scale: float = 0.0  # the top-k weights * this (0 or 1 = not applied, as llama.cpp)
+    yarn: Yarn | None = None  # YaRN rope scaling (then ``rope_freq_scale`` is 1/factor)
+    attn_temp_scale: float = 0.0  # Llama 4 attention temperature: Q * (1 + this * log(1 + floor(pos / floor)))
+    attn_temp_floor: int = 0  # its position step (llama.cpp: the original YaRN context)
 
     def __post_init__(self) -> None:
         if not self.head_dim:
@@ -89,6 +102,7 @@ class Family:
     attn_softcap: bool = False  # attention logit soft-capping (``attn_logit_softcapping``)
     pre_norms: bool = True
     multipliers: bool = False  # Granite's embedding, attention, residual and logit multipliers (``<arch>.*_scale``)
+    yarn_keys: bool = False  # reads YaRN's betas and log multiplier and the attention temperature (mistral3)
     hf_model_types: tuple[str, ...] = ()  # HF folders of these model types load too (same tensor layout)
     modules: tuple[tuple[T, str], ...] = ()  # tensor kinds whose module differs from ``MODULES`` (fused FFN)
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -116,6 +130,8 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     # ``experts`` (every expert's gate/up/down: llama.cpp applies 3-D LoRA to *_exps through mul_mat_id).
     Family("qwen3moe", moe_norm=True, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
            target_aliases=(("experts", ("gate_proj", "up_proj", "down_proj")),)),
+    Family("mistral3", rope="norm", permuted_qk=True, yarn_keys=True),
+    Family("olmo2", pre_norms=False),
     Family("phi3", swa_ignored=True, modules=((T.FFN_UP, "mlp.gate_up_proj"),),
            lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     Family("qwen", half_ffn_length=True, lora_targets=("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
@@ -233,10 +249,10 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
                         f"llama.cpp rotates only its {family.rope_layers}-layer (7B) models (the 40-layer 13B uses "
                         "ALiBi)")
     scaling = str(meta.get(f"{arch}.rope.scaling.type", "none"))
-    if scaling not in ("none", "linear", "longrope"):
+    if scaling not in ("none", "linear", "longrope", "yarn"):
         raise UserError(f"{path}: rope scaling {scaling!r} is not supported yet for text LoRA training")
     factor = float(meta.get(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
-    freq_scale = 1.0 / factor if scaling == "linear" and factor else 1.0
+    freq_scale = 1.0 / factor if scaling in ("linear", "yarn") and factor else 1.0
     window = 0 if family.swa_ignored else int(meta.get(f"{arch}.attention.sliding_window", family.swa_default) or 0)
     swa_base = float(key("rope.freq_base", 10000.0)) if family.swa_rope_inherits else 10000.0
     cfg = TextConfig(
@@ -276,9 +292,24 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
                         "the file is damaged, re-convert it")
     if family.attn_scale is not None:
         cfg.attn_scale = family.attn_scale(cfg)
+    orig_ctx = int(meta.get(f"{arch}.rope.scaling.original_context_length", 0) or cfg.context_length)
+    if scaling == "yarn":
+        cfg.yarn = _yarn(meta, arch, orig_ctx, family.yarn_keys)
+    if family.yarn_keys:  # llama.cpp's mistral3: the temperature steps every original context length
+        cfg.attn_temp_scale = float(meta.get(f"{arch}.attention.temperature_scale", 0.0) or 0.0)
+        cfg.attn_temp_floor = orig_ctx
     if family.multipliers:  # llama.cpp's granite graph: 0 or missing means "not applied"
         cfg.embed_scale = float(meta.get(f"{arch}.embedding_scale", 0.0) or 1.0)
         cfg.attn_scale = float(meta.get(f"{arch}.attention.scale", 0.0) or 0.0)
         cfg.residual_scale = float(meta.get(f"{arch}.residual_scale", 0.0) or 1.0)
         cfg.logit_scale = float(key("logit_scale"))
     return cfg
+
+
+def _yarn(meta: dict, arch: str, orig_ctx: int, read_keys: bool) -> Yarn:
+    """YaRN's parameters as llama.cpp's ``load_hparams`` and the family's ``load_arch_hparams`` read them."""
+    if not read_keys:
+        return Yarn(orig_ctx)
+    return Yarn(orig_ctx, float(meta.get(f"{arch}.rope.scaling.yarn_beta_fast", 32.0)),
+                float(meta.get(f"{arch}.rope.scaling.yarn_beta_slow", 1.0)),
+                float(meta.get(f"{arch}.rope.scaling.yarn_log_multiplier", 0.0)))

@@ -206,10 +206,10 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
         # (``rope.scaling.original_context_length``); training samples stay within it.
         take("rope_factors_long.weight")
     rotaries = [Rotary(cfg.rope_dims, cfg.rope_base, cfg.rope_freq_scale, factors, cfg.rope_attn_factor,
-                       cfg.rope_interleaved)]
+                       yarn=cfg.yarn, interleaved=cfg.rope_interleaved)]
     if any(cfg.swa_layers):  # llama.cpp: sliding-window layers have their own rope base and scale
         rotaries.append(Rotary(cfg.rope_dims, cfg.rope_base_swa or cfg.rope_base, cfg.rope_freq_scale_swa, factors,
-                               cfg.rope_attn_factor, cfg.rope_interleaved))
+                               cfg.rope_attn_factor, interleaved=cfg.rope_interleaved))
     embed = packed("model.embed_tokens.weight")
     layers = []
     for i in range(cfg.num_layers):

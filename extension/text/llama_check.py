@@ -34,6 +34,7 @@ from gguf import GGMLQuantizationType
 from ..cancel import cancel_point
 from ..errors import UserError
 from .data import Sample
+from .families import TextConfig
 from .lora import LoraLinear
 from .quant import PackedLinear, ggml_activation_rounding
 
@@ -47,6 +48,7 @@ from llama_cpp import Llama
 job = json.load(open(sys.argv[1]))
 kwargs = dict(model_path=job["base"], n_ctx=job["n_ctx"], logits_all=True, verbose=False, seed=0,
               n_threads=job["threads"], type_k=0, type_v=0)  # F32 KV cache: f16 alone adds ~1e-3
+kwargs.update(job.get("llama_args") or {})
 if job.get("adapter"):
     kwargs["lora_path"] = job["adapter"]
 llm = Llama(**kwargs)
@@ -94,16 +96,33 @@ def _run_cancellable(cmd: list[str], timeout: float) -> subprocess.CompletedProc
             proc.communicate()
 
 
+def llama_args(cfg: TextConfig) -> dict[str, float]:
+    """``llama_cpp.Llama()`` arguments that make llama-cpp-python run the file as llama.cpp's own tools do.
+
+    llama-cpp-python passes its own YaRN betas (32, 1) over the file's, where llama.cpp's tools pass
+    "from the model" and its mistral3 graph then reads the file's. The values the torch model uses (the
+    file's where the family reads them, llama.cpp's defaults elsewhere) are passed rather than -1,
+    which llama.cpp builds older than those keys would take as is.
+    """
+    if cfg.yarn is None:
+        return {}
+    return {"yarn_beta_fast": cfg.yarn.beta_fast, "yarn_beta_slow": cfg.yarn.beta_slow}
+
+
 def run_llama_cpp(base: Path, adapter: Path | None, samples: list[list[int]], generate: list[int] | None = None,
-                  max_new: int = 16, timeout: float = 300) -> tuple[list[np.ndarray], list[int] | None]:
-    """(logits per sample, greedy continuation of ``generate``) from llama.cpp in a subprocess."""
+                  max_new: int = 16, timeout: float = 300,
+                  args: dict | None = None) -> tuple[list[np.ndarray], list[int] | None]:
+    """(logits per sample, greedy continuation of ``generate``) from llama.cpp in a subprocess.
+
+    ``args``: more ``Llama()`` arguments (``llama_args`` of the base's config).
+    """
     with tempfile.TemporaryDirectory(prefix="lora-bridge-llama-") as tmp:
         job_path = Path(tmp) / "job.json"
         out = str(Path(tmp) / "logits")
         n_ctx = max([len(s) for s in samples] + [len(generate or []) + max_new, 32]) + 8
         job = {"base": str(base), "adapter": str(adapter) if adapter else None, "samples": samples,
                "out": out, "n_ctx": n_ctx, "threads": max(1, torch.get_num_threads()),
-               "generate": generate, "max_new": max_new}
+               "generate": generate, "max_new": max_new, "llama_args": args or {}}
         job_path.write_text(json.dumps(job))
         proc = _run_cancellable([sys.executable, "-c", _SCRIPT, str(job_path)], timeout)
         if proc.returncode != 0:
@@ -137,8 +156,9 @@ def compare(model: torch.nn.Module, base: Path, adapter: Path, samples: list[lis
 
     ``per_token`` (when given) receives, per sample, max |Δlogit| of base + adapter at each token.
     """
-    cpp_lora, _ = run_llama_cpp(base, adapter, samples)
-    cpp_base, _ = run_llama_cpp(base, None, samples)
+    args = llama_args(model.config)
+    cpp_lora, _ = run_llama_cpp(base, adapter, samples, args=args)
+    cpp_base, _ = run_llama_cpp(base, None, samples, args=args)
     worst = {"lora": 0.0, "base": 0.0, "effect": 0.0}
     for i, ids in enumerate(samples):
         t_lora, t_base = torch_logits(model, ids, True), torch_logits(model, ids, False)

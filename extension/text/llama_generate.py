@@ -30,6 +30,7 @@ job = json.loads(sys.argv[1])
 for which, lora in (("base", None), ("adapter", job["adapter"])):
     kwargs = dict(model_path=job["base"], n_ctx=job["n_ctx"], n_threads=job["threads"], seed=job["seed"],
                   n_gpu_layers=0, verbose=False, type_k=0, type_v=0)  # F32 KV cache, as the llama.cpp check
+    kwargs.update(job["llama_args"])
     if lora:
         kwargs.update(lora_path=lora, lora_scale=job["scale"])
     llm = Llama(**kwargs)
@@ -48,15 +49,18 @@ print(json.dumps({"done": True}), flush=True)
 
 def generate_llama_cpp(base: Path, adapter: Path, scale: float, prompt: list[int], sampling: Sampling,
                        stop_ids: set[int], n_ctx: int, threads: int,
-                       should_stop: Callable[[], bool] = lambda: False) -> tuple[dict[str, list[int]], bool]:
+                       should_stop: Callable[[], bool] = lambda: False,
+                       args: dict | None = None) -> tuple[dict[str, list[int]], bool]:
     """({"base": ids, "adapter": ids}, stopped by ``should_stop``): new tokens after ``prompt`` from llama.cpp.
 
-    ``adapter`` must already be a GGUF adapter checked against ``base``.
+    ``adapter`` must already be a GGUF adapter checked against ``base``; ``args``: more ``Llama()``
+    arguments (``llama_check.llama_args``).
     """
     job = {"base": str(base), "adapter": str(adapter), "scale": float(scale), "prompt": list(prompt),
            "n_ctx": int(n_ctx), "threads": max(1, int(threads)), "seed": int(sampling.seed),
            "temperature": float(sampling.temperature), "top_k": int(sampling.top_k), "top_p": float(sampling.top_p),
-           "max_new": int(sampling.max_new_tokens), "stop_ids": sorted(stop_ids)}
+           "max_new": int(sampling.max_new_tokens), "stop_ids": sorted(stop_ids),
+           "llama_args": args or {}}
     out: dict[str, list[int]] = {"base": [], "adapter": []}
     finished = threading.Event()
     with tempfile.TemporaryFile(mode="w+") as err:

@@ -29,8 +29,9 @@ from .._converters import converters
 from ..errors import UserError
 from ..jobs import JobBusyError
 from .data import chat_template_for, prompt_ids, render_chat
+from .families import FAMILIES, config_from_gguf
 from .generate import Sampling, attach_adapter, generate_ids, set_scale
-from .llama_check import llama_cpp_available
+from .llama_check import llama_args, llama_cpp_available
 
 BACKENDS = ("auto", "llama.cpp", "torch")
 MAX_SCALE = 2.0
@@ -93,7 +94,7 @@ class _Base:
         from .tokenizer import HFTokenizer, Tokenizer
 
         path = Path(str(base)).expanduser()
-        self.path, self.gguf = path, False
+        self.path, self.gguf, self.llama_args = path, False, {}
         if path.is_dir():
             self.tokenizer, self.context, self.stop_ids = HFTokenizer(str(path)), 0, set()
         else:
@@ -106,6 +107,9 @@ class _Base:
             self.tokenizer = Tokenizer.from_metadata(meta, str(path))
             arch = meta.get("general.architecture", "")
             self.context = int(meta.get(f"{arch}.context_length", 0) or 0)
+            if arch in FAMILIES:  # what llama.cpp's own tools would run (llama_check.llama_args)
+                with contextlib.suppress(UserError):  # a rope scaling training refuses: llama.cpp's defaults
+                    self.llama_args = llama_args(config_from_gguf(path, meta))
             self.stop_ids = set(self.tokenizer.eog_ids)  # llama.cpp's end-of-generation tokens (<|end|>, ...)
         if self.tokenizer.eos_id is not None:
             self.stop_ids.add(int(self.tokenizer.eos_id))
@@ -186,7 +190,7 @@ def _run_llama_cpp(base: _Base, path: Path, adapter, scale: float, ids: list[int
         if adapter.source_format != "gguf":  # a PEFT folder or safetensors file: llama.cpp takes GGUF only
             gguf = converters.save_adapter(adapter, Path(tmp) / "adapter.gguf", to="gguf", base=base.path)
         out, stopped = generate_llama_cpp(base.path, Path(gguf), scale, ids, sampling, base.stop_ids, n_ctx,
-                                          torch.get_num_threads(), _STOP.is_set)
+                                          torch.get_num_threads(), _STOP.is_set, base.llama_args)
     return out["base"], out["adapter"], stopped
 
 

@@ -53,10 +53,25 @@ TINY_FAMILIES: dict[str, tuple[str, str, dict]] = {
         "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "rope_scaling": {
             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
             "original_max_position_embeddings": 64}}),
+    # Ministral 3 (llama.cpp: mistral3): YaRN and Llama-4 attention temperature. A tiny original context (8) and
+    # small betas put the YaRN ramp inside the rotated dimensions and the 12+ token samples past the temperature's
+    # first step; mscale_all_dim != mscale makes the YaRN magnitude factor differ from 1.
+    "mistral3": ("Ministral3Config", "Ministral3ForCausalLM", {
+        "rms_norm_eps": 1e-5, "max_position_embeddings": 32, "sliding_window": None, "rope_parameters": {
+            "rope_type": "yarn", "type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+            "original_max_position_embeddings": 8, "beta_fast": 1.0, "beta_slow": 0.05, "mscale": 1.0,
+            "mscale_all_dim": 0.5, "llama_4_scaling_beta": 0.1, "max_position_embeddings": 32}}),
+    # OLMo 2: post-norms only, Q/K norms over the whole projection; a byte-level BPE vocabulary (GPT-2's, below).
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {
+        "rms_norm_eps": 1e-6, "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256,
+        "pad_token_id": 50256}),
 }
 # Added (user-defined) tokens after the SentencePiece pieces, as the real vocabularies have them: llama.cpp's
 # vocabulary loader looks Phi-3's up by name (llama-vocab.cpp, per-model token attributes).
 ADDED_TOKENS = {"phi3": ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>")}
+# Families whose fixture has a byte-level BPE tokenizer: the vocabulary llama.cpp's sources ship
+# (``models/ggml-vocab-<name>.gguf``), so llama.cpp's converter recognises its pre-tokenizer by hash.
+BPE_VOCABS = {"olmo2": "gpt-2"}
 # ggml file types llama.cpp's quantizer makes from the F16 file (llama.h: LLAMA_FTYPE_*).
 _QUANTIZE_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_0": 2}
 
@@ -92,7 +107,7 @@ def build_tiny_family(family: str, seed: int = 0, vocab: TinyVocab | None = None
     config_cls, model_cls, overrides = TINY_FAMILIES[family]
     vocab = vocab or tiny_vocab()
     n_vocab = len(vocab) + len(ADDED_TOKENS.get(family, ()))
-    config = getattr(transformers, config_cls)(vocab_size=n_vocab, **{**_SIZE, **overrides})
+    config = getattr(transformers, config_cls)(**{"vocab_size": n_vocab, **_SIZE, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(config).float().eval()
     vary_vectors(model, seed)
@@ -110,12 +125,15 @@ def vary_vectors(model, seed: int) -> None:
                 param.add_(0.1 * torch.randn(param.shape, generator=gen))
 
 
-def save_family_hf(model, folder: Path, vocab: TinyVocab | None = None, added: tuple[str, ...] = ()) -> Path:
+def save_family_hf(model, folder: Path, vocab: TinyVocab | None = None, added: tuple[str, ...] = (),
+                   with_tokenizer: bool = True) -> Path:
     """The HF folder llama.cpp's converter reads: config, safetensors, ``tokenizer.model`` (+ ``added``
-    tokens in ``added_tokens.json``), tokenizer config."""
+    tokens in ``added_tokens.json``), tokenizer config (``with_tokenizer=False``: the caller writes another)."""
     vocab = vocab or tiny_vocab()
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
+    if not with_tokenizer:
+        return folder
     (folder / "tokenizer.model").write_bytes(sentencepiece_model(vocab))
     if added:
         (folder / "added_tokens.json").write_text(json.dumps({t: len(vocab) + i for i, t in enumerate(added)}))
@@ -140,6 +158,30 @@ setattr(getattr(importlib.import_module(module), cls), "set_vocab", TextModel._s
 sys.argv = [script] + sys.argv[4:]
 runpy.run_path(script, run_name="__main__")
 """
+
+
+def save_bpe_tokenizer(folder: Path, llama_cpp_src: Path, name: str) -> Path:
+    """``tokenizer.json`` + ``tokenizer_config.json`` of a byte-level BPE built from llama.cpp's shipped
+    ``models/ggml-vocab-<name>.gguf`` (its tokens and merges; GPT-2's regex pre-tokenizer)."""
+    import gguf
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from ..text.gguf_model import field_value
+
+    reader = gguf.GGUFReader(str(Path(llama_cpp_src) / "models" / f"ggml-vocab-{name}.gguf"))
+    meta = {key: field_value(f) for key, f in reader.fields.items() if key.startswith("tokenizer.")}
+    tokens, merges = meta["tokenizer.ggml.tokens"], meta["tokenizer.ggml.merges"]
+    model = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges])
+    tokenizer = Tokenizer(model)
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    bos, eos = (tokens[int(meta[f"tokenizer.ggml.{which}_token_id"])] for which in ("bos", "eos"))
+    tokenizer.add_special_tokens(sorted({bos, eos}))
+    tokenizer.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": bos, "eos_token": eos, "add_bos_token": False,
+              "add_eos_token": False}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
 
 
 def convert_hf_to_gguf(llama_cpp_src: Path, hf_folder: Path, out: Path, outtype: str, family: str = "") -> Path:
@@ -180,7 +222,10 @@ def family_files(family: str, folder: Path, llama_cpp_src: Path, qtypes: tuple[s
     folder = Path(folder)
     vocab = tiny_vocab()
     model = build_tiny_family(family, seed=seed, vocab=vocab)
-    files: dict[str, Path] = {"hf": save_family_hf(model, folder / f"{family}-hf", vocab, ADDED_TOKENS.get(family, ()))}
+    hf = save_family_hf(model, folder / f"{family}-hf", vocab, ADDED_TOKENS.get(family, ()), family not in BPE_VOCABS)
+    if family in BPE_VOCABS:
+        save_bpe_tokenizer(hf, llama_cpp_src, BPE_VOCABS[family])
+    files: dict[str, Path] = {"hf": hf}
     for qtype in qtypes:
         out = folder / f"{family}-{qtype.lower()}.gguf"
         if qtype in ("F32", "F16", "BF16", "Q8_0"):
