@@ -195,6 +195,10 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
         "metadata": adapter.metadata,
         "problems": adapter_problems(adapter),
     }
+    if adapter.family == "flux":
+        from .flux_base import adapter_variant
+
+        report["variant"], report["variant_from"] = adapter_variant(adapter, base)
     if base is not None:
         report["base"] = str(base)
         report["base_problems"] = check_against_base(adapter, base)

@@ -106,6 +106,8 @@ def _print_inspect(report: dict) -> None:
             value = ", ".join(str(v) for v in value)
         print(f"{key:>10}: {value}")
     print(f"{'components':>10}: " + ", ".join(f"{k} ({v})" for k, v in report["components"].items()))
+    if "variant" in report:
+        print(f"{'variant':>10}: {report['variant'] or 'unknown'} ({report['variant_from']})")
     if report["dora"]:
         print(f"{'dora':>10}: yes")
     if report.get("algos", ["lora"]) != ["lora"]:
