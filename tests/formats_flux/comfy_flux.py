@@ -68,7 +68,7 @@ def _diffusers_targets(depth: int, depth_single: int, hidden: int) -> dict[str, 
 
 def key_map(state_keys, depth: int, depth_single: int, hidden: int) -> dict[str, object]:
     """{LoRA module name: target weight key, or (key, row slice or None[, function])} for a Flux model whose
-    transformer keys are ``diffusion_model.*`` and text-encoder keys ``clip_l.transformer.*``/``t5xxl.transformer.*``."""
+    transformer keys are ``diffusion_model.*``, text-encoder keys ``clip_l.transformer.*``/``t5xxl.transformer.*``."""
     out: dict[str, object] = {}
     keys = [k for k in state_keys if k.endswith(".weight")]
     for k in keys:
