@@ -166,8 +166,9 @@ class TrainConfig:
     logging_dir: str | None = _f(None, "TensorBoard folder. Default: `output_dir/logs`.")
 
     # --- image: model ---
-    model_arch: str = _f("auto", "Base model family; auto detects it from the checkpoint keys.", group="image",
-                         choices=("auto", "sd1", "sd2", "sdxl"))
+    model_arch: str = _f("auto", "Base model family; auto detects it from the checkpoint keys (Flux.1: dev or "
+                         "schnell from the guidance embedding).", group="image",
+                         choices=("auto", "sd1", "sd2", "sdxl", "flux"))
     prediction_type: str = _f("auto", "Noise prediction target; auto: v_prediction for SD2 768-v checkpoints "
                               "(detected), else epsilon.", group="image", choices=("auto", "epsilon", "v_prediction"))
     resolution: int = _f(512, "Training resolution (side of the square bucket area); 512 for SD1, 768 for SD2-v, "
@@ -215,6 +216,37 @@ class TrainConfig:
         True, "When latents and captions are cached (single-file base), encode them all first, free the VAE and "
         "text encoders, and only then load the UNet; sample images load them again while they render.",
         group="image")
+
+    # --- image: Flux.1 (kohya sd-scripts' flux_train_network.py names) ---
+    clip_l: str | None = _f(None, "Flux.1: the CLIP-L text encoder file (.safetensors, Forge's models/text_encoder). "
+                            "Not needed when base_model is an all-in-one checkpoint.", group="image")
+    t5xxl: str | None = _f(None, "Flux.1: the T5-XXL text encoder file (.safetensors, fp16 or fp8). Not needed "
+                           "when base_model is an all-in-one checkpoint.", group="image")
+    ae: str | None = _f(None, "Flux.1: the VAE file (ae.safetensors, Forge's models/VAE). Not needed when "
+                        "base_model is an all-in-one checkpoint.", group="image")
+    guidance_scale: float = _f(1.0, "Flux.1 dev: the guidance embedding's value during training (sd-scripts' "
+                               "default 1.0). schnell has no guidance embedding and ignores it.", group="image",
+                               minimum=0)
+    timestep_sampling: str = _f(
+        "sigma", "Flux.1: how training timesteps are drawn (sd-scripts' meanings): sigma (the shifted scheduler's "
+        "sigmas), uniform, sigmoid (sigmoid of a normal draw times sigmoid_scale), shift (sigmoid, then "
+        "discrete_flow_shift), flux_shift (sigmoid, then the resolution-dependent shift of Flux.1 dev).",
+        group="image", choices=("sigma", "uniform", "sigmoid", "shift", "flux_shift"))
+    discrete_flow_shift: float = _f(3.0, "Flux.1: the flow-matching shift of the sigma and shift samplings.",
+                                    group="image", minimum=0)
+    sigmoid_scale: float = _f(1.0, "Flux.1: scale of the normal draw in the sigmoid, shift and flux_shift "
+                              "samplings.", group="image", minimum=0)
+    model_prediction_type: str = _f(
+        "raw", "Flux.1: how the transformer's output is read (sd-scripts): raw, additive (plus the noisy input) or "
+        "sigma_scaled (times -sigma plus the noisy input).", group="image",
+        choices=("raw", "additive", "sigma_scaled"))
+    t5xxl_max_token_length: int | None = _f(None, "Flux.1: T5 tokens per caption. Default: 512 for dev, 256 for "
+                                            "schnell (as sd-scripts).", group="image", minimum=1)
+    blocks_to_swap: int = _f(0, "Flux.1: transformer blocks kept on the CPU and moved to the GPU when they run "
+                             "(sd-scripts' lever for 12-16 GB GPUs); 0: off. A no-op on a CPU run.", group="image",
+                             minimum=0)
+    fp8_base: bool = _f(False, "Flux.1: keep the frozen transformer's weights in float8 (e4m3fn), upcast layer by "
+                        "layer; half the memory of bf16. GGUF bases stay packed in their own types.", group="image")
 
     # --- image: samples ---
     sample_every_n_steps: int = _f(0, "Render sample images every N steps (0: off).", group="image", minimum=0)
