@@ -132,3 +132,53 @@ def adapter_variant(adapter, base: Path | None = None) -> tuple[str | None, str]
     if any(".guidance_embedder." in name for name in adapter.modules):
         return "dev", "a LoRA on the guidance embedder (only dev has one)"
     return None, "neither metadata nor shapes tell"
+
+
+# ------------------------------------------------------------------ Forge's "VAE / Text Encoder" files
+FLUX_PARTS = ("clip_l", "t5xxl", "ae")
+_CLIP_Q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
+_T5_Q = "encoder.block.0.layer.0.SelfAttention.q.weight"
+_AE_IN = "decoder.conv_in.weight"
+
+
+def _part_of_names(shapes: dict[str, tuple[int, ...]], prefixes: tuple[str, ...] = ("",)) -> set[str]:
+    """Which Flux parts tensors with these names hold: CLIP-L (768 wide), T5 and the 16-channel Flux VAE."""
+    found = set()
+    for prefix in prefixes:
+        clip = shapes.get(prefix + _CLIP_Q) or shapes.get(prefix + "transformer." + _CLIP_Q)
+        if clip and clip[-1] == 768:
+            found.add("clip_l")
+        if prefix + _T5_Q in shapes or prefix + "transformer." + _T5_Q in shapes:
+            found.add("t5xxl")
+        conv = shapes.get(prefix + _AE_IN)
+        if conv and len(conv) == 4 and conv[1] == 16:  # SD's VAE has 4 latent channels
+            found.add("ae")
+    return found
+
+
+def flux_part_kind(path: Path) -> str | None:
+    """``clip_l``, ``t5xxl`` or ``ae`` for a text-encoder/VAE file a Flux run can use, None for others
+    (an SD VAE, CLIP-G, anything unreadable). GGUF T5 encoders (city96's) count by their architecture."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".gguf":
+            from .llm_base import gguf_field, open_gguf
+
+            return "t5xxl" if gguf_field(open_gguf(path), "general.architecture") in ("t5", "t5encoder") else None
+        if path.suffix.lower() != ".safetensors":
+            return None
+        header, _ = read_header(path)
+    except AdapterError:
+        return None
+    found = _part_of_names({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    return next(iter(found)) if len(found) == 1 else None
+
+
+def parts_inside(path: Path) -> set[str]:
+    """The Flux parts an all-in-one checkpoint holds beside its transformer (ComfyUI/Forge key prefixes)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return set()
+    header, _ = read_header(path)
+    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    return _part_of_names(shapes, ("text_encoders.clip_l.", "text_encoders.t5xxl.", "vae.", "first_stage_model."))
