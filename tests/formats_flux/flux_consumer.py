@@ -73,30 +73,12 @@ def module_deltas(model, adapter: str, prefix: str = "transformer.") -> dict[str
 
 
 def bfl_checkpoint(model) -> dict:
-    """The BFL single-file state dict of ``model`` built from our name table (plus the qk-norm scales)."""
+    """The BFL single-file state dict of ``model`` (``converters.flux_names.bfl_state_dict``)."""
     import torch
 
-    from converters.flux_names import bfl_modules
+    from converters.flux_names import bfl_state_dict
 
-    state = model.state_dict()
-    out = {}
-    for path, bfl in bfl_modules().items():
-        names = [p[len("transformer."):] for p in bfl.parts]
-        if names[0] + ".weight" not in state:
-            continue
-        for param in ("weight", "bias"):
-            value = torch.cat([state[f"{n}.{param}"] for n in names])
-            if bfl.swapped:
-                value = torch.cat(value.chunk(2)[::-1])
-            out[f"{path}.{param}"] = value
-    double = {"img_attn.norm.query_norm": "norm_q", "img_attn.norm.key_norm": "norm_k",
-              "txt_attn.norm.query_norm": "norm_added_q", "txt_attn.norm.key_norm": "norm_added_k"}
-    single = {"norm.query_norm": "norm_q", "norm.key_norm": "norm_k"}
-    for block, prefix, norms in (("double_blocks.0", "transformer_blocks.0.attn", double),
-                                 ("single_blocks.0", "single_transformer_blocks.0.attn", single)):
-        for bfl_norm, ours in norms.items():
-            out[f"{block}.{bfl_norm}.scale"] = state[f"{prefix}.{ours}.weight"]
-    return out
+    return bfl_state_dict(model.state_dict(), torch.cat)
 
 
 if __name__ == "__main__":
