@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import AdapterError
 from .formats import FORMATS, WRITABLE, WriteOptions, detect_format, format_for_destination, peft
+from .low_rank import approximate_as_lora
 from .model import IMAGE_FAMILIES, LoraAdapter, LoraModule, LycorisModule
 from .sanity import adapter_problems
 
@@ -62,10 +63,10 @@ def convert(src: str | Path, dst: str | Path, to: str | None = None, base: str |
             **options: object) -> Path:
     """Read ``src`` in whatever format it is and write it to ``dst`` as ``to``.
 
-    ``svd_rank``: replace LoHa/LoKr modules by their best rank-R LoRA (for targets that take plain
-    LoRA only); the worst relative error is put into ``report`` (``svd_worst_rel_error``,
-    ``svd_worst_module``, ``svd_modules``) when a dict is given. ``force=True`` replaces an existing
-    destination only if it is an adapter (``check_replaceable``).
+    ``svd_rank``: replace LoHa/LoKr modules, and Flux modules of a higher rank as BFL fuses them, by
+    their best rank-R LoRA (``low_rank.approximate_as_lora``); the worst relative error is put into
+    ``report`` (``svd_worst_rel_error``, ``svd_worst_module``, ``svd_modules``) when a dict is given.
+    ``force=True`` replaces an existing destination only if it is an adapter (``check_replaceable``).
     """
     if options.get("force"):
         check_replaceable(Path(dst), folder=(to or format_for_destination(dst)) == "peft")
@@ -112,42 +113,6 @@ def check_replaceable(dst: Path, folder: bool) -> None:
         load_adapter(dst)
     except Exception:
         raise AdapterError(f"{dst}: exists and is not an adapter LoRA Bridge can read{keep}") from None
-
-
-def approximate_as_lora(adapter: LoraAdapter, rank: int) -> dict:
-    """Replace every LoHa/LoKr module of ``adapter`` (in place) by the rank-``rank`` LoRA nearest its delta.
-
-    Truncated SVD of the delta (flattened to (out, rest)) is the best rank-R approximation in the
-    Frobenius norm; the new module has alpha = R, so its scale is 1. Returns the number of modules
-    replaced and the worst relative error ``|D - D_R| / |D|`` with its module.
-    """
-    if rank < 1:
-        raise AdapterError(f"--svd-rank must be at least 1, not {rank}")
-    worst, worst_name, count = 0.0, "", 0
-    for name, module in list(adapter.modules.items()):
-        if not isinstance(module, LycorisModule):
-            continue
-        if module.magnitude is not None:
-            raise AdapterError(f"{name}: a DoRA {module.algo} module has no LoRA approximation; convert --to peft")
-        delta = module.delta().astype(np.float64)
-        flat = delta.reshape(delta.shape[0], -1)
-        u, s, vt = np.linalg.svd(flat, full_matrices=False)
-        r = min(rank, len(s))
-        root = np.sqrt(s[:r])
-        up = (u[:, :r] * root).astype(np.float32)
-        down = (root[:, None] * vt[:r]).astype(np.float32).reshape((r,) + delta.shape[1:])
-        if down.ndim == 4:
-            up = up.reshape(up.shape + (1, 1))
-        approx = (up.reshape(up.shape[0], -1).astype(np.float64) @ down.reshape(r, -1)).reshape(delta.shape)
-        norm = float(np.linalg.norm(delta))
-        error = float(np.linalg.norm(delta - approx)) / norm if norm else 0.0
-        if error >= worst:
-            worst, worst_name = error, name
-        adapter.modules[name] = LoraModule(down=down, up=up, alpha=float(r))
-        count += 1
-    if count == 0:
-        raise AdapterError("--svd-rank applies to LoHa/LoKr adapters; this one is plain LoRA already")
-    return {"svd_modules": count, "svd_worst_rel_error": worst, "svd_worst_module": worst_name}
 
 
 def base_module_shapes(base: str | Path, family: str | None = None) -> tuple[str | None, dict[str, tuple[int, ...]]]:
@@ -230,6 +195,10 @@ def inspect_adapter(path: str | Path, base: str | Path | None = None) -> dict:
         "metadata": adapter.metadata,
         "problems": adapter_problems(adapter),
     }
+    if adapter.family == "flux":
+        from .flux_base import adapter_variant
+
+        report["variant"], report["variant_from"] = adapter_variant(adapter, base)
     if base is not None:
         report["base"] = str(base)
         report["base_problems"] = check_against_base(adapter, base)

@@ -8,7 +8,8 @@ from .errors import AdapterError
 
 
 def read_base_shapes(path: Path, family: str | None = None) -> tuple[str | None, dict[str, tuple[int, ...]]]:
-    """(architecture, {canonical module name: weight shape}) for a GGUF, diffusers folder or checkpoint.
+    """(architecture, {canonical module name: weight shape}) for a GGUF, diffusers folder or checkpoint
+    (Stable Diffusion, or Flux.1 as ``flux_base`` reads it).
 
     Weight shapes use torch's convention: linear (out, in), conv (out, in, kh, kw),
     embedding (vocab, dim).
@@ -16,13 +17,22 @@ def read_base_shapes(path: Path, family: str | None = None) -> tuple[str | None,
     if not path.exists():
         raise AdapterError(f"{path}: base model not found")
     if path.suffix.lower() == ".gguf":
+        from .flux_base import is_flux_gguf, read_flux_base_shapes
         from .llm_base import read_gguf_base_shapes
 
+        if is_flux_gguf(path):
+            return read_flux_base_shapes(path)
         return read_gguf_base_shapes(path)
     if path.is_dir() and (path / "config.json").exists() and not (path / "model_index.json").exists():
         from .llm_base import read_hf_base_shapes
 
         return read_hf_base_shapes(path)
+    if path.suffix.lower() == ".safetensors":
+        from .flux_base import flux_prefix, read_flux_base_shapes
+        from .safetensors_io import tensor_names
+
+        if flux_prefix(tensor_names(path)) is not None:
+            return read_flux_base_shapes(path)
     if path.is_dir() or path.suffix.lower() in (".safetensors", ".ckpt"):
         from .sd_base import read_sd_base_shapes
 

@@ -120,6 +120,36 @@ def part_sizes(module: BflModule, out_rows: int, in_features: int) -> list[int]:
     return [out_rows // n] * n
 
 
+# BFL's qk-norm scales (base checkpoints carry them; never LoRA targets) -> diffusers' RMSNorm weights.
+QK_NORMS = {"double_blocks": ("transformer_blocks", {
+    "img_attn.norm.query_norm": "attn.norm_q", "img_attn.norm.key_norm": "attn.norm_k",
+    "txt_attn.norm.query_norm": "attn.norm_added_q", "txt_attn.norm.key_norm": "attn.norm_added_k"}),
+    "single_blocks": ("single_transformer_blocks", {"norm.query_norm": "attn.norm_q", "norm.key_norm": "attn.norm_k"})}
+
+
+def bfl_state_dict(state, cat) -> dict:
+    """The BFL single-file state dict of a diffusers ``FluxTransformer2DModel`` state dict (torch or numpy
+    arrays; ``cat(list)`` stacks them by rows): fused weights stacked, final modulation halves swapped."""
+    out = {}
+    for path, bfl in bfl_modules().items():
+        names = [p[len(TRANSFORMER):] for p in bfl.parts]
+        if names[0] + ".weight" not in state:
+            continue
+        for param in ("weight", "bias"):
+            value = cat([state[f"{n}.{param}"] for n in names])
+            if bfl.swapped:
+                half = value.shape[0] // 2
+                value = cat([value[half:], value[:half]])
+            out[f"{path}.{param}"] = value
+    for bfl_head, (head, norms) in QK_NORMS.items():
+        n = 0
+        while f"{head}.{n}.attn.norm_q.weight" in state:
+            for bfl_norm, ours in norms.items():
+                out[f"{bfl_head}.{n}.{bfl_norm}.scale"] = state[f"{head}.{n}.{ours}.weight"]
+            n += 1
+    return out
+
+
 def is_flux_transformer_path(path: str) -> bool:
     """True for a diffusers ``FluxTransformer2DModel`` module path (without ``transformer.``)."""
     return TRANSFORMER + path in bfl_of_canonical()

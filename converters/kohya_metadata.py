@@ -85,6 +85,9 @@ def build_metadata(
     ``conv_dim``/``conv_alpha`` (in ``ss_network_args``) the ``conv_names`` (kernels larger than 1x1).
     """
     version, v2, spec, resolution, prediction = ARCH_INFO[arch]
+    declared = str((source or {}).get("modelspec.architecture", ""))
+    if arch == "flux" and declared.startswith(("flux-1", "chroma")):
+        spec = declared  # a schnell or Chroma LoRA stays one (sd-scripts' default names dev)
     meta = {k: str(v) for k, v in (source or {}).items()
             if k.startswith(("ss_", "modelspec.")) and not k.startswith("sshs_") and k != "ss_network_args"}
     meta.update({

@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--name", help="output name recorded in the file")
     convert.add_argument("--force", action="store_true", help="overwrite an existing destination")
     convert.add_argument("--svd-rank", type=int, metavar="R",
-                         help="approximate LoHa/LoKr modules by rank-R LoRA for targets that only take LoRA")
+                         help="approximate LoHa/LoKr modules, and Flux modules of a higher rank as BFL "
+                              "fuses them, by rank-R LoRA")
 
     inspect = sub.add_parser("inspect", help="describe an adapter")
     inspect.add_argument("path")
@@ -105,6 +106,8 @@ def _print_inspect(report: dict) -> None:
             value = ", ".join(str(v) for v in value)
         print(f"{key:>10}: {value}")
     print(f"{'components':>10}: " + ", ".join(f"{k} ({v})" for k, v in report["components"].items()))
+    if "variant" in report:
+        print(f"{'variant':>10}: {report['variant'] or 'unknown'} ({report['variant_from']})")
     if report["dora"]:
         print(f"{'dora':>10}: yes")
     if report.get("algos", ["lora"]) != ["lora"]:

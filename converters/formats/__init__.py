@@ -11,11 +11,11 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import AdapterError
-from . import bfl, diffusers_file, ggla, gguf_adapter, kohya, lycoris, peft
+from . import bfl, diffusers_file, ggla, gguf_adapter, kohya, lycoris, peft, xlabs
 
 # Sniff order matters: the most specific signatures first.
 FORMATS: dict[str, ModuleType] = {
-    module.NAME: module for module in (peft, gguf_adapter, ggla, kohya, lycoris, bfl, diffusers_file)
+    module.NAME: module for module in (peft, gguf_adapter, ggla, kohya, lycoris, xlabs, bfl, diffusers_file)
 }
 WRITABLE = tuple(name for name, module in FORMATS.items() if hasattr(module, "write"))
 
@@ -41,8 +41,8 @@ def detect_format(path: str | Path) -> str:
         if module.sniff(path):
             return name
     raise AdapterError(
-        f"{path}: not a LoRA adapter this tool knows (expected a PEFT folder, a diffusers, kohya, BFL/ComfyUI Flux "
-        "or LyCORIS .safetensors, or a GGUF/ggla adapter)"
+        f"{path}: not a LoRA adapter this tool knows (expected a PEFT folder, a diffusers, kohya, BFL/ComfyUI Flux, "
+        "XLabs Flux or LyCORIS .safetensors, or a GGUF/ggla adapter)"
     )
 
 

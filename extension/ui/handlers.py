@@ -24,7 +24,7 @@ from ..path_policy import check_convert_paths, save_yaml_path
 from . import chart, dataset_view, live
 from .form import FormField, from_widget, schema_fields, to_widget
 from .host import Host
-from .presets import preset_values
+from .presets import FLUX_PRESET, preset_values
 from .wording import config_for_tab, for_tab
 
 log = logging.getLogger("lora_bridge.ui")
@@ -167,14 +167,25 @@ class Handlers:
             path = self.host.checkpoint_path(title)
             self.host.path_policy().readable(path, "base model")
             arch, shapes = converters.base_module_shapes(path, "sd")
+            if arch == "flux":
+                arch = f"Flux.1 {converters.flux_base.base_variant(path) or ''}".strip()
         except Exception as exc:
             return f"Could not read {title}: {_error_text(exc)}"
-        return f"Detected: **{arch or 'unknown'}** ({len(shapes)} LoRA-able modules) — `{path}`"
+        line = f"Detected: **{arch or 'unknown'}** ({len(shapes)} LoRA-able modules) — `{path}`"
+        if str(arch).startswith("Flux") and not self.host.runs_flux:
+            line += " — A1111 1.10 cannot run Flux: Start refuses it here; Convert handles Flux LoRAs."
+        return line
 
     # ---- Settings ------------------------------------------------------------------------
     def preset_dict(self, name: str) -> dict[str, Any]:
-        """The preset's values for the image fields (the rest stay at the schema default)."""
-        return preset_values(name, {f.name for f in self.image_fields})
+        """The preset's values for the image fields (the rest stay at the schema default); the Flux preset
+        also fills the host's selected text encoders and VAE."""
+        values = preset_values(name, {f.name for f in self.image_fields})
+        if name == FLUX_PRESET:
+            from .flux_parts import flux_defaults
+
+            values = {**flux_defaults(self.host), **values}
+        return values
 
     def apply_preset(self, name: str) -> list[Any]:
         """Widget values of every image field: schema defaults, then the preset."""

@@ -24,6 +24,7 @@ log = logging.getLogger("lora_bridge.ui")
 
 IMAGE_MODEL_SUFFIXES = (".safetensors", ".ckpt")
 TEXT_MODEL_SUFFIXES = (".gguf", ".bin", ".ggml")
+FLUX_PART_SUFFIXES = (".safetensors", ".gguf")  # Forge lists .ckpt/.pt/.bin too; Flux parts come as these
 
 
 class Host:
@@ -132,6 +133,26 @@ class Host:
         """The host's own CLIP tokenizers: arch -> folder with ``tokenizer/`` (and ``tokenizer_2/``)."""
         return {}
 
+    # ---- Flux.1 ----------------------------------------------------------------------------
+    runs_flux = True  # the standalone app and the CLI train Flux; A1111 1.10 cannot run it
+
+    def flux_part_files(self) -> list[str]:
+        """Text-encoder and VAE files a Flux run may use: ``text_encoder/`` and ``VAE/`` under the models
+        folder, laid out as Forge keeps them."""
+        if self.models_dir is None:
+            return []
+        out = []
+        for sub in ("text_encoder", "VAE"):
+            folder = self.models_dir / sub
+            if folder.is_dir():
+                out += [str(p) for p in sorted(folder.rglob("*"))
+                        if p.is_file() and p.suffix.lower() in FLUX_PART_SUFFIXES]
+        return out
+
+    def selected_flux_parts(self) -> list[str]:
+        """The text-encoder/VAE files selected in the host for generation (Forge's "VAE / Text Encoder")."""
+        return []
+
     # ---- datasets ------------------------------------------------------------------------
     def captioners(self) -> list[str]:
         """Auto-captioners available here (the WebUI offers its BLIP and DeepBooru)."""
@@ -168,7 +189,7 @@ class Host:
             # a legacy GGML base's GGUF copy then goes to the run folder, not beside the base
             cfg = dataclasses.replace(cfg, ggml_copy_beside_base=False)
         try:
-            cfg, dataset = check_start(cfg, self.lora_dir(), self.tokenizer_dirs())
+            cfg, dataset = check_start(cfg, self.lora_dir(), self.tokenizer_dirs(), flux=self.runs_flux)
         except UserError:
             if self.jobs.running:  # a concurrent start won meanwhile (its lock, its folder): say busy
                 raise JobBusyError("a training job is already running; stop or cancel it first") from None

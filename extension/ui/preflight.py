@@ -15,17 +15,20 @@ from ..errors import UserError
 
 TEXT_TASK = "text-generation"
 SD_ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
+FLUX_PART_KEYS = ("clip_l", "t5xxl", "ae")
+FLUX_PART_NAMES = {"clip_l": "the CLIP-L text encoder", "t5xxl": "the T5-XXL text encoder", "ae": "the Flux VAE (ae)"}
 
 
 def check_start(config: Any, lora_dir: str | Path | None = None,
-                tokenizer_dirs: dict[str, Path] | None = None) -> tuple[Any, str]:
+                tokenizer_dirs: dict[str, Path] | None = None, flux: bool = True) -> tuple[Any, str]:
     """(TrainConfig, one-line summary of the dataset) for ``config`` (dict or TrainConfig); UserError if bad.
 
     ``lora_dir`` is where the host publishes a finished image LoRA (an existing file there is refused
     unless ``overwrite``); the output folder's name length, writability and lock are checked too.
     ``tokenizer_dirs`` (arch -> folder with ``tokenizer/`` and ``tokenizer_2/``) are the host's own
     CLIP tokenizers; an image run without ``tokenizer_path`` whose checkpoint has no sidecar gets the
-    host's folder as its ``tokenizer_path``.
+    host's folder as its ``tokenizer_path``. ``flux``: the host runs Flux.1 (A1111 1.10 does not, so a
+    Flux base is refused there; Convert still converts Flux LoRAs).
     """
     from ..config import config_from_dict, require_keys
     from ..training.run_folder import check_output
@@ -42,7 +45,9 @@ def check_start(config: Any, lora_dir: str | Path | None = None,
         cfg = check_flux_inputs(cfg, (tokenizer_dirs or {}).get("flux"))
         return cfg, _check_image_data(cfg)
     arch = _check_image_base(cfg)
-    if arch is not None:
+    if arch == "flux":
+        _check_flux(cfg, flux)
+    elif arch is not None:
         cfg = _check_tokenizers(cfg, arch, tokenizer_dirs or {})
     return cfg, _check_image_data(cfg)
 
@@ -62,6 +67,8 @@ def _check_image_base(cfg: Any) -> str | None:
     base = Path(str(cfg.base_model)).expanduser()
     if not base.exists():
         raise UserError(f"{base}: base model not found; pick a checkpoint in Model or give a full path")
+    if base.is_file() and base.suffix.lower() == ".gguf" and _base_arch(base, "flux", "the GGUF header") == "flux":
+        return "flux"
     if base.is_file() and base.suffix.lower() not in (".safetensors", ".ckpt"):
         raise UserError(f"{base}: not a Stable Diffusion checkpoint (.safetensors/.ckpt or a diffusers folder)")
     wanted = str(getattr(cfg, "model_arch", "auto") or "auto")
@@ -69,10 +76,38 @@ def _check_image_base(cfg: Any) -> str | None:
         # reading a pickle's architecture means loading it: the engine does that (weights_only)
         return wanted if wanted in SD_ARCHS else None
     arch = _base_arch(base, "sd", "the base model")
+    if arch == "flux":
+        return arch
     if arch not in SD_ARCHS and wanted == "auto":
         raise UserError(f"{base}: not an SD1/SD2/SDXL checkpoint (found {arch or 'no known architecture'}); "
                         "pick a Stable Diffusion checkpoint, or set model_arch")
     return arch if arch in SD_ARCHS else (wanted if wanted in SD_ARCHS else None)
+
+
+def _check_flux(cfg: Any, host_runs_flux: bool) -> None:
+    """A Flux.1 base: refused where the host cannot run Flux; else CLIP-L, T5-XXL and the VAE must be
+    inside it (all-in-one) or given as ``clip_l``/``t5xxl``/``ae`` files of the right kind."""
+    flux_base = converters.flux_base
+
+    base = Path(str(cfg.base_model)).expanduser()
+    if not host_runs_flux:
+        raise UserError(f"{base.name}: is a Flux.1 model, which A1111 1.10 cannot run, so LoRA Bridge does not "
+                        "train on it here; train in Forge or with lora-bridge train (Convert handles Flux LoRAs)")
+    inside = flux_base.parts_inside(base)
+    for key in FLUX_PART_KEYS:
+        value = getattr(cfg, key, None)
+        if not value:
+            if key in inside:
+                continue
+            raise UserError(f"{base.name}: a Flux.1 transformer without {FLUX_PART_NAMES[key]}; choose its file in "
+                            f"{key} (Forge keeps them in models/text_encoder and models/VAE)")
+        path = Path(str(value)).expanduser()
+        if not path.is_file():
+            raise UserError(f"{path}: {key} file not found; pick one of the host's text encoder / VAE files")
+        kind = flux_base.flux_part_kind(path)
+        if kind != key:
+            found = FLUX_PART_NAMES[kind] if kind else "no Flux text encoder or VAE"
+            raise UserError(f"{path}: given as {key} but holds {found}; choose the {FLUX_PART_NAMES[key]} file")
 
 
 def _check_tokenizers(cfg: Any, arch: str, host_dirs: dict[str, Path]) -> Any:

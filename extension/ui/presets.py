@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+FLUX_PRESET = "Flux.1 LoRA"
 PRESETS: dict[str, dict[str, Any]] = {
     "SD1.5": {
         "resolution": 512, "lora_rank": 16, "lora_alpha": 8, "learning_rate": 1e-4, "batch_size": 2,
@@ -29,6 +30,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         "epochs": 10, "optimizer": "adamw", "lr_scheduler": "constant", "mixed_precision": "no",
         "gradient_checkpointing": True, "train_text_encoder": False, "cache_latents": True,
         "cache_text_encoder_outputs": True, "frozen_weight_dtype": "fp16", "release_encoders": True,
+    },
+    # #21: sd-scripts' Flux.1 LoRA recipe (flux_train_network.py README: fp8 base, cached latents and T5/CLIP
+    # outputs, guidance 1.0, shift sampling with discrete_flow_shift 3.1582, raw prediction), at rank 16;
+    # the text encoders are not trained. The host's CLIP-L/T5-XXL/ae picks are added by the tab.
+    FLUX_PRESET: {
+        "resolution": 512, "lora_rank": 16, "lora_alpha": 16, "learning_rate": 1e-4, "batch_size": 1,
+        "epochs": 10, "optimizer": "adamw", "lr_scheduler": "constant", "mixed_precision": "bf16",
+        "gradient_checkpointing": True, "train_text_encoder": False, "cache_latents": True,
+        "cache_text_encoder_outputs": True, "release_encoders": True, "fp8_base": True, "guidance_scale": 1.0,
+        "timestep_sampling": "shift", "discrete_flow_shift": 3.1582, "model_prediction_type": "raw",
     },
 }
 """Preset name -> schema values it sets (everything else stays at the schema default)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from . import compat, live
+from .flux_parts import flux_picks
 from .form import FormField, field_label, to_widget
 from .handlers import IMAGE_TASK, NO_CAPTIONER_LINE, TEXT_TASK, Handlers
 from .host import Host
@@ -146,8 +147,8 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                                          info="the form below holds this preset's values until you change them",
                                          scale=3)
                     preset_btn = compat.make("Button", "Apply preset", scale=1)
-                image_widgets = _fields(h.image_fields, "img", h.preset_dict(start_preset),
-                                        {"init_lora": _lora_files(host.lora_dir())})
+                picks = {"init_lora": _lora_files(host.lora_dir()), **_safe(lambda: flux_picks(host), {})}
+                image_widgets = _fields(h.image_fields, "img", h.preset_dict(start_preset), picks)
                 with gr.Accordion("YAML (shared config schema: the same file as lora-bridge train --config)",
                                   open=False):
                     yaml_box = compat.make("Textbox", label="YAML, or the path of a .yaml file", lines=10,

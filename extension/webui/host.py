@@ -23,7 +23,7 @@ from ..errors import UserError
 from ..jobs import JobBusyError, JobManager
 from ..path_policy import PathPolicy, parse_folders
 from ..training.events import TrainingEvent
-from ..ui.host import Host
+from ..ui.host import FLUX_PART_SUFFIXES, Host
 
 log = logging.getLogger("lora_bridge.webui")
 
@@ -117,6 +117,34 @@ class WebUIHost(Host):
         if info is not None:
             return str(info.filename)
         return super().checkpoint_path(title)
+
+    @property
+    def runs_flux(self) -> bool:  # type: ignore[override]
+        """Forge and Forge Neo run Flux.1; A1111 1.10 does not."""
+        return is_forge()
+
+    def flux_part_files(self) -> list[str]:
+        """Forge's "VAE / Text Encoder" choices: ``modules_forge.main_entry.module_list`` ({file name: path}
+        of models/VAE, models/text_encoder and the --vae-dir/--text-encoder-dir folders), filled by Forge's
+        own ``refresh_models()`` when still empty. None in A1111."""
+        if not is_forge():
+            return []
+        try:
+            main_entry = importlib.import_module("modules_forge.main_entry")
+            if not main_entry.module_list:
+                main_entry.refresh_models()
+            paths = [str(p) for p in main_entry.module_list.values()]
+        except Exception as exc:  # a Forge without this list: the fields still take a typed path
+            log.warning("LoRA Bridge: Forge's text encoder / VAE list is not readable: %s", exc)
+            return []
+        return [p for p in sorted(paths) if Path(p).suffix.lower() in FLUX_PART_SUFFIXES]
+
+    def selected_flux_parts(self) -> list[str]:
+        """Forge's ``opts.forge_additional_modules`` (the top bar's "VAE / Text Encoder" paths)."""
+        if not is_forge():
+            return []
+        selected = _modules("shared").opts.data.get("forge_additional_modules") or []
+        return [str(p) for p in selected] if isinstance(selected, list) else []
 
     def _scan(self, image: bool) -> dict[str, str]:
         """Text models: GGUF/GGML files under models/ (LLM, llama, text)."""

@@ -72,6 +72,15 @@ def module_deltas(model, adapter: str, prefix: str = "transformer.") -> dict[str
     return out
 
 
+def bfl_checkpoint(model) -> dict:
+    """The BFL single-file state dict of ``model`` (``converters.flux_names.bfl_state_dict``)."""
+    import torch
+
+    from converters.flux_names import bfl_state_dict
+
+    return bfl_state_dict(model.state_dict(), torch.cat)
+
+
 if __name__ == "__main__":
     from diffusers.utils import USE_PEFT_BACKEND
 

@@ -7,34 +7,11 @@ import numpy as np
 import pytest
 import torch
 from flux_cases import block_deltas, deltas, flux_adapter, worst_error
-from flux_consumer import INNER, at_tiny_width, diffusers_deltas, module_deltas
+from flux_consumer import INNER, at_tiny_width, bfl_checkpoint, diffusers_deltas, module_deltas
 
 from converters import AdapterError, LoraAdapter, LoraModule, load_adapter, save_adapter
 from converters.flux_layout import bfl_from_canonical, canonical_from_bfl
 from converters.flux_names import bfl_modules, part_sizes
-
-
-def _bfl_checkpoint(model) -> dict[str, torch.Tensor]:
-    """The BFL single-file state dict of ``model`` built from our name table (plus the qk-norm scales)."""
-    state = model.state_dict()
-    out = {}
-    for path, bfl in bfl_modules().items():
-        names = [p[len("transformer."):] for p in bfl.parts]
-        if names[0] + ".weight" not in state:
-            continue
-        for param in ("weight", "bias"):
-            value = torch.cat([state[f"{n}.{param}"] for n in names])
-            if bfl.swapped:
-                value = torch.cat(value.chunk(2)[::-1])
-            out[f"{path}.{param}"] = value
-    double = {"img_attn.norm.query_norm": "norm_q", "img_attn.norm.key_norm": "norm_k",
-              "txt_attn.norm.query_norm": "norm_added_q", "txt_attn.norm.key_norm": "norm_added_k"}
-    single = {"norm.query_norm": "norm_q", "norm.key_norm": "norm_k"}
-    for block, prefix, norms in (("double_blocks.0", "transformer_blocks.0.attn", double),
-                                 ("single_blocks.0", "single_transformer_blocks.0.attn", single)):
-        for bfl_norm, ours in norms.items():
-            out[f"{block}.{bfl_norm}.scale"] = state[f"{prefix}.{ours}.weight"]
-    return out
 
 
 def test_bfl_names_match_diffusers_single_file_loader(flux_model):
@@ -42,7 +19,7 @@ def test_bfl_names_match_diffusers_single_file_loader(flux_model):
 
     to_diffusers = at_tiny_width(single_file_utils.convert_flux_transformer_checkpoint_to_diffusers,
                                  "inner_dim = 3072", f"inner_dim = {INNER}")
-    converted = to_diffusers({"model.diffusion_model." + k: v for k, v in _bfl_checkpoint(flux_model).items()})
+    converted = to_diffusers({"model.diffusion_model." + k: v for k, v in bfl_checkpoint(flux_model).items()})
     state = flux_model.state_dict()
     assert set(converted) == set(state)
     for key, value in state.items():

@@ -16,7 +16,7 @@ ROOT = HERE.parents[1]
 FAKE_WEBUI = HERE / "fake_webui"
 FAKE_FORGE = HERE / "fake_forge"
 FAKE_NEO = HERE / "fake_neo"
-FAKE_NAMES = ("modules", "network", "networks", "backend", "launch")
+FAKE_NAMES = ("modules", "network", "networks", "backend", "launch", "modules_forge")
 # Forge Neo ships these CLIP tokenizers (diffusers layout) under backend/huggingface/.
 NEO_TOKENIZERS = ("runwayml/stable-diffusion-v1-5/tokenizer", "stabilityai/stable-diffusion-xl-base-1.0/tokenizer",
                   "stabilityai/stable-diffusion-xl-base-1.0/tokenizer_2")
