@@ -37,7 +37,8 @@ def test_sparse_moe_equals_every_expert_weighted():
     mix = torch.zeros_like(probs).scatter(1, top.indices, top.values)
     mix = mix / mix.sum(-1, keepdim=True)
     want = sum(mix[:, e:e + 1] * ((F.silu(flat @ g.T) * (flat @ u.T)) @ d.T) for e, (g, u, d) in enumerate(weights))
-    torch.testing.assert_close(got, want.reshape(x.shape), rtol=1e-5, atol=1e-5)
+    # float32 sums in another order (a thread count changes the kernel): 5e-5 seen; a wrong expert or weight is O(1)
+    torch.testing.assert_close(got, want.reshape(x.shape), rtol=1e-4, atol=2e-4)
 
 
 def test_split_rows_views_each_expert_without_copy():
