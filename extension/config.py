@@ -82,7 +82,8 @@ class TrainConfig:
         DEFAULT_UNET_TARGETS, "UNet module names (diffusers naming) that get LoRA layers: kohya's default set of "
         "attention, proj_in/out and feed-forward. A comma-separated string is accepted.", group="image", commas=True)
     batch_size: int = _f(1, "Images or text samples per step (kohya `train_batch_size`).", minimum=1,
-                         task_docs={"text-generation": "Text samples (sequences of max_length tokens) per step."})
+                         task_docs={"text-to-image": "Images per step (kohya `train_batch_size`).",
+                                    "text-generation": "Text samples (sequences of max_length tokens) per step."})
     epochs: int = _f(10, "Passes over the data (kohya `max_train_epochs`); ignored when max_train_steps is set.",
                      minimum=1, task_docs={"text-generation": "Passes over the text samples; ignored when max train "
                                                               "steps is set."})
@@ -112,7 +113,9 @@ class TrainConfig:
                          task_docs={"text-generation": "Replace an existing `output_name.gguf` and PEFT folder "
                                                        "`output_name/` in output_dir. Off: Start refuses and names "
                                                        "the file."})
-    seed: int = _f(42, "Random seed for initialisation, noise and data order.", minimum=0)
+    seed: int = _f(42, "Random seed for initialisation, noise and data order.", minimum=0,
+                   task_docs={"text-generation": "Random seed for the adapter's initialisation, dropout and data "
+                                                 "order."})
     mixed_precision: str = _f("no", "Mixed precision of the forward pass (fp16/bf16 need a GPU that supports them).",
                               choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
@@ -157,7 +160,13 @@ class TrainConfig:
         "ranks and alphas come from the file; lora_rank, lora_alpha and the target lists left at their defaults "
         "follow it, other values must agree with it. Target modules the file lacks start fresh. Unlike resume, "
         "the optimizer, schedule and step count start anew.",
-        task_docs={"text-generation": "Start the LoRA from an existing text adapter: a GGUF adapter (llama.cpp "
+        task_docs={"text-to-image": "Start the LoRA from an existing adapter (kohya `network_weights`): a kohya "
+                                    ".safetensors (e.g. from the WebUI's Lora folder), a diffusers file or a PEFT "
+                                    "folder. Its modules, ranks and alphas come from the file; lora_rank, lora_alpha "
+                                    "and the target lists left at their defaults follow it, other values must agree "
+                                    "with it. Target modules the file lacks start fresh. Unlike resume, the "
+                                    "optimizer, schedule and step count start anew.",
+                   "text-generation": "Start the LoRA from an existing text adapter: a GGUF adapter (llama.cpp "
                                       "--lora) or a PEFT folder, checked against the base. Its modules, ranks and "
                                       "alphas come from the file; lora_rank, lora_alpha and lora_target_modules left "
                                       "at their defaults follow it, other values must agree with it. Target modules "

@@ -52,6 +52,12 @@ def make(name: str, *args: Any, **kwargs: Any) -> Any:
     return cls(*args, **kwargs)
 
 
+def line(**kwargs: Any) -> Any:
+    """A one-line text input: gradio 3.41 and 4.x render a Textbox as ``<input>`` only with ``lines=1`` and
+    ``max_lines=1``; otherwise it is a resizable ``<textarea>`` (a path or a name is never several lines)."""
+    return make("Textbox", lines=1, max_lines=1, **kwargs)
+
+
 def update(**kwargs: Any) -> Any:
     """``gr.update`` (exists in 3.41 and later; ``gr.X.update`` does not survive 4.x)."""
     return gradio().update(**kwargs)

@@ -11,7 +11,7 @@ from typing import Any
 
 from . import compat, live
 from .flux_parts import flux_picks
-from .form import FormField, field_label, to_widget
+from .form import FormField, field_label, form_start, to_widget
 from .handlers import IMAGE_TASK, NO_CAPTIONER_LINE, TEXT_TASK, Handlers
 from .host import Host
 from .presets import PRESETS
@@ -52,7 +52,7 @@ def _field_widget(field: FormField, prefix: str, initial: dict[str, Any] | None 
         return compat.make("Dropdown", choices=list(field.choices), value=value, **common)
     if field.kind == "list":
         return compat.make("Textbox", value=value, lines=3, **{**common, "label": f"{label} (one per line)"})
-    return compat.make("Textbox", value=value, lines=1, max_lines=1, **common)  # an input, not a resizable area
+    return compat.line(value=value, **common)
 
 
 def _displays(*names: tuple[str, str], initial: dict[str, str]) -> list[Any]:
@@ -102,7 +102,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
             # ---- Dataset ----------------------------------------------------------------
             with gr.Tab("Dataset"):
                 with gr.Row():
-                    data_dir = compat.make("Textbox", label="Image folder (png/jpg/webp + .txt captions or "
+                    data_dir = compat.line(label="Image folder (png/jpg/webp + .txt captions or "
                                            "metadata.csv; N_name repeat folders)", elem_id=f"{ELEM}_data_dir",
                                            scale=4)
                     load_btn = compat.make("Button", "Load", elem_id=f"{ELEM}_load", scale=1)
@@ -110,7 +110,8 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                 gallery = compat.make("Gallery", label="Images (click one to edit its caption)", columns=6,
                                       height=360, allow_preview=False, elem_id=f"{ELEM}_gallery")
                 with gr.Row():
-                    image_path = compat.make("Textbox", label="Selected image", interactive=False, scale=2)
+                    image_path = compat.line(label="Selected image", interactive=False, scale=2,
+                                             elem_id=f"{ELEM}_image_path")
                     caption = compat.make("Textbox", label="Caption", lines=2, scale=4, elem_id=f"{ELEM}_caption")
                     save_caption_btn = compat.make("Button", "Save caption", scale=1)
                 caption_msg = gr.Markdown("")
@@ -156,14 +157,15 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     with gr.Row():
                         export_btn = compat.make("Button", "Export form to YAML")
                         import_btn = compat.make("Button", "Import YAML into form")
-                        yaml_path = compat.make("Textbox", label="Save as", placeholder="my_lora.yaml")
+                        yaml_path = compat.line(label="Save as", placeholder="my_lora.yaml",
+                                                elem_id=f"{ELEM}_yaml_path")
                         save_yaml_btn = compat.make("Button", "Save YAML file")
                     yaml_msg = gr.Markdown("")
 
             # ---- Train ------------------------------------------------------------------
             with gr.Tab("Train"):
                 with gr.Row():
-                    output_name = compat.make("Textbox", value="my_lora", label="LoRA name (file name in the "
+                    output_name = compat.line(value="my_lora", label="LoRA name (file name in the "
                                               "Lora folder)", elem_id=f"{ELEM}_output_name", scale=3)
                     start_btn = compat.make("Button", "Start", variant="primary", elem_id=f"{ELEM}_start", scale=1)
                     stop_btn = compat.make("Button", "Stop & save", elem_id=f"{ELEM}_stop", scale=1)
@@ -178,29 +180,32 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
             with gr.Tab("Output"):
                 (output_md,) = _displays(("output", "output"), initial=initial_view)
                 with gr.Row():
-                    lora_name = compat.make("Textbox", label="LoRA", elem_id=f"{ELEM}_lora_name", scale=2)
+                    lora_name = compat.line(label="LoRA", elem_id=f"{ELEM}_lora_name", scale=2)
                     weight = compat.make("Slider", minimum=-1.0, maximum=2.0, step=0.05, value=0.7, label="Weight",
                                          scale=2)
                     send_btn = compat.make("Button", "Send <lora:…> to txt2img" if host.in_webui
                                            else "Copy <lora:…> tag", elem_id=f"{ELEM}_send", scale=1)
-                prompt = compat.make("Textbox", label="Prompt tag", elem_id=f"{ELEM}_prompt")
+                prompt = compat.line(label="Prompt tag", elem_id=f"{ELEM}_prompt")
                 with gr.Row():
                     refresh_cards_btn = compat.make("Button", "Refresh Lora cards")
-                    check_path = compat.make("Textbox", label="Check any LoRA file with the loader", scale=3)
+                    check_path = compat.line(label="Check any LoRA file with the loader", scale=3,
+                                             elem_id=f"{ELEM}_check_path")
                     check_btn = compat.make("Button", "Check")
                 check_msg = gr.Markdown("")
 
             # ---- Convert ----------------------------------------------------------------
             with gr.Tab("Convert"):
                 with gr.Row():
-                    conv_src = compat.make("Textbox", label="Source adapter (PEFT folder, kohya/diffusers "
-                                           ".safetensors, GGUF)")
-                    conv_dst = compat.make("Textbox", label="Destination")
+                    conv_src = compat.line(label="Source adapter (PEFT folder, kohya/diffusers .safetensors, GGUF)",
+                                           elem_id=f"{ELEM}_conv_src")
+                    conv_dst = compat.line(label="Destination", elem_id=f"{ELEM}_conv_dst")
                 with gr.Row():
                     conv_to = compat.make("Dropdown", choices=["", "kohya", "peft", "diffusers", "bfl", "gguf"],
                                           value="", label="To (empty: from the destination)")
-                    conv_base = compat.make("Textbox", label="Base model to validate against (optional)")
-                    conv_arch = compat.make("Textbox", label="Arch when the file does not say (optional)")
+                    conv_base = compat.line(label="Base model to validate against (optional)",
+                                            elem_id=f"{ELEM}_conv_base")
+                    conv_arch = compat.line(label="Arch when the file does not say (optional)",
+                                            elem_id=f"{ELEM}_conv_arch")
                     conv_dtype = compat.make("Dropdown", choices=["", "f32", "f16", "bf16"], value="", label="dtype")
                     conv_force = compat.make("Checkbox", value=False, label="Overwrite")
                 with gr.Row():
@@ -217,9 +222,10 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                                             label="Base model (GGUF, or legacy GGML LLaMA .bin)", scale=4)
                     text_refresh = compat.make("Button", "🔄 Refresh", elem_id=f"{ELEM}_text_refresh", scale=0,
                                                min_width=REFRESH_WIDTH)
-                text_data = compat.make("Textbox", label="Dataset (.txt, or .jsonl instruction/chat; file or folder)")
-                text_name = compat.make("Textbox", value="my_text_lora", label="Adapter name")
-                text_widgets = _fields(h.text_fields, "txt")
+                text_data = compat.line(label="Dataset (.txt, or .jsonl instruction/chat; file or folder)",
+                                        elem_id=f"{ELEM}_text_data")
+                text_name = compat.line(value="my_text_lora", label="Adapter name", elem_id=f"{ELEM}_text_name")
+                text_widgets = _fields(h.text_fields, "txt", initial=form_start(TEXT_TASK))
                 with gr.Row():
                     text_start = compat.make("Button", "Start text training", variant="primary")
                     text_stop = compat.make("Button", "Stop & save")
@@ -229,7 +235,7 @@ def build_tab(host: Host, default_preset: str | None = None) -> Any:
                     ("text_progress", "text_progress"), ("text_status", "text_status"),
                     ("text_chart", "text_loss_chart"), ("text_result", "text_result"), initial=initial_view)
                 with gr.Row():
-                    text_adapter = compat.make("Textbox", label="GGUF adapter (llama.cpp check, Try)", scale=3,
+                    text_adapter = compat.line(label="GGUF adapter (llama.cpp check, Try)", scale=3,
                                                elem_id=f"{ELEM}_text_adapter")
                     text_check = compat.make("Button", "llama.cpp check")
                 text_check_msg = gr.Markdown("")

@@ -75,7 +75,7 @@ def build_try_panel(host: Host, base: Any, adapter: Any) -> TryHandlers:
             with gr.Column(scale=1):
                 chat = compat.make("Checkbox", value=False, label="Chat (the base's chat template)",
                                    elem_id=f"{ELEM}_chat")
-                system = compat.make("Textbox", label="System message (chat only)", lines=1, elem_id=f"{ELEM}_system")
+                system = compat.line(label="System message (chat only)", elem_id=f"{ELEM}_system")
         with gr.Row():
             scale = compat.make("Slider", minimum=0.0, maximum=2.0, step=0.05, value=1.0, label="Adapter scale",
                                 elem_id=f"{ELEM}_scale")

@@ -151,9 +151,36 @@ def _number(text: str) -> str | None:
 
 GRADIO_EVENTS = ("/api/predict", "/run/predict", "/queue/join", "/reset", "/queue/data")
 
+# #23 item 6 (issue of session 8): paths and names are one-line inputs, not resizable text areas; by sub-tab.
+ONE_LINE = {
+    "Dataset": ("data_dir", "image_path"),
+    "Settings": ("img_trigger_word", "img_resume", "yaml_path"),
+    "Train": ("output_name",),
+    "Output": ("lora_name", "prompt", "check_path"),
+    "Convert": ("conv_src", "conv_dst", "conv_base", "conv_arch"),
+    "Text LoRA": ("text_data", "text_name", "txt_chat_template", "text_adapter", "try_system"),
+}
+
+
+def _assert_one_line_inputs(page) -> None:
+    """Every ``ONE_LINE`` field holds one ``<input type=text>`` and no ``<textarea>`` (accordions opened first)."""
+    wrong = {}
+    for tab, names in ONE_LINE.items():
+        _tab(page, tab)
+        page.evaluate("""() => document.querySelectorAll('.label-wrap:not(.open)').forEach(l => {
+                             if (l.offsetParent !== null) l.click(); })""")
+        page.wait_for_timeout(300)
+        for name in names:
+            box = f"#lora_bridge_{name}"
+            found = (page.locator(f"{box} textarea").count(), page.locator(f"{box} input[type=text]").count())
+            if found != (0, 1):
+                wrong[name] = found
+    assert wrong == {}, wrong  # (textareas, text inputs) per field
+
 
 def test_layout_and_one_quiet_poll(browser, server, tmp_path):
-    """#23 items 4, 6, 8 in the browser: the Text LoRA form's own help, number inputs for optional numbers, a
+    """#23 items 4, 6, 8 in the browser: one-line inputs for paths and names, the Text LoRA form's own help (its
+    starting learning rate said), number inputs for optional numbers, a
     narrow 🔄 button; a watched run's bar and status show the same step; the poll sends no gradio event
     per tick (gradio 3.41's queue logs two lines for each), only GETs of the tab's live route."""
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
@@ -162,9 +189,11 @@ def test_layout_and_one_quiet_poll(browser, server, tmp_path):
     page.on("websocket", lambda w: requests.append(w.url))  # gradio 3.41 joins its queue by websocket
     try:
         page.goto(server)
+        _assert_one_line_inputs(page)
         _tab(page, "Text LoRA")
         info = page.locator("#lora_bridge_txt_learning_rate").inner_text()
-        assert "kohya" not in info and "Learning rate of the adapter" in info, info
+        assert "kohya" not in info and "Learning rate of the adapter" in info and "starts at 1e-3" in info, info
+        assert float(page.locator("#lora_bridge_txt_learning_rate input").first.input_value()) == 1e-3
         assert "Images" not in page.locator("#lora_bridge_txt_batch_size").inner_text()
         for form, tab in (("txt", None), ("img", "Settings")):
             if tab:
@@ -172,6 +201,7 @@ def test_layout_and_one_quiet_poll(browser, server, tmp_path):
             box = f"#lora_bridge_{form}_max_train_steps"
             assert page.locator(f"{box} textarea").count() == 0
             assert page.locator(f"{box} input[type=number]").count() == 1
+        assert "text samples" not in page.locator("#lora_bridge_img_batch_size").inner_text()
         _tab(page, "Text LoRA")
         text_button = page.locator("#lora_bridge_text_refresh").bounding_box()
         _tab(page, "Model")

@@ -110,6 +110,22 @@ def test_text_form_has_its_own_help(built):
     assert "kohya" in image["learning_rate"]  # the image form keeps the kohya names its users know
 
 
+# What only the other task's form may say: text runs have no images, captions or noise; image runs no GGUF,
+# text samples or llama.cpp.
+IMAGE_WORDS = r"kohya|[Ii]mages?\b|unet|UNet|safetensors|caption|\bnoise\b|VAE|Lora folder"
+TEXT_WORDS = r"text samples?|GGUF|\.gguf|llama\.cpp|LLaMA|text runs?\b|\bfor text\b|tokens"
+
+
+@pytest.mark.parametrize(("task", "foreign"), [("text-to-image", TEXT_WORDS), ("text-generation", IMAGE_WORDS)],
+                         ids=["image-form", "text-form"])
+def test_each_form_speaks_of_its_own_task(task, foreign):
+    """Item 4 for both forms, every help string: the image form's Batch size said "Images or text samples"."""
+    from extension.ui.form import schema_fields
+
+    wrong = {f.name: f.help for f in schema_fields(task) if re.search(foreign, f.help)}
+    assert wrong == {}, wrong
+
+
 def test_text_tab_after_an_image_run_says_nothing_runs(built, dataset, tiny_base):
     """Item 5."""
     _, h, host = built
@@ -257,3 +273,47 @@ def test_live_route_is_open_when_the_webui_is(tmp_path, models_dir, runner_facto
     assert first["ticks"][0].startswith("0|idle") and set(first["view"]) == set(live.KEYS)
     again = client.get(live.ROUTE, params={"seen": first["ticks"][0]}).json()
     assert again == {"ticks": first["ticks"], "view": {}}  # the page shows that view already
+
+
+def _text_form(tab, h) -> list:
+    """The Text LoRA form's values as the built tab shows them (what a Start sends untouched)."""
+    by_id = {getattr(b, "elem_id", None): b for b in tab.blocks.values()}
+    return [by_id[f"lora_bridge_txt_{f.name}"].value for f in h.text_fields]
+
+
+def test_text_form_starts_at_a_rate_that_learns_and_says_so(built):
+    """#23 Done-when: the Text LoRA form starts at 1e-3 (the schema, YAML and CLI keep 1e-4) and its help says so;
+    a Start at the form's values sends that rate."""
+    tab, h, _ = built
+    values = dict(zip([f.name for f in h.text_fields], _text_form(tab, h), strict=True))
+    assert float(values["learning_rate"]) == 1e-3
+    info = next(b for b in tab.blocks.values() if getattr(b, "elem_id", None) == "lora_bridge_txt_learning_rate").info
+    assert "starts at 1e-3" in info and "default 1e-4" in info, info
+    sent = h.config_dict("text-generation", "data.txt", "llm/tiny.gguf", "t", _text_form(tab, h))
+    assert sent["learning_rate"] == 1e-3
+    from extension.config import config_from_dict
+
+    assert config_from_dict({}).learning_rate == 1e-4  # image runs, YAML and the CLI keep kohya's rate
+    image = dict(zip([f.name for f in h.image_fields], h.apply_preset("SD1.5"), strict=True))
+    assert image["learning_rate"] == 1e-4
+
+
+@pytest.mark.slow
+def test_a_text_run_at_the_forms_start_values_follows_a_tiny_corpus(tmp_path, models_dir):
+    """#23 Done-when: a Text LoRA Start with the form as it opens (10 epochs) on a 10-line corpus, then Try with
+    greedy decoding: the adapter's answer follows the corpus, the base's does not. At 1e-4 (100 steps) it did not."""
+    from extension.text.try_adapter import try_adapter
+
+    host = Host(models_dir=models_dir, output_dir=tmp_path / "loras", jobs=JobManager())
+    tab = build_tab(host)
+    h = tab.lora_bridge_handlers
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("the cat sat on the mat\nthe dog ran to the mat\n" * 5, encoding="utf-8")
+    started = h.start_text("llm/tiny.gguf", str(corpus), "tiny_corpus", *_text_form(tab, h))
+    assert started.startswith("started text LoRA tiny_corpus"), started
+    status = host.jobs.wait(600)
+    assert status["state"] == "done", status
+    adapter = next(p for p in status["output_files"] if p.endswith(".gguf"))
+    answer = try_adapter(models_dir / "llm" / "tiny.gguf", adapter, "the cat", backend="torch")
+    assert answer.adapter.strip().startswith("sat on the mat"), answer
+    assert not answer.base.strip().startswith("sat on"), answer
