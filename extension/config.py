@@ -117,13 +117,15 @@ class TrainConfig:
                               choices=("no", "fp16", "bf16"))
     gradient_checkpointing: bool | str = _f(
         "auto", "Recompute activations in the backward pass to save memory: true, false or auto. auto: text runs "
-        "turn it on when the estimated peak without it would pass the memory budget (the available RAM or "
-        "VRAM; on the CPU also the base's size + 2 GiB) and say so in the log; image runs keep it off.",
+        "turn it on when the estimated peak without it would pass the available RAM or VRAM (on the CPU also when "
+        "the run's own tensors would pass 1.5 GiB above the base's size) and say so in the log; image runs keep "
+        "it off.",
         task_docs={"text-to-image": "Recompute activations in the backward pass to save memory (auto: off for "
                                     "image runs).",
                    "text-generation": "Recompute activations in the backward pass to save memory. auto: on when "
                                       "the estimated peak without it would pass the available memory (on the CPU "
-                                      "also the base's size + 2 GiB); the log says which and why."})
+                                      "also when the run's own tensors would pass 1.5 GiB above the base's size); "
+                                      "the log says which and why."})
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.", minimum=1)
     max_train_steps: int | None = _f(None, "Optimizer steps to train; when set, epochs is ignored.", minimum=1)
     optimizer: str = _f("adamw", "Optimizer; adamw8bit needs bitsandbytes, prodigy needs prodigyopt "
