@@ -89,10 +89,16 @@ SHAPES = {
 }
 
 
+def _random_bytes(rng: np.random.Generator, n_blocks: int, size: int) -> np.ndarray:
+    """(n_blocks, size) random uint8, drawn as uint64 words (as q4_builder: 6x faster than byte draws)."""
+    words = rng.integers(0, np.iinfo(np.uint64).max, -(-n_blocks * size // 8), dtype=np.uint64, endpoint=True)
+    return words.view(np.uint8)[:n_blocks * size].reshape(n_blocks, size)
+
+
 def random_q4_k(rng: np.random.Generator, rows: int, cols: int, weight_std: float = 0.02) -> np.ndarray:
     """(rows, cols / 256 * 144) uint8 Q4_K blocks: random nibbles and 6-bit scales/mins, f16 d and dmin."""
     n = rows * cols // QK_K
-    blocks = rng.integers(0, 256, size=(n, Q4_K_BYTES), dtype=np.uint8)
+    blocks = _random_bytes(rng, n, Q4_K_BYTES)
     # value = d * sc * q - dmin * m with q, sc, m uniform: mean d*31.5*7.5 - dmin*31.5, std ~ d*36*4.6
     d = np.full(n, weight_std / (36 * 4.6), dtype=np.float16)
     dmin = (d.astype(np.float32) * 7.5).astype(np.float16)
@@ -104,8 +110,8 @@ def random_q4_k(rng: np.random.Generator, rows: int, cols: int, weight_std: floa
 def random_q6_k(rng: np.random.Generator, rows: int, cols: int, weight_std: float = 0.02) -> np.ndarray:
     """(rows, cols / 256 * 210) uint8 Q6_K blocks: random 6-bit values, int8 scales in [-64, 64), f16 d."""
     n = rows * cols // QK_K
-    blocks = rng.integers(0, 256, size=(n, Q6_K_BYTES), dtype=np.uint8)
-    blocks[:, 192:208] = rng.integers(-64, 64, size=(n, 16), dtype=np.int8).view(np.uint8)
+    blocks = _random_bytes(rng, n, Q6_K_BYTES)
+    blocks[:, 192:208] = (blocks[:, 192:208] >> 1).view(np.int8) - 64  # int8 scales in [-64, 64)
     d = np.full(n, weight_std / (18.5 * 37), dtype=np.float16)  # std of (q - 32) ~ 18.5, of the scales ~ 37
     blocks[:, 208:210] = d.view(np.uint8).reshape(n, 2)
     return blocks.reshape(rows, -1)
