@@ -43,7 +43,7 @@ from ..errors import UserError
 from .families import FAMILIES, TextConfig, tensor_names
 from .lm_loss import slice_budget
 from .quant import matmul_chunking
-from .recompute import KEPT_BYTES
+from .recompute import plan_kept
 
 GIB = 1 << 30
 AUTO_OVERHEAD = 3 * GIB // 2  # CPU: auto keeps the run's tensors above the weights within this
@@ -143,8 +143,10 @@ def _largest_whole(cfg: TextConfig, device: str) -> int:
     """Elements of the largest weight a matmul dequantizes whole (else by chunks): its scratch space."""
     h, f = cfg.hidden_size, cfg.intermediate_size
     q = cfg.num_heads * cfg.head_dim
+    family = FAMILIES.get(cfg.arch)
+    fused = family is not None and any(module.endswith("gate_up_proj") for _, module in family.modules)
     chunk, whole = matmul_chunking(device)
-    sizes = [h * f * 2 if cfg.arch == "phi3" else h * f, h * q, h * cfg.vocab_size]
+    sizes = [h * f * (2 if fused else 1), h * q, h * cfg.vocab_size]
     return max(s if s <= whole else chunk for s in sizes)
 
 
@@ -154,10 +156,12 @@ def estimate_peak(cfg: TextConfig, weight_bytes: int, config: TrainConfig, token
     batch = int(config.batch_size)
     tokens = batch * int(tokens_per_sample)
     per_layer = layer_floats(cfg, int(tokens_per_sample)) * 4 * tokens
-    h = cfg.hidden_size
-    if checkpointing:
-        kept = min(KEPT_BYTES, tokens * 4 * cfg.num_layers * (2 * h + 2 * cfg.num_kv_heads * cfg.head_dim + h))
-        held = cfg.num_layers * tokens * 4 * h + kept + per_layer
+    h, n = cfg.hidden_size, cfg.num_layers
+    if checkpointing:  # each layer's input, the kept projection outputs, one layer's recompute
+        widths = {"down_proj": n * h, "o_proj": n * h, "q_proj": n * cfg.num_heads * cfg.head_dim,
+                  "k_proj": n * cfg.num_kv_heads * cfg.head_dim, "v_proj": n * cfg.num_kv_heads * cfg.head_dim}
+        kept = sum(tokens * 4 * widths[name] for name in plan_kept(widths, tokens))
+        held = n * tokens * 4 * h + kept + per_layer
     else:
         held = cfg.num_layers * per_layer
     backward = tokens * 4 * (3 * h + 2 * cfg.intermediate_size)  # a layer's activation gradients in flight
