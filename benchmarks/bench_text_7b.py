@@ -285,6 +285,7 @@ def matmul_floor(model, batch: int, tokens: int, checkpointing: bool, sample_lay
     import torch
 
     from extension.text.lora import LoraLinear
+    from extension.text.quant import PackedLinear
 
     n = batch * tokens
     width = model.config.hidden_size
@@ -298,7 +299,7 @@ def matmul_floor(model, batch: int, tokens: int, checkpointing: bool, sample_lay
         for owner in (layer.self_attn, layer.mlp):
             for name, module in owner.named_children():
                 base = module.base if isinstance(module, LoraLinear) else module
-                if not hasattr(base, "weight") or not hasattr(base.weight, "dequantize"):
+                if not isinstance(base, PackedLinear):  # Q/K norms (Qwen3, Gemma 3) are no matmuls
                     continue
                 w = base.weight.dequantize()
                 x = torch.randn(n, w.shape[1], generator=gen)
