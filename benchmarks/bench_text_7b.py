@@ -18,7 +18,10 @@ Prints s/step (median over the steps after the first), the floor, their ratio (g
 peak RSS and file size (goal: peak <= file + 2 GB) and where the memory goes at the peak.
 
     flock /tmp/lora-heavy.lock nice python benchmarks/bench_text_7b.py [--steps 3] [--layers 32]
-        [--format ggml|gguf] [--checkpointing on|off] [--workdir /work/big/text7b] [--no-llama-check]
+        [--format ggml|gguf] [--checkpointing on|off|auto] [--workdir /work/big/text7b] [--no-llama-check]
+
+``--checkpointing auto`` runs the config as written (its ``gradient_checkpointing`` is the default,
+``auto``); the run's memory plan line (``memory_plan.py``: estimate, budget, choice) is printed.
 
 It takes minutes and several GB of RAM; it does not run in CI.
 """
@@ -173,8 +176,12 @@ def _parts(model, optimizer_state, layers) -> dict[str, int]:
     state = [t for s in optimizer_state.values() for t in s.values() if hasattr(t, "numel") and t.dim() > 0]
     memos = [b for m in model._memos for b in m._buffers]
     scratch = list(quant._BUF.scratch.values())
+    from extension.text.families import FAMILIES
+
     qk = [m.weight.raw for name, m in model.named_modules() if name.endswith(("q_proj", "k_proj", "q_proj.base",
                                                                              "k_proj.base")) and hasattr(m, "weight")]
+    if not FAMILIES[model.config.arch].permuted_qk:  # only llama-style Q/K rows are reordered into copies
+        qk = []
     return {"qk_copies": _tensor_bytes(qk), "lora_params": _tensor_bytes(params), "lora_grads": _tensor_bytes(grads),
             "adam_state": _tensor_bytes(state), "checkpoint_buffers": _tensor_bytes(memos),
             "scratch_buffers": _tensor_bytes(scratch)}
@@ -200,7 +207,7 @@ def child(args: argparse.Namespace) -> dict:
                  f"max_length={args.tokens}", f"max_train_steps={args.steps}", "save_steps=0",
                  f"llama_cpp_check={'off' if args.no_llama_check else 'auto'}", "ggml_rms_eps=1e-5",
                  "ggml_context_length=4096"]
-    if args.checkpointing != "default":
+    if args.checkpointing != "auto":
         overrides.append(f"gradient_checkpointing={'true' if args.checkpointing == 'on' else 'false'}")
     config = load_config(ROOT / "configs" / "lora_scripts_text.yaml", overrides)
     times: list[float] = []
@@ -232,6 +239,8 @@ def child(args: argparse.Namespace) -> dict:
                 captured["parts"] = _parts(model, captured["optimizer"].state, _lora_layers(model))
         elif event.kind == "done":
             captured["message"] = event.message or ""
+        elif event.kind == "log" and (event.message or "").startswith(("gradient_checkpointing auto", "memory:")):
+            captured["plan"] = event.message
 
     def phase(name: str, fn):
         def wrapped(*a, **k):
@@ -259,7 +268,7 @@ def child(args: argparse.Namespace) -> dict:
     out = {"status": status, "times": times, "step_hwm": hwm, "baseline_rss": baseline, "hwm_run": hwm_run,
            "anon_before_steps": captured["anon_before_steps"],
            "peak": sampler.peak, "peak_phase": sampler.peak_phase, "step_peak": sampler.step_peak,
-           "parts": captured["parts"],
+           "parts": captured["parts"], "plan": captured.get("plan", ""),
            "threads": torch.get_num_threads(), "checkpointing": bool(model.gradient_checkpointing),
            "llama_check": [line for line in captured.get("message", "").splitlines() if "llama.cpp check" in line
                            or "not checked" in line]}
@@ -276,6 +285,7 @@ def matmul_floor(model, batch: int, tokens: int, checkpointing: bool, sample_lay
     import torch
 
     from extension.text.lora import LoraLinear
+    from extension.text.quant import PackedLinear
 
     n = batch * tokens
     width = model.config.hidden_size
@@ -289,7 +299,7 @@ def matmul_floor(model, batch: int, tokens: int, checkpointing: bool, sample_lay
         for owner in (layer.self_attn, layer.mlp):
             for name, module in owner.named_children():
                 base = module.base if isinstance(module, LoraLinear) else module
-                if not hasattr(base, "weight") or not hasattr(base.weight, "dequantize"):
+                if not isinstance(base, PackedLinear):  # Q/K norms (Qwen3, Gemma 3) are no matmuls
                     continue
                 w = base.weight.dequantize()
                 x = torch.randn(n, w.shape[1], generator=gen)
@@ -363,6 +373,7 @@ def report(r: dict, file_size: int) -> None:
         print(f"    {label:50s} {value / 2**20:8.0f} MiB")
     for line in r["llama_check"]:
         print(line)
+    print(f"memory plan: {r['plan']}")
 
 
 def main() -> None:
@@ -372,8 +383,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4, help="must match the config's batch_size")
     parser.add_argument("--layers", type=int, default=SHAPE_7B["layers"], help="fewer layers for quick profiles")
     parser.add_argument("--format", choices=["ggml", "gguf"], default="ggml")
-    parser.add_argument("--checkpointing", choices=["on", "off", "default"], default="on",
-                        help="gradient_checkpointing (default on; 'default' leaves the config's, which is off)")
+    parser.add_argument("--checkpointing", choices=["on", "off", "auto"], default="on",
+                        help="gradient_checkpointing (default on; 'auto' leaves the config's default, auto)")
     parser.add_argument("--floor-layers", type=int, default=0, help="time this many layers for the floor (0: all)")
     parser.add_argument("--no-llama-check", action="store_true",
                         help="skip the engine's llama.cpp check (it runs when llama-cpp-python is installed)")

@@ -118,7 +118,17 @@ class TrainConfig:
                                                  "order."})
     mixed_precision: str = _f("no", "Mixed precision of the forward pass (fp16/bf16 need a GPU that supports them).",
                               choices=("no", "fp16", "bf16"))
-    gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    gradient_checkpointing: bool | str = _f(
+        "auto", "Recompute activations in the backward pass to save memory: true, false or auto. auto: text runs "
+        "turn it on when the estimated peak without it would pass the available RAM or VRAM (on the CPU also when "
+        "the run's own tensors would pass 1.5 GiB above the base's size) and say so in the log; image runs keep "
+        "it off.",
+        task_docs={"text-to-image": "Recompute activations in the backward pass to save memory (auto: off for "
+                                    "image runs).",
+                   "text-generation": "Recompute activations in the backward pass to save memory. auto: on when "
+                                      "the estimated peak without it would pass the available memory (on the CPU "
+                                      "also when the run's own tensors would pass 1.5 GiB above the base's size); "
+                                      "the log says which and why."})
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.", minimum=1)
     max_train_steps: int | None = _f(None, "Optimizer steps to train; when set, epochs is ignored.", minimum=1)
     optimizer: str = _f("adamw", "Optimizer; adamw8bit needs bitsandbytes, prodigy needs prodigyopt "
@@ -378,6 +388,8 @@ def _type_name(tp: Any) -> str:
         return "list[str]"
     if typing.get_origin(tp) is dict:
         return "mapping"
+    if tp == bool | str:
+        return "bool or auto"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -443,15 +455,17 @@ def _coerce(source: str, name: str, value: Any) -> Any:
     def bad(expected: str) -> UserError:
         return UserError(f"{source}: '{name}' must be {expected}, got {value!r}")
 
-    if tp is bool:
+    if tp is bool or tp == bool | str:  # bool | str: true, false or "auto" (gradient_checkpointing)
         if isinstance(value, bool):
             out = value
         elif isinstance(value, str) and value.strip().lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             out = value.strip().lower() in ("true", "yes", "on", "1")
         elif isinstance(value, int) and value in (0, 1):
             out = bool(value)
+        elif tp is not bool and isinstance(value, str) and value.strip().lower() == "auto":
+            out = "auto"
         else:
-            raise bad("true or false")
+            raise bad("true or false" if tp is bool else "true, false or auto")
     elif tp is int:
         if isinstance(value, bool):
             raise bad("an integer")

@@ -178,7 +178,7 @@ class _ImageRun:
             with adapters_in_fp32():  # LoRA stays fp32 beside a half-stored frozen UNet
                 inject_lora(components[key], layout.names, rank_r, alpha, float(config.lora_dropout),
                             module_ranks=layout.ranks)
-        if config.gradient_checkpointing:
+        if config.gradient_checkpointing is True:  # auto: off for image runs (their behaviour before auto)
             base.unet.enable_gradient_checkpointing()
             if self.train_te:
                 for encoder in base.text_encoders:

@@ -38,25 +38,26 @@ from ..training.progress import NonFiniteLoss, TensorBoardSink, Throughput, Tqdm
 from ..training.schedulers import build_scheduler
 from .base_gguf import ggml_options, prepare_base_gguf
 from .data import IGNORE, Sample, collate, load_text_dataset
-from .gguf_model import TextModel, load_text_model
+from .families import TextConfig
+from .gguf_model import TextModel, load_text_model, read_text_config
 from .init_lora import load_text_init, text_layout
 from .lora import inject_lora, load_lora_state, lora_state, to_adapter
+from .memory_plan import plan_checkpointing, weight_bytes
 from .tokenizer import HFTokenizer, Tokenizer
 
 _SAVE_DTYPES = {"fp16": "f16", "bf16": "bf16", "fp32": "f32"}
 
 
-def load_base(config: TrainConfig) -> tuple[TextModel, Tokenizer | HFTokenizer, Path | None]:
-    """(model, tokenizer, GGUF file for export/llama.cpp or None for HF folders)."""
+def read_base(config: TrainConfig) -> tuple[Path, TextConfig, Tokenizer | HFTokenizer]:
+    """(base path, its ``TextConfig``, its tokenizer) from the header alone: the weights load later."""
     base = config.base_model
     if not base:
         raise UserError("config: base_model is not set; give a .gguf, legacy GGML .bin or HF folder")
     base = Path(base)
-    model = load_text_model(base, ggml_options(config))
+    text_config = read_text_config(base, ggml_options(config))
     if base.is_dir():
-        return model, HFTokenizer(str(base)), None
-    tokenizer = Tokenizer.from_metadata(model.config.tokenizer, str(base))
-    return model, tokenizer, base
+        return base, text_config, HFTokenizer(str(base))
+    return base, text_config, Tokenizer.from_metadata(text_config.tokenizer, str(base))
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -150,7 +151,7 @@ class _Run:
         data_dir = config.train_data_dir
         if not data_dir:
             raise UserError("config: train_data_dir is not set; give a .txt or .jsonl file (or a folder of them)")
-        self.model, tokenizer, _ = load_base(config)
+        base, text_config, tokenizer = read_base(config)
         self.samples = load_text_dataset(
             data_dir, tokenizer, data_format=str(config.data_format), max_length=int(config.max_length),
             train_on_responses_only=bool(config.train_on_responses_only), chat_template=config.chat_template,
@@ -158,6 +159,12 @@ class _Run:
         self.pad_id = tokenizer.eos_id if tokenizer.eos_id is not None else 0
         self.batch_size = int(config.batch_size)
         longest = max(len(s.ids) for s in self.samples)  # load_text_dataset refuses an empty dataset
+        cancel_point()
+        # Before any weight is read: checkpointing when auto, or one line when the run cannot fit.
+        plan = plan_checkpointing(config, text_config, weight_bytes(base, text_config), longest, self.device, base)
+        self.checkpointing = plan.checkpointing
+        self.log(plan.line)
+        self.model = load_text_model(base, ggml_options(config))
         keep_activations_in_heap(self.model.largest_activation_bytes(self.batch_size * longest), self.device)
         self.model.limit_kept_outputs(self.batch_size * longest)  # checkpointing's kept outputs: fixed budget
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +182,7 @@ class _Run:
                                   module_ranks=layout.ranks)
         if init is not None:
             load_text_init(layout, self.layers)
-        model.gradient_checkpointing = bool(config.gradient_checkpointing)
+        model.gradient_checkpointing = self.checkpointing  # plan_checkpointing's choice
         model.to(self.device)  # packed blocks, norms and LoRA; a no-op on CPU
 
     def build_optimizer(self) -> None:

@@ -318,6 +318,27 @@ def load_gguf_model(path: str | Path) -> TextModel:
 def load_hf_model(folder: str | Path) -> TextModel:
     """Build the torch model from an HF folder (config.json + *.safetensors), weights kept as stored."""
     folder = Path(folder)
+    cfg, hf = hf_text_config(folder)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise UserError(f"{folder}: no .safetensors weights; save the model with safe_serialization=True")
+    io = importlib.import_module(converters.__name__ + ".safetensors_io")
+    tensors = {}
+    for file in files:
+        sf = io.SafetensorsFile(file)
+        names = sf.keys()
+        for name in names:
+            if name.endswith("rotary_emb.inv_freq"):  # transformers < 4.31 saves this derived buffer
+                continue
+            array = np.asarray(sf.get(name), dtype=np.float32)
+            tensors[name] = (array, GGMLQuantizationType.F32, tuple(array.shape))
+    if "lm_head.weight" not in tensors and not hf.get("tie_word_embeddings", False):
+        raise UserError(f"{folder}: weights lack lm_head.weight; the model folder is incomplete")
+    return build_model(cfg, tensors, permuted_qk=False)
+
+
+def hf_text_config(folder: Path) -> tuple[TextConfig, dict]:
+    """(``TextConfig``, config.json as read) of an HF model folder, or UserError naming what is supported."""
     try:
         hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -338,22 +359,7 @@ def load_hf_model(folder: str | Path) -> TextModel:
         context_length=int(hf.get("max_position_embeddings", 2048)),
         head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads), attn_bias=model_type == "qwen2",
     )
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise UserError(f"{folder}: no .safetensors weights; save the model with safe_serialization=True")
-    io = importlib.import_module(converters.__name__ + ".safetensors_io")
-    tensors = {}
-    for file in files:
-        sf = io.SafetensorsFile(file)
-        names = sf.keys()
-        for name in names:
-            if name.endswith("rotary_emb.inv_freq"):  # transformers < 4.31 saves this derived buffer
-                continue
-            array = np.asarray(sf.get(name), dtype=np.float32)
-            tensors[name] = (array, GGMLQuantizationType.F32, tuple(array.shape))
-    if "lm_head.weight" not in tensors and not hf.get("tie_word_embeddings", False):
-        raise UserError(f"{folder}: weights lack lm_head.weight; the model folder is incomplete")
-    return build_model(cfg, tensors, permuted_qk=False)
+    return cfg, hf
 
 
 def load_ggml_model(path: str | Path, n_kv_heads: int | None = None, rms_eps: float | None = None,
@@ -380,22 +386,52 @@ def load_ggml_model(path: str | Path, n_kv_heads: int | None = None, rms_eps: fl
     return build_model(cfg, tensors, permuted_qk=True)
 
 
-def load_text_model(base: str | Path, ggml_options: dict | None = None) -> TextModel:
-    """Load a ``.gguf``, a legacy GGML ``.bin`` or an HF folder as a ``TextModel``."""
-    base = Path(base)
+def base_kind(base: Path) -> str:
+    """"hf", "gguf" or "ggml": what kind of base ``base`` is, or UserError."""
     if base.is_dir():
-        return load_hf_model(base)
+        return "hf"
     if not base.exists():
         raise UserError(f"{base}: base model not found; set base_model to a .gguf, GGML .bin or HF folder")
     with open(base, "rb") as fh:
         magic = fh.read(4)
     if magic == b"GGUF":
-        return load_gguf_model(base)
+        return "gguf"
     from .ggml_legacy import GGML_MAGICS
 
     if int.from_bytes(magic, "little") in GGML_MAGICS:
-        return load_ggml_model(base, **(ggml_options or {}))
+        return "ggml"
     raise UserError(f"{base}: not a GGUF, GGML or HF model (unknown file signature); pass a .gguf base model")
+
+
+def load_text_model(base: str | Path, ggml_options: dict | None = None) -> TextModel:
+    """Load a ``.gguf``, a legacy GGML ``.bin`` or an HF folder as a ``TextModel``."""
+    base = Path(base)
+    kind = base_kind(base)
+    if kind == "hf":
+        return load_hf_model(base)
+    if kind == "gguf":
+        return load_gguf_model(base)
+    return load_ggml_model(base, **(ggml_options or {}))
+
+
+def read_text_config(base: str | Path, ggml_options: dict | None = None) -> TextConfig:
+    """The ``TextConfig`` of a base (shapes, tokenizer metadata) from its header alone: no weight is read.
+
+    What a run needs before the model loads (the memory plan, the tokenizer); same checks as
+    ``load_text_model`` for files that are not bases.
+    """
+    base = Path(base)
+    kind = base_kind(base)
+    if kind == "hf":
+        return hf_text_config(base)[0]
+    if kind == "gguf":
+        _, meta = read_gguf_metadata(base)
+        if meta.get("general.type") == "adapter":
+            raise UserError(f"{base}: is a LoRA adapter, not a base model; pass the base .gguf as base_model")
+        return config_from_gguf(base, meta)
+    from .ggml_legacy import gguf_metadata, read_ggml
+
+    return config_from_gguf(base, gguf_metadata(read_ggml(base), **(ggml_options or {})))
 
 
 def count_parameters(model: TextModel) -> int:

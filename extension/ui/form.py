@@ -35,7 +35,7 @@ class FormField:
     """One schema field as the form shows it."""
 
     name: str
-    kind: str  # bool | int | float | choice | list | dict | text | optional_int | optional_float
+    kind: str  # bool | bool_auto | int | float | choice | list | dict | text | optional_int | optional_float
     default: Any
     choices: tuple[str, ...] = ()
     help: str = ""
@@ -58,7 +58,9 @@ class FormField:
 
 
 KINDS = {"bool": "bool", "int": "int", "float": "float", "str": "text", "list[str]": "list", "mapping": "dict",
-         "int?": "optional_int", "float?": "optional_float", "str?": "text"}
+         "int?": "optional_int", "float?": "optional_float", "str?": "text", "bool or auto": "bool_auto"}
+# A true/false/auto key is a dropdown of these words (a checkbox has no third state).
+BOOL_AUTO = {"auto": "auto", "on": True, "off": False}
 
 
 def schema_fields(task_type: str = "text-to-image") -> list[FormField]:
@@ -72,8 +74,9 @@ def schema_fields(task_type: str = "text-to-image") -> list[FormField]:
             continue
         kind = "choice" if spec.choices else KINDS.get(spec.type_name, "text")
         note = FORM_START.get(task_type, {}).get(spec.name, (None, ""))[1]
-        out.append(FormField(spec.name, kind, spec.default, tuple(spec.choices or ()),
-                             f"{spec.doc} {note}" if note else spec.doc, spec.group, spec.minimum))
+        choices = tuple(BOOL_AUTO) if kind == "bool_auto" else tuple(spec.choices or ())
+        out.append(FormField(spec.name, kind, spec.default, choices, f"{spec.doc} {note}" if note else spec.doc,
+                             spec.group, spec.minimum))
     out.sort(key=lambda f: (not f.basic, BASIC.index(f.name) if f.basic else 0))
     return out
 
@@ -103,6 +106,8 @@ def to_widget(field: FormField, value: Any) -> Any:
         return "" if value is None else str(value)
     if field.kind == "choice":
         return "" if value is None else str(value)
+    if field.kind == "bool_auto":
+        return next((word for word, v in BOOL_AUTO.items() if v is value or v == value), "auto")
     return value
 
 
@@ -110,6 +115,8 @@ def from_widget(field: FormField, value: Any) -> Any:
     """An input's value as the config expects it (strings parsed, blanks to None)."""
     if field.kind == "bool":
         return bool(value)
+    if field.kind == "bool_auto":  # the dropdown's word; a checkbox-style bool from a preset or old state
+        return value if isinstance(value, bool) else BOOL_AUTO.get(str(value or "auto").strip().lower(), "auto")
     if field.kind == "int":
         return int(value) if value not in (None, "") else field.default
     if field.kind == "float":

@@ -48,7 +48,7 @@ def _field_widget(field: FormField, prefix: str, initial: dict[str, Any] | None 
         return compat.make("Checkbox", value=bool(value), **common)
     if field.kind in ("int", "float") or field.zero_unset:
         return compat.make("Number", value=value, precision=0 if field.kind.endswith("int") else None, **common)
-    if field.kind == "choice":
+    if field.kind in ("choice", "bool_auto"):
         return compat.make("Dropdown", choices=list(field.choices), value=value, **common)
     if field.kind == "list":
         return compat.make("Textbox", value=value, lines=3, **{**common, "label": f"{label} (one per line)"})

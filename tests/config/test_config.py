@@ -227,3 +227,30 @@ def test_help_texts_per_task():
 def test_text_runs_warn_about_image_only_save_keys():
     cfg = config_from_dict({"task_type": "text-generation", "save_every_n_epochs": 2})
     assert any("ignored for task_type text-generation: save_every_n_epochs" in w for w in config_warnings(cfg))
+
+
+def test_gradient_checkpointing_is_true_false_or_auto(tmp_path):
+    """Default auto; YAML true/false/auto, --set and REST bodies (JSON bools) keep their meaning; round trips exact."""
+    assert TrainConfig().gradient_checkpointing == "auto"
+    for written, value in (("true", True), ("false", False), ("auto", "auto"), ("AUTO", "auto"), ("yes", True),
+                           ("off", False)):
+        cfg = load_config(write(tmp_path, SEED_YAML + f"gradient_checkpointing: {written}\n"))
+        assert cfg.gradient_checkpointing == value and type(cfg.gradient_checkpointing) is type(value)
+        assert load_config(write(tmp_path, dump_config_yaml(cfg), "again.yaml")) == cfg
+    assert apply_overrides(TrainConfig(), ["gradient_checkpointing=auto"]).gradient_checkpointing == "auto"
+    assert config_from_dict({"gradient_checkpointing": True}).gradient_checkpointing is True
+    with pytest.raises(UserError, match="'gradient_checkpointing' must be true, false or auto, got 'sometimes'"):
+        config_from_dict({"gradient_checkpointing": "sometimes"})
+    spec = next(s for s in schema() if s.name == "gradient_checkpointing")
+    assert spec.type_name == "bool or auto" and spec.default == "auto"
+
+
+def test_gradient_checkpointing_is_an_auto_on_off_dropdown_in_the_form():
+    from extension.ui.form import from_widget, schema_fields, to_widget
+
+    for task in ("text-to-image", "text-generation"):
+        field = next(f for f in schema_fields(task) if f.name == "gradient_checkpointing")
+        assert field.kind == "bool_auto" and field.choices == ("auto", "on", "off")
+        assert [to_widget(field, v) for v in ("auto", True, False)] == ["auto", "on", "off"]
+        assert [from_widget(field, w) for w in ("auto", "on", "off", True, False, None)] == [
+            "auto", True, False, True, False, "auto"]

@@ -89,6 +89,7 @@ def test_overfit_and_diffusers_loads_the_lora(kind, source, bases, shapes, tmp_p
     assert not missing, missing
     assert meta["ss_base_model_version"] == ("sdxl_base_v1-0" if sdxl else "sd_v1")
     assert meta["ss_output_name"] == "t" and meta["ss_steps"] == "6"
+    assert meta["ss_gradient_checkpointing"] == "False"  # the default, auto, keeps it off for image runs
     assert json.loads(meta["ss_tag_frequency"])
     assert report["ranks"] == [4]
 
@@ -169,6 +170,7 @@ def test_every_option_together_on_sd2_v(bases, shapes, tmp_path):
     assert meta["ss_base_model_version"] == "sd_v2_v" and meta["ss_v2"] == "True"
     assert meta["modelspec.prediction_type"] == "v" and meta["ss_min_snr_gamma"] == "5.0"
     assert meta["ss_network_args"] == '{"conv_dim": "2", "conv_alpha": "1.0"}'
+    assert meta["ss_gradient_checkpointing"] == "True"
     # the text encoder moved: its LoRA is non-zero
     te = adapter.modules[[n for n in names if n.startswith("text_encoder.")][0]]
     assert np.abs(te.up).max() > 0
