@@ -90,7 +90,7 @@ class _FluxRun(_ImageRun):
         with adapters_in_fp32():
             inject_lora(transformer, names, int(config.lora_rank), float(config.lora_alpha),
                         float(config.lora_dropout))
-        if config.gradient_checkpointing:
+        if config.gradient_checkpointing is True:  # image runs: auto means off
             transformer.enable_gradient_checkpointing()
         self.components = {"transformer": transformer}
         self._place_modules()
