@@ -88,8 +88,9 @@ def test_forge_start_checks_the_flux_parts_before_anything_runs(fake_forge, runn
     with pytest.raises(UserError, match="given as clip_l but holds the Flux VAE"):
         check_start(wrong, host.lora_dir(), {}, flux=True)
     right = {**wrong, "clip_l": str(flux_files["clip_l"])}
-    cfg, summary = check_start(right, host.lora_dir(), {}, flux=True)
+    cfg, summary = check_start(right, host.lora_dir(), host.tokenizer_dirs(), flux=True)
     assert cfg.clip_l == str(flux_files["clip_l"]) and summary.startswith("3 usable image(s)")
+    assert cfg.tokenizer_path == str(host.tokenizer_dirs()["flux"])  # Forge's own FLUX.1-dev tokenizers
 
 
 def test_a1111_refuses_a_flux_base_at_start_and_still_converts_flux_loras(fake_webui, runner_factory, flux_files,
