@@ -156,6 +156,8 @@ def test_forge_tab_trains_a_tiny_flux_and_forge_maps_every_key(fake_forge, datas
     assert message.startswith("started training flux_e2e"), message
     status = host.jobs.wait(300)
     assert status["state"] == "done", status["message"]
+    assert status["checks"] == ["flux_e2e.safetensors: 20/20 modules match flux1-tiny-dev.safetensors (all keys match) "
+                                "(format-layer check)"]  # Forge: the format layer checks against the base
     published = host.lora_dir() / "flux_e2e.safetensors"
     assert networks.available_networks["flux_e2e"].filename == str(published)  # listed without a manual refresh
 
