@@ -13,6 +13,7 @@ Fused BFL weights are split into the canonical (diffusers) modules by ``flux_nam
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AdapterError
@@ -84,7 +85,10 @@ def gguf_tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """{tensor name: logical shape (torch order)} of a GGUF file."""
     from .llm_base import open_gguf
 
-    reader = open_gguf(path)
+    return _gguf_shapes(open_gguf(path))
+
+
+def _gguf_shapes(reader) -> dict[str, tuple[int, ...]]:
     return {t.name: tuple(int(d) for d in reversed(t.shape.tolist())) for t in reader.tensors}
 
 
@@ -95,27 +99,53 @@ def is_flux_gguf(path: Path) -> bool:
     return gguf_field(open_gguf(path), "general.architecture") == "flux"
 
 
-def base_variant(path: Path) -> str | None:
-    """dev/schnell/chroma of a Flux base file (safetensors or GGUF), None when it is not one."""
+@dataclass(frozen=True)
+class FluxBaseFile:
+    """What a Flux.1 base file's header tells: where its transformer is, its names, variant and the parts inside."""
+
+    prefix: str  # the transformer's key prefix ("" for the BFL single file and city96's GGUF)
+    bfl: bool  # BFL names (False: a diffusers-named transformer)
+    variant: str  # dev | schnell | chroma
+    parts: dict[str, str]  # {clip_l/t5xxl/ae held beside the transformer (all-in-one): their key prefix}
+
+
+def header_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """{tensor name: shape} of a safetensors file or a Flux GGUF (headers only); None for other files."""
     path = Path(path)
     if path.suffix.lower() == ".gguf":
-        names = set(gguf_tensor_shapes(path)) if is_flux_gguf(path) else set()
-    elif path.suffix.lower() == ".safetensors":
-        names = {k for k in read_header(path)[0] if k != "__metadata__"}
-    else:
+        from .llm_base import gguf_field, open_gguf
+
+        reader = open_gguf(path)
+        return _gguf_shapes(reader) if gguf_field(reader, "general.architecture") == "flux" else None
+    if path.suffix.lower() != ".safetensors":
         return None
-    prefix = flux_prefix(names)
-    return None if prefix is None else variant_of_names(names, prefix)
+    header, _ = read_header(path)
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def read_flux_base(path: Path) -> FluxBaseFile | None:
+    """The Flux.1 facts of a base file (safetensors or city96 GGUF), None when it holds no Flux.1 transformer.
+    The one reader of them: ``inspect``, the tab's model line, preflight and the training loader use it."""
+    shapes = header_shapes(path)
+    prefix = None if shapes is None else flux_prefix(shapes)
+    if prefix is None:
+        return None
+    return FluxBaseFile(prefix, prefix + _MARKERS[0] in shapes, variant_of_names(shapes, prefix),
+                        _parts_of_names(shapes, _INSIDE))
+
+
+def base_variant(path: Path) -> str | None:
+    """dev/schnell/chroma of a Flux base file (safetensors or GGUF), None when it is not one."""
+    info = read_flux_base(path)
+    return None if info is None else info.variant
 
 
 def read_flux_base_shapes(path: Path) -> tuple[str, dict[str, tuple[int, ...]]]:
     """("flux", {canonical module: weight shape}) of a Flux.1 base file (safetensors or city96 GGUF)."""
-    path = Path(path)
-    if path.suffix.lower() == ".gguf":
-        return read_flux_safetensors_shapes(path, gguf_tensor_shapes(path))
-    header, _ = read_header(path)
-    return read_flux_safetensors_shapes(path, {k: tuple(v["shape"]) for k, v in header.items()
-                                               if k != "__metadata__"})
+    shapes = header_shapes(path)
+    if shapes is None:
+        raise AdapterError(f"{path}: not a Flux.1 transformer (a .safetensors or city96 GGUF file holds one)")
+    return read_flux_safetensors_shapes(Path(path), shapes)
 
 
 def adapter_variant(adapter, base: Path | None = None) -> tuple[str | None, str]:
@@ -139,20 +169,25 @@ FLUX_PARTS = ("clip_l", "t5xxl", "ae")
 _CLIP_Q = "text_model.encoder.layers.0.self_attn.q_proj.weight"
 _T5_Q = "encoder.block.0.layer.0.SelfAttention.q.weight"
 _AE_IN = "decoder.conv_in.weight"
+_CLIP_G_WIDTH = 1280
+_INSIDE = ("text_encoders.clip_l.", "text_encoders.t5xxl.", "vae.", "first_stage_model.")
 
 
-def _part_of_names(shapes: dict[str, tuple[int, ...]], prefixes: tuple[str, ...] = ("",)) -> set[str]:
-    """Which Flux parts tensors with these names hold: CLIP-L (768 wide), T5 and the 16-channel Flux VAE."""
-    found = set()
+def _parts_of_names(shapes: dict[str, tuple[int, ...]], prefixes: tuple[str, ...] = ("",)) -> dict[str, str]:
+    """{Flux part: key prefix} of what tensors with these names hold: CLIP-L (any width but CLIP-G's 1280, the
+    other CLIP a text_encoder folder holds; with or without ``text_model.``, which transformers >= 5 drops),
+    T5 and the 16-channel Flux VAE (SD's has 4 latent channels)."""
+    found = {}
     for prefix in prefixes:
-        clip = shapes.get(prefix + _CLIP_Q) or shapes.get(prefix + "transformer." + _CLIP_Q)
-        if clip and clip[-1] == 768:
-            found.add("clip_l")
-        if prefix + _T5_Q in shapes or prefix + "transformer." + _T5_Q in shapes:
-            found.add("t5xxl")
+        for inner in (prefix, prefix + "transformer."):
+            clip = shapes.get(inner + _CLIP_Q) or shapes.get(inner + _CLIP_Q.removeprefix("text_model."))
+            if clip and clip[-1] != _CLIP_G_WIDTH:
+                found["clip_l"] = inner
+            if inner + _T5_Q in shapes:
+                found["t5xxl"] = inner
         conv = shapes.get(prefix + _AE_IN)
-        if conv and len(conv) == 4 and conv[1] == 16:  # SD's VAE has 4 latent channels
-            found.add("ae")
+        if conv and len(conv) == 4 and conv[1] == 16:
+            found["ae"] = prefix
     return found
 
 
@@ -165,20 +200,14 @@ def flux_part_kind(path: Path) -> str | None:
             from .llm_base import gguf_field, open_gguf
 
             return "t5xxl" if gguf_field(open_gguf(path), "general.architecture") in ("t5", "t5encoder") else None
-        if path.suffix.lower() != ".safetensors":
-            return None
-        header, _ = read_header(path)
+        shapes = header_shapes(path)
     except AdapterError:
         return None
-    found = _part_of_names({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+    found = _parts_of_names(shapes) if shapes else {}
     return next(iter(found)) if len(found) == 1 else None
 
 
 def parts_inside(path: Path) -> set[str]:
     """The Flux parts an all-in-one checkpoint holds beside its transformer (ComfyUI/Forge key prefixes)."""
-    path = Path(path)
-    if path.suffix.lower() != ".safetensors":
-        return set()
-    header, _ = read_header(path)
-    shapes = {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
-    return _part_of_names(shapes, ("text_encoders.clip_l.", "text_encoders.t5xxl.", "vae.", "first_stage_model."))
+    info = read_flux_base(path)
+    return set() if info is None else set(info.parts)

@@ -86,15 +86,6 @@ class GGUFTensors(Mapping):
         return None
 
 
-def is_flux_gguf(path: Path) -> bool:
-    """True for a GGUF whose ``general.architecture`` is ``flux`` (city96's Flux files)."""
-    try:
-        reader = converters.llm_base.open_gguf(path)
-    except converters.AdapterError:
-        return False
-    return converters.llm_base.gguf_field(reader, "general.architecture") == "flux"
-
-
 def pack_linears(model: torch.nn.Module, tensors: GGUFTensors, pairs: dict) -> dict:
     """Put a ``GGUFLinear`` wherever a quantized BFL matrix feeds a linear layer; the float rest as loaders.
 

@@ -24,7 +24,7 @@ import torch
 
 from ..cancel import cancel_point
 from ..errors import UserError
-from .flux_weights import bfl_to_diffusers, is_bfl_transformer, transformer_config
+from .flux_weights import bfl_to_diffusers, transformer_config
 from .tokenizers import load_clip_tokenizer, load_t5_tokenizer, tokenizer_subfolder
 
 CONFIG_DIR = Path(__file__).with_name("configs")
@@ -55,62 +55,73 @@ def _open(path: Path, what: str):
     return LazyCheckpoint(path)
 
 
-def flux_prefix(path: str | Path | None) -> str | None:
-    """The transformer's key prefix (``""`` for a BFL file) when ``path`` is a Flux.1 safetensors file, else None."""
+def flux_base_file(path: str | Path | None):
+    """``converters.flux_base.FluxBaseFile`` of ``path`` (prefix, names, variant, parts inside), None when it is no
+    Flux.1 base or unreadable."""
     from .._converters import converters
 
     path = Path(str(path or "")).expanduser()
-    if path.suffix.lower() == ".gguf" and path.is_file():
-        from .flux_gguf import is_flux_gguf
-
-        return "" if is_flux_gguf(path) else None
-    if path.suffix.lower() != ".safetensors" or not path.is_file():
+    if not path.is_file():
         return None
     try:
-        header, _ = converters.safetensors_io.read_header(path)
+        return converters.flux_base.read_flux_base(path)
     except converters.AdapterError:
         return None
-    for prefix in ("", TRANSFORMER_PREFIX):
-        if is_bfl_transformer({k[len(prefix):] for k in header if k.startswith(prefix)}):
-            return prefix
-    return None
 
 
 def is_flux_base(path: str | Path | None) -> bool:
     """True when ``path`` is a Flux.1 transformer or all-in-one checkpoint."""
-    return flux_prefix(path) is not None
+    return flux_base_file(path) is not None
 
 
 @dataclass
 class FluxFiles:
-    """Where each part comes from: (file, key prefix)."""
+    """Where each part comes from: (file, key prefix), and the variant the transformer's tensors tell."""
 
     transformer: tuple[Path, str]
     clip: tuple[Path, str]
     t5: tuple[Path, str]
     vae: tuple[Path, str]
+    variant: str = "dev"
+
+
+PART_KEYS = {"clip_l": "CLIP-L text encoder", "t5xxl": "T5-XXL text encoder", "ae": "VAE"}
+PART_WORDS = {"clip_l": "the CLIP-L text encoder", "t5xxl": "the T5-XXL text encoder", "ae": "the Flux VAE (ae)"}
 
 
 def find_files(config: Any) -> FluxFiles:
-    """The part files of ``config`` (``base_model`` plus ``clip_l``/``t5xxl``/``ae``, or one all-in-one file)."""
+    """The part files of ``config`` (``base_model`` plus ``clip_l``/``t5xxl``/``ae``, or one all-in-one file).
+
+    One line for a base that is no trainable Flux.1 transformer, a part neither given nor inside the base,
+    and a part file of the wrong kind (the VAE given as clip_l)."""
+    from .._converters import converters
+
     base = Path(str(config.base_model)).expanduser()
-    prefix = flux_prefix(base)
-    if prefix is None:
+    info = flux_base_file(base)
+    if info is None:
         raise UserError(f"{base}: not a Flux.1 transformer (no double_blocks.*/single_blocks.* tensors); set "
                         "base_model to flux1-dev/schnell .safetensors or leave model_arch on auto")
-    keys = set(_open(base, "base model")) if prefix else set()
+    if not info.bfl or info.variant == "chroma":
+        what = "Chroma" if info.variant == "chroma" else "a diffusers-named Flux.1 transformer"
+        raise UserError(f"{base.name}: {what} is not trained here; give the BFL single file (flux1-dev/schnell "
+                        ".safetensors), an all-in-one checkpoint or a city96 GGUF")
 
-    def part(key: str, inside: str, what: str) -> tuple[Path, str]:
+    def part(key: str) -> tuple[Path, str]:
         given = getattr(config, key)
-        if given:
-            return Path(str(given)).expanduser(), ""
-        if any(k.startswith(inside) for k in keys):
-            return base, inside
-        raise UserError(f"{base}: a Flux.1 transformer without its {what}; set {key} to the {what} file "
-                        f"(Forge keeps it in models/{'VAE' if key == 'ae' else 'text_encoder'})")
+        if not given:
+            if key in info.parts:
+                return base, info.parts[key]
+            raise UserError(f"{base.name}: a Flux.1 transformer without {PART_WORDS[key]}; choose its file in {key} "
+                            f"(Forge keeps it in models/{'VAE' if key == 'ae' else 'text_encoder'})")
+        path = Path(str(given)).expanduser()
+        _open(path, PART_KEYS[key])  # found, a .safetensors file, a readable header
+        kind = converters.flux_base.flux_part_kind(path)
+        if kind != key:
+            found = PART_WORDS[kind] if kind else "no Flux text encoder or VAE"
+            raise UserError(f"{path}: given as {key} but holds {found}; choose {PART_WORDS[key]} file")
+        return path, ""
 
-    return FluxFiles((base, prefix), part("clip_l", CLIP_PREFIX, "CLIP-L text encoder"),
-                     part("t5xxl", T5_PREFIX, "T5-XXL text encoder"), part("ae", VAE_PREFIX, "VAE"))
+    return FluxFiles((base, info.prefix), part("clip_l"), part("t5xxl"), part("ae"), info.variant)
 
 
 @dataclass
@@ -170,12 +181,10 @@ def load_flux_base(config: Any, parts: tuple[str, ...] = PARTS, weight_dtype: to
     files = find_files(config)
     path, prefix = files.transformer
     checkpoint = _open(path, "base model")
-    shapes = checkpoint.shapes(prefix)
     storage = transformer_storage(config, checkpoint.dtype_of(prefix), weight_dtype)
     if path.suffix.lower() == ".gguf":
         storage = (torch.float32, "fp32")  # quantized matrices stay packed; the few float ones are float32
-    variant = "dev" if "guidance_in.in_layer.weight" in shapes else "schnell"
-    shipped = shipped_flux_config(variant)
+    shipped = shipped_flux_config(files.variant)
     tokenizers = _tokenizers(config, files, shipped)
 
     def build(base: FluxBase, wanted: tuple[str, ...]) -> None:
@@ -190,13 +199,14 @@ def load_flux_base(config: Any, parts: tuple[str, ...] = PARTS, weight_dtype: to
             base.transformer = _build_transformer(files.transformer, shipped, *storage)
             base.transformer_dtype = None if storage[0] == torch.float32 else storage[0]
 
-    base = FluxBase(variant, files, shipped, tokenizers, build=build)
+    base = FluxBase(files.variant, files, shipped, tokenizers, build=build)
     build(base, tuple(p for p in PARTS if p in parts))
     return base
 
 
 def check_flux_inputs(config: Any, host_root: Path | None = None) -> Any:
-    """Before a start: every part file is found and readable and both tokenizers are there (nothing loads).
+    """Before a start: every part file is found, readable and of its kind, and both tokenizers are there (nothing
+    loads).
 
     Returns ``config``, with ``tokenizer_path`` set to ``host_root`` (the WebUI's own Flux tokenizer
     folders) when that is where the tokenizers come from.
@@ -206,9 +216,6 @@ def check_flux_inputs(config: Any, host_root: Path | None = None) -> Any:
     from .tokenizers import find_clip_tokenizer, find_t5_tokenizer, host_tokenizer_dir
 
     files = find_files(config)
-    for (path, _), what in zip((files.clip, files.t5, files.vae), ("CLIP-L text encoder", "T5-XXL text encoder",
-                                                                   "VAE"), strict=True):
-        _open(path, what)
     root = Path(str(config.tokenizer_path)).expanduser() if config.tokenizer_path else None
     shipped = shipped_flux_config("dev")
     if root is None and host_root is not None and host_tokenizer_dir(host_root, 0) and \

@@ -19,22 +19,14 @@ from .._converters import converters
 from ..errors import UserError
 
 _names = converters.flux_names
-_DOUBLE_NORMS = {"img_attn.norm.query_norm": "attn.norm_q", "img_attn.norm.key_norm": "attn.norm_k",
-                 "txt_attn.norm.query_norm": "attn.norm_added_q", "txt_attn.norm.key_norm": "attn.norm_added_k"}
-_SINGLE_NORMS = {"norm.query_norm": "attn.norm_q", "norm.key_norm": "attn.norm_k"}
-_QKV_DOUBLE = "double_blocks.0.img_attn.qkv.weight"
 
 
 def _norm_names(n_double: int, n_single: int) -> dict[str, str]:
-    """{BFL ``*.scale``: diffusers ``*.weight``} of the q/k norms of every block."""
-    out = {}
-    for n in range(n_double):
-        for bfl, ours in _DOUBLE_NORMS.items():
-            out[f"double_blocks.{n}.{bfl}.scale"] = f"transformer_blocks.{n}.{ours}.weight"
-    for n in range(n_single):
-        for bfl, ours in _SINGLE_NORMS.items():
-            out[f"single_blocks.{n}.{bfl}.scale"] = f"single_transformer_blocks.{n}.{ours}.weight"
-    return out
+    """{BFL ``*.scale``: diffusers ``*.weight``} of the q/k norms of every block (``flux_names.QK_NORMS``)."""
+    counts = {"double_blocks": n_double, "single_blocks": n_single}
+    return {f"{bfl_head}.{n}.{bfl}.scale": f"{head}.{n}.{ours}.weight"
+            for bfl_head, (head, norms) in _names.QK_NORMS.items() for n in range(counts[bfl_head])
+            for bfl, ours in norms.items()}
 
 
 def block_counts(keys) -> tuple[int, int]:
@@ -43,11 +35,6 @@ def block_counts(keys) -> tuple[int, int]:
         found = {int(m.group(1)) for k in keys if (m := re.match(rf"{head}\.(\d+)\.", k))}
         return max(found) + 1 if found else 0
     return count("double_blocks"), count("single_blocks")
-
-
-def is_bfl_transformer(keys) -> bool:
-    """True when ``keys`` (without prefix) are a BFL Flux.1 transformer's."""
-    return _QKV_DOUBLE in keys or "single_blocks.0.linear1.weight" in keys
 
 
 def _split(bfl, value: torch.Tensor, width: int) -> list[torch.Tensor]:
@@ -90,20 +77,9 @@ def bfl_to_diffusers(bfl: Mapping[str, torch.Tensor], width: int,
 
 
 def diffusers_to_bfl(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The BFL single-file state dict of a diffusers ``FluxTransformer2DModel`` state dict."""
-    out = {}
-    for path, module in _names.bfl_modules().items():
-        names = [p[len(_names.TRANSFORMER):] for p in module.parts]
-        for param in ("weight", "bias"):
-            if f"{names[0]}.{param}" not in state:
-                continue
-            value = torch.cat([state[f"{n}.{param}"] for n in names])
-            out[f"{path}.{param}"] = torch.cat(value.chunk(2)[::-1]) if module.swapped else value
-    n_double = sum(1 for k in state if re.fullmatch(r"transformer_blocks\.\d+\.attn\.norm_q\.weight", k))
-    n_single = sum(1 for k in state if re.fullmatch(r"single_transformer_blocks\.\d+\.attn\.norm_q\.weight", k))
-    for bfl, ours in _norm_names(n_double, n_single).items():
-        out[bfl] = state[ours]
-    return out
+    """The BFL single-file state dict of a diffusers ``FluxTransformer2DModel`` state dict (the format layer's
+    ``flux_names.bfl_state_dict`` on torch tensors)."""
+    return _names.bfl_state_dict(state, torch.cat)
 
 
 def rope_axes(head_dim: int) -> list[int]:

@@ -15,8 +15,6 @@ from ..errors import UserError
 
 TEXT_TASK = "text-generation"
 SD_ARCHS = ("sd1", "sd2", "sd2-v", "sdxl")
-FLUX_PART_KEYS = ("clip_l", "t5xxl", "ae")
-FLUX_PART_NAMES = {"clip_l": "the CLIP-L text encoder", "t5xxl": "the T5-XXL text encoder", "ae": "the Flux VAE (ae)"}
 
 
 def check_start(config: Any, lora_dir: str | Path | None = None,
@@ -42,18 +40,21 @@ def check_start(config: Any, lora_dir: str | Path | None = None,
     if _flux_run(cfg):
         from ..models.flux_loader import check_flux_inputs
 
+        if not flux:
+            raise UserError(f"{Path(str(cfg.base_model)).name}: is a Flux.1 model, which A1111 1.10 cannot run, so "
+                            "LoRA Bridge does not train on it here; train in Forge or with lora-bridge train (Convert "
+                            "handles Flux LoRAs)")
         cfg = check_flux_inputs(cfg, (tokenizer_dirs or {}).get("flux"))
         return cfg, _check_image_data(cfg)
     arch = _check_image_base(cfg)
-    if arch == "flux":
-        _check_flux(cfg, flux)
-    elif arch is not None:
+    if arch is not None:
         cfg = _check_tokenizers(cfg, arch, tokenizer_dirs or {})
     return cfg, _check_image_data(cfg)
 
 
 def _flux_run(cfg: Any) -> bool:
-    """True for a Flux.1 base (the Flux engine's own checks follow); UserError for a missing base."""
+    """True for a Flux.1 base: the host's refusal, then the Flux loader's checks of the part files
+    (``flux_loader.check_flux_inputs``, the same the CLI runs); UserError for a missing base."""
     from ..models.flux_loader import is_flux_run
 
     base = Path(str(cfg.base_model)).expanduser()
@@ -63,12 +64,9 @@ def _flux_run(cfg: Any) -> bool:
 
 
 def _check_image_base(cfg: Any) -> str | None:
-    """The base's architecture (None for a .ckpt, read only by the engine); UserError when it is no SD base."""
+    """The base's architecture (None for a .ckpt, read only by the engine); UserError when it is no SD base
+    (``_flux_run`` has checked that it exists)."""
     base = Path(str(cfg.base_model)).expanduser()
-    if not base.exists():
-        raise UserError(f"{base}: base model not found; pick a checkpoint in Model or give a full path")
-    if base.is_file() and base.suffix.lower() == ".gguf" and _base_arch(base, "flux", "the GGUF header") == "flux":
-        return "flux"
     if base.is_file() and base.suffix.lower() not in (".safetensors", ".ckpt"):
         raise UserError(f"{base}: not a Stable Diffusion checkpoint (.safetensors/.ckpt or a diffusers folder)")
     wanted = str(getattr(cfg, "model_arch", "auto") or "auto")
@@ -76,38 +74,10 @@ def _check_image_base(cfg: Any) -> str | None:
         # reading a pickle's architecture means loading it: the engine does that (weights_only)
         return wanted if wanted in SD_ARCHS else None
     arch = _base_arch(base, "sd", "the base model")
-    if arch == "flux":
-        return arch
     if arch not in SD_ARCHS and wanted == "auto":
         raise UserError(f"{base}: not an SD1/SD2/SDXL checkpoint (found {arch or 'no known architecture'}); "
                         "pick a Stable Diffusion checkpoint, or set model_arch")
     return arch if arch in SD_ARCHS else (wanted if wanted in SD_ARCHS else None)
-
-
-def _check_flux(cfg: Any, host_runs_flux: bool) -> None:
-    """A Flux.1 base: refused where the host cannot run Flux; else CLIP-L, T5-XXL and the VAE must be
-    inside it (all-in-one) or given as ``clip_l``/``t5xxl``/``ae`` files of the right kind."""
-    flux_base = converters.flux_base
-
-    base = Path(str(cfg.base_model)).expanduser()
-    if not host_runs_flux:
-        raise UserError(f"{base.name}: is a Flux.1 model, which A1111 1.10 cannot run, so LoRA Bridge does not "
-                        "train on it here; train in Forge or with lora-bridge train (Convert handles Flux LoRAs)")
-    inside = flux_base.parts_inside(base)
-    for key in FLUX_PART_KEYS:
-        value = getattr(cfg, key, None)
-        if not value:
-            if key in inside:
-                continue
-            raise UserError(f"{base.name}: a Flux.1 transformer without {FLUX_PART_NAMES[key]}; choose its file in "
-                            f"{key} (Forge keeps them in models/text_encoder and models/VAE)")
-        path = Path(str(value)).expanduser()
-        if not path.is_file():
-            raise UserError(f"{path}: {key} file not found; pick one of the host's text encoder / VAE files")
-        kind = flux_base.flux_part_kind(path)
-        if kind != key:
-            found = FLUX_PART_NAMES[kind] if kind else "no Flux text encoder or VAE"
-            raise UserError(f"{path}: given as {key} but holds {found}; choose the {FLUX_PART_NAMES[key]} file")
 
 
 def _check_tokenizers(cfg: Any, arch: str, host_dirs: dict[str, Path]) -> Any:

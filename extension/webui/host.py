@@ -33,7 +33,8 @@ NON_LOCAL_FLAGS = ("share", "listen", "ngrok", "server_name")
 LORA_PARTS = ("lora_down", "lora_up", "lora_A", "lora_B", "alpha", "lora_mid", "dora_scale")
 # The diffusers folders (tokenizer/, tokenizer_2/) Forge and Forge Neo ship under backend/huggingface/.
 HOST_TOKENIZERS = {"sd1": "runwayml/stable-diffusion-v1-5", "sd2": "stabilityai/stable-diffusion-2-1",
-                   "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+                   "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+                   "flux": "black-forest-labs/FLUX.1-dev"}  # Flux: CLIP-L tokenizer/ and T5 tokenizer_2/
 
 
 def _modules(name: str) -> Any:

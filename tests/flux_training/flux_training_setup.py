@@ -30,6 +30,26 @@ def write_yaml(values: dict, path: Path) -> Path:
     return path
 
 
+def diffusers_lora(path: Path, transformer, inner: int | None = None) -> None:
+    """Load the kohya Flux LoRA ``path`` into ``transformer`` with diffusers' ``FluxLoraLoaderMixin`` (sd-scripts'
+    conversion run at the tiny width ``inner``, the tiny Flux's own by default; the MLP is 4x as wide)."""
+    from diffusers.loaders import FluxLoraLoaderMixin, lora_conversion_utils, lora_pipeline
+    from flux_consumer import INNER, at_tiny_width
+
+    inner = inner or INNER
+    original = lora_pipeline._convert_kohya_flux_lora_to_diffusers
+    lora_pipeline._convert_kohya_flux_lora_to_diffusers = at_tiny_width(
+        lora_conversion_utils._convert_kohya_flux_lora_to_diffusers, "dims=[3072, 3072, 3072, 12288]",
+        f"dims=[{inner}, {inner}, {inner}, {4 * inner}]")
+    try:
+        state, alphas = FluxLoraLoaderMixin.lora_state_dict(str(path.parent), weight_name=path.name,
+                                                            return_alphas=True)
+    finally:
+        lora_pipeline._convert_kohya_flux_lora_to_diffusers = original
+    FluxLoraLoaderMixin.load_lora_into_transformer(state, network_alphas=alphas, transformer=transformer,
+                                                   adapter_name="t")
+
+
 def state_deltas(state_dir: Path, alpha: float) -> dict[str, np.ndarray]:
     """{``transformer.<module>``: B @ A * alpha / r} of the trained PEFT layers, from the run's training state."""
     from extension.training.checkpoint import load_training_state

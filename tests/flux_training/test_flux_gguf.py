@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from flux_consumer import at_tiny_width
-from flux_training_setup import flux_config, state_deltas
+from flux_training_setup import diffusers_lora, flux_config, state_deltas
 
 from extension.config import config_from_dict
 from extension.models.flux_gguf import GGUFLinear
@@ -66,7 +66,6 @@ def test_packed_transformer_computes_what_the_gguf_blocks_hold(qtype, tmp_path_f
 
 
 def test_lora_trains_on_the_packed_gguf_and_diffusers_applies_it(flux_data, tmp_path, tmp_path_factory):
-    from diffusers.loaders import FluxLoraLoaderMixin, lora_conversion_utils, lora_pipeline
     from flux_consumer import module_deltas
 
     from extension.runner import run_training
@@ -77,18 +76,8 @@ def test_lora_trains_on_the_packed_gguf_and_diffusers_applies_it(flux_data, tmp_
     result = run_training(config)
     assert result.status == "done", result.message
     path = tmp_path / "out" / "flux_t.safetensors"
-    original = lora_pipeline._convert_kohya_flux_lora_to_diffusers
-    lora_pipeline._convert_kohya_flux_lora_to_diffusers = at_tiny_width(
-        lora_conversion_utils._convert_kohya_flux_lora_to_diffusers, "dims=[3072, 3072, 3072, 12288]",
-        f"dims=[{2 * WIDE}, {2 * WIDE}, {2 * WIDE}, {8 * WIDE}]")
-    try:
-        state, alphas = FluxLoraLoaderMixin.lora_state_dict(str(path.parent), weight_name=path.name,
-                                                            return_alphas=True)
-    finally:
-        lora_pipeline._convert_kohya_flux_lora_to_diffusers = original
     transformer = build_tiny_flux(head_dim=WIDE)["transformer"]
-    FluxLoraLoaderMixin.load_lora_into_transformer(state, network_alphas=alphas, transformer=transformer,
-                                                   adapter_name="t")
+    diffusers_lora(path, transformer, inner=2 * WIDE)
     got, want = module_deltas(transformer, "t"), state_deltas(tmp_path / "out" / "state", alpha=4.0)
     assert set(got) == set(want) and all(np.any(w) for w in want.values())
     assert max(float(np.linalg.norm(got[n] - w) / np.linalg.norm(w)) for n, w in want.items()) <= 1e-4

@@ -65,9 +65,9 @@ def test_float8_file_trains_on_float8_storage_with_the_upcast_values(tmp_path):
 def test_missing_part_files_are_one_line(flux_files, tmp_path):
     from extension.errors import UserError
 
-    with pytest.raises(UserError, match="without its VAE; set ae"):
+    with pytest.raises(UserError, match=r"without the Flux VAE \(ae\); choose its file in ae"):
         load_flux_base(_config({k: v for k, v in flux_files.items() if k != "ae"}))
-    with pytest.raises(UserError, match="not a Flux VAE"):
+    with pytest.raises(UserError, match=r"given as ae but holds the CLIP-L text encoder; choose the Flux VAE \(ae\)"):
         load_flux_base(_config({**flux_files, "ae": flux_files["clip_l"]}))
 
 

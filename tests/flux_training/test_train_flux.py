@@ -6,27 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flux_consumer import INNER, MLP, at_tiny_width, module_deltas
-from flux_training_setup import STEPS, fixed_flow_loss, state_deltas
+from flux_consumer import module_deltas
+from flux_training_setup import STEPS, diffusers_lora, fixed_flow_loss, state_deltas
 
 from extension._converters import converters
-
-
-def _diffusers_lora(path, transformer) -> None:
-    """Load ``path`` into ``transformer`` with ``FluxLoraLoaderMixin`` (sd-scripts conversion at the tiny width)."""
-    from diffusers.loaders import FluxLoraLoaderMixin, lora_conversion_utils, lora_pipeline
-
-    original = lora_pipeline._convert_kohya_flux_lora_to_diffusers
-    lora_pipeline._convert_kohya_flux_lora_to_diffusers = at_tiny_width(
-        lora_conversion_utils._convert_kohya_flux_lora_to_diffusers, "dims=[3072, 3072, 3072, 12288]",
-        f"dims=[{INNER}, {INNER}, {INNER}, {MLP}]")
-    try:
-        state, alphas = FluxLoraLoaderMixin.lora_state_dict(str(path.parent), weight_name=path.name,
-                                                            return_alphas=True)
-    finally:
-        lora_pipeline._convert_kohya_flux_lora_to_diffusers = original
-    FluxLoraLoaderMixin.load_lora_into_transformer(state, network_alphas=alphas, transformer=transformer,
-                                                   adapter_name="t")
 
 
 def test_cli_run_writes_a_kohya_flux_lora_with_sd_scripts_metadata(trained):
@@ -48,7 +31,7 @@ def test_diffusers_loader_applies_the_delta_our_model_trained(trained):
     from extension.tiny.flux import build_tiny_flux
 
     transformer = build_tiny_flux()["transformer"]
-    _diffusers_lora(trained / "flux_t.safetensors", transformer)
+    diffusers_lora(trained / "flux_t.safetensors", transformer)
     got = module_deltas(transformer, "t")
     want = state_deltas(trained / "state", alpha=4.0)
     assert set(got) == set(want) and len(want) == 20  # every linear of the double and the single block
@@ -66,7 +49,7 @@ def test_loss_falls_on_the_training_images(trained, flux_files, flux_data):
                   AutoTokenizer.from_pretrained(str(folder / "tokenizer_2"))]
     parts = build_tiny_flux()
     before = fixed_flow_loss(parts, tokenizers, flux_data)
-    _diffusers_lora(trained / "flux_t.safetensors", parts["transformer"])
+    diffusers_lora(trained / "flux_t.safetensors", parts["transformer"])
     after = fixed_flow_loss(parts, tokenizers, flux_data)
     print(f"flux: fixed-batch flow loss {before:.4f} -> {after:.4f}")
     assert after < before * 0.97, (before, after)
@@ -79,7 +62,7 @@ def test_sd_model_arch_on_a_flux_file_and_unsupported_keys_are_one_line(flux_fil
     from extension.runner import run_training
 
     cases = [({"model_arch": "sdxl"}, "is a Flux.1 model but model_arch is 'sdxl'"),
-             ({"clip_l": None}, "without its CLIP-L text encoder; set clip_l"),
+             ({"clip_l": None}, "without the CLIP-L text encoder; choose its file in clip_l"),
              ({"train_text_encoder": True}, "train_text_encoder is not supported for Flux.1")]
     for overrides, words in cases:
         config = flux_config(flux_files, flux_data, tmp_path / "out", **overrides)

@@ -33,22 +33,7 @@ def write_bfl(model, path: Path, prefix: str = "", text_encoders: bool = False, 
 
 
 def write_city96_gguf(model, path: Path, qtype: str = "Q4_0") -> Path:
-    """A GGUF as city96's convert.py writes Flux (``general.architecture = flux``, BFL names): 2-D weights
-    whose rows fit ``qtype``'s blocks are quantized, the rest F16 (biases and norms F32)."""
-    import gguf
+    """A GGUF as city96's convert.py writes Flux (``extension.tiny.flux.save_city96_gguf``, the training tests' too)."""
+    from extension.tiny.flux import save_city96_gguf
 
-    writer = gguf.GGUFWriter(str(path), arch="flux")
-    qt = getattr(gguf.GGMLQuantizationType, qtype)
-    block = gguf.GGML_QUANT_SIZES[qt][0]
-    for name, value in bfl_state(model).items():
-        if value.ndim == 2 and value.shape[1] % block == 0:
-            writer.add_tensor(name, gguf.quants.quantize(value, qt), raw_dtype=qt)
-        elif value.ndim == 2:
-            writer.add_tensor(name, value.astype(np.float16))
-        else:
-            writer.add_tensor(name, value)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return save_city96_gguf(bfl_checkpoint(model), path, qtype)

@@ -20,6 +20,7 @@ FAKE_NAMES = ("modules", "network", "networks", "backend", "launch", "modules_fo
 # Forge Neo ships these CLIP tokenizers (diffusers layout) under backend/huggingface/.
 NEO_TOKENIZERS = ("runwayml/stable-diffusion-v1-5/tokenizer", "stabilityai/stable-diffusion-xl-base-1.0/tokenizer",
                   "stabilityai/stable-diffusion-xl-base-1.0/tokenizer_2")
+FORGE_FLUX_TOKENIZERS = "black-forest-labs/FLUX.1-dev"  # Forge and Neo ship it (tokenizer/, tokenizer_2/)
 
 
 def _purge_fake() -> None:
@@ -90,12 +91,20 @@ def fake_neo(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def fake_forge(fake_webui, monkeypatch):
-    """``fake_webui`` as Forge: names in the checkpoint dropdown, ``backend.memory_management`` present."""
+def fake_forge(fake_webui, monkeypatch, tmp_path):
+    """``fake_webui`` as Forge: names in the checkpoint dropdown, ``backend.memory_management`` present, and
+    the Flux.1 tokenizers Forge ships in backend/huggingface/black-forest-labs/FLUX.1-dev/ (``tokenizer/``
+    CLIP, ``tokenizer_2/`` T5; here the tiny Flux's vocabularies)."""
     from modules import sd_models
+
+    from extension.tiny.flux import t5_tokenizer
+    from extension.tiny.sd import write_tokenizer_files
 
     monkeypatch.syspath_prepend(str(FAKE_FORGE))
     sd_models.FLAVOR = "forge"
+    flux = tmp_path / "backend" / "huggingface" / FORGE_FLUX_TOKENIZERS
+    write_tokenizer_files(flux / "tokenizer")
+    t5_tokenizer().save_pretrained(str(flux / "tokenizer_2"))
     yield fake_webui
 
 

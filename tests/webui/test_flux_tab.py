@@ -88,8 +88,9 @@ def test_forge_start_checks_the_flux_parts_before_anything_runs(fake_forge, runn
     with pytest.raises(UserError, match="given as clip_l but holds the Flux VAE"):
         check_start(wrong, host.lora_dir(), {}, flux=True)
     right = {**wrong, "clip_l": str(flux_files["clip_l"])}
-    cfg, summary = check_start(right, host.lora_dir(), {}, flux=True)
+    cfg, summary = check_start(right, host.lora_dir(), host.tokenizer_dirs(), flux=True)
     assert cfg.clip_l == str(flux_files["clip_l"]) and summary.startswith("3 usable image(s)")
+    assert cfg.tokenizer_path == str(host.tokenizer_dirs()["flux"])  # Forge's own FLUX.1-dev tokenizers
 
 
 def test_a1111_refuses_a_flux_base_at_start_and_still_converts_flux_loras(fake_webui, runner_factory, flux_files,
@@ -111,3 +112,60 @@ def test_a1111_refuses_a_flux_base_at_start_and_still_converts_flux_loras(fake_w
         tmp_path / "flux_diffusers.safetensors", to="diffusers")
     out = h.convert(str(src), str(tmp_path / "flux_kohya.safetensors"), "kohya", str(flux_files["base"]), "", "", False)
     assert out.startswith("wrote ") and (tmp_path / "flux_kohya.safetensors").is_file()
+
+
+def test_forge_tab_trains_a_tiny_flux_and_forge_maps_every_key(fake_forge, dataset, tmp_path):
+    """#21 end to end in Forge: a tiny Flux.1 dev as Forge holds it (BFL transformer in models/Stable-diffusion,
+    CLIP-L and T5 in models/text_encoder, ae in models/VAE, Forge's own FLUX.1-dev tokenizers), the "Flux.1 LoRA"
+    preset, Start → the Flux engine trains (fp32, CPU, 2 steps) → the file is in the Lora list at once → every key
+    of it maps in Forge's Flux LoRA loader and changes the weight it names.
+
+    Forge's loader is ``backend/patcher/lora.py`` → ``packages_3rdparty/comfyui_lora_collection/lora.py``
+    (``model_lora_keys_unet`` with its Flux branch over ``utils.flux_to_diffusers``, ``load_lora``), ComfyUI's
+    ``comfy/lora.py`` as Forge copied it; ``tests/formats_flux/comfy_flux.py`` restates that code (its docstring).
+    The fake ``networks.load_network`` matches no real key names, so the key check goes through comfy_flux."""
+    import sys
+
+    import networks
+    from modules import sd_models
+    from safetensors.numpy import load_file
+
+    from extension.tiny.flux import build_tiny_flux, save_tiny_flux
+    from extension.ui.handlers import Handlers
+    from extension.webui.host import WebUIHost
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "formats_flux"))
+    from comfy_flux import key_map, load_and_apply
+    from flux_consumer import bfl_checkpoint
+
+    files = save_tiny_flux(tmp_path / "download")
+    models = tmp_path / "models"
+    where = {"base_model": "Stable-diffusion", "clip_l": "text_encoder", "t5xxl": "text_encoder", "ae": "VAE"}
+    for key, folder in where.items():
+        (models / folder).mkdir(parents=True, exist_ok=True)
+        files[key] = files[key].rename(models / folder / files[key].name)
+    sd_models.list_models([str(files["base_model"])])
+    host = WebUIHost(jobs=JobManager())
+    networks.list_available_networks()  # Forge's startup scan
+    h = Handlers(host)
+    values = dict(zip([f.name for f in h.image_fields], h.apply_preset("Flux.1 LoRA"), strict=True))
+    assert {k: values[k] for k in ("clip_l", "t5xxl", "ae")} == {k: str(files[k]) for k in ("clip_l", "t5xxl", "ae")}
+    values.update(resolution=64, min_bucket_reso=64, max_bucket_reso=64, max_train_steps=2, lora_rank=4,
+                  lora_alpha=4, mixed_precision="no", fp8_base=False, learning_rate=1e-2, t5xxl_max_token_length=16)
+    message = h.start(str(dataset), files["base_model"].name, "flux_e2e", *values.values())
+    assert message.startswith("started training flux_e2e"), message
+    status = host.jobs.wait(300)
+    assert status["state"] == "done", status["message"]
+    assert status["checks"] == ["flux_e2e.safetensors: 20/20 modules match flux1-tiny-dev.safetensors (all keys match) "
+                                "(format-layer check)"]  # Forge: the format layer checks against the base
+    published = host.lora_dir() / "flux_e2e.safetensors"
+    assert networks.available_networks["flux_e2e"].filename == str(published)  # listed without a manual refresh
+
+    model = build_tiny_flux()["transformer"]  # the same seeded weights save_tiny_flux wrote
+    weights = {"diffusion_model." + k: v.detach().numpy() for k, v in bfl_checkpoint(model).items()}
+    hidden = model.config.num_attention_heads * model.config.attention_head_dim
+    lora = load_file(str(published))
+    patched, not_loaded = load_and_apply(lora, key_map(weights, 1, 1, hidden), weights)
+    assert not_loaded == []  # Forge prints "(skipped 0 keys)" and no unmatched keys
+    changed = [k for k in weights if not np.array_equal(weights[k], patched[k])]
+    assert len(changed) == len({k.split(".")[0] for k in lora}), (len(changed), sorted(changed)[:5])
