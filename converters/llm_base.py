@@ -49,6 +49,17 @@ def gguf_field(reader, key: str):
 ADAPTER_ARRAY_LIMIT = 1 << 16
 
 
+def _check_magic(path: Path) -> None:
+    """AdapterError (one line) when ``path`` cannot be read or does not start with the GGUF magic."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise AdapterError(f"{path}: cannot read ({exc.strerror})") from None
+    if magic != b"GGUF":
+        raise AdapterError(f"{path}: not a GGUF file (bad magic)")
+
+
 def open_gguf(path: Path, adapter: bool = False):
     """A ``gguf.GGUFReader`` for ``path``; a truncated, corrupt or oversized file raises AdapterError.
 
@@ -57,13 +68,7 @@ def open_gguf(path: Path, adapter: bool = False):
     """
     import gguf
 
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise AdapterError(f"{path}: cannot read ({exc.strerror})") from None
-    if magic != b"GGUF":
-        raise AdapterError(f"{path}: not a GGUF file (bad magic)")
+    _check_magic(path)
     if adapter:
         check_gguf(path, ADAPTER_ARRAY_LIMIT, "is a GGUF model (it holds a vocabulary), not a LoRA adapter; "
                                               "pass it as --base, not as the adapter")
@@ -79,13 +84,7 @@ def open_gguf(path: Path, adapter: bool = False):
 def _base_header(path: Path) -> tuple[dict[str, object], list[tuple[str, tuple[int, ...]]]]:
     """``gguf_check.read_gguf_header`` of a model GGUF (not gguf-py: its reader spends seconds per 10 k vocabulary
     entries these functions never look at); AdapterError for a file that is not a GGUF."""
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-    except OSError as exc:
-        raise AdapterError(f"{path}: cannot read ({exc.strerror})") from None
-    if magic != b"GGUF":
-        raise AdapterError(f"{path}: not a GGUF file (bad magic)")
+    _check_magic(path)
     return read_gguf_header(path)
 
 
