@@ -182,7 +182,18 @@ def _config(family: str, model) -> dict:
             "pad_token_id": 0}
 
 
-_CHATGLM_TOKENIZER = '''"""A minimal ChatGLM3 tokenizer for a tiny test fixture (written for LoRA Bridge,
+# The class methods both remote-code tokenizers below need for AutoTokenizer.from_pretrained (offline).
+_TOKENIZER_CLASS_METHODS = '''\
+    @classmethod
+    def from_pretrained(cls, folder, *args, **kwargs):
+        return cls(str(folder))
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class="AutoTokenizer"):
+        """AutoTokenizer calls this on remote-code classes; there is nothing to register offline."""
+'''
+
+_CHATGLM_TOKENIZER = ('''"""A minimal ChatGLM3 tokenizer for a tiny test fixture (written for LoRA Bridge,
 not the upstream file): the SentencePiece model, then the specials after its pieces
 as ChatGLM3's tokenizer numbers them."""
 import os
@@ -203,14 +214,8 @@ class ChatGLMTokenizer:
         n = self.tokenizer.sp_model.vocab_size()
         self.specials = {t: n + i for i, t in enumerate(SPECIALS)}
 
-    @classmethod
-    def from_pretrained(cls, folder, *args, **kwargs):
-        return cls(str(folder))
-
-    @classmethod
-    def register_for_auto_class(cls, auto_class="AutoTokenizer"):
-        """AutoTokenizer calls this on remote-code classes; there is nothing to register offline."""
-
+'''
+    + _TOKENIZER_CLASS_METHODS + '''
     def get_vocab(self):
         sp = self.tokenizer.sp_model
         return {**{sp.id_to_piece(i): i for i in range(sp.vocab_size())}, **self.specials}
@@ -220,9 +225,9 @@ class ChatGLMTokenizer:
         if index < sp.vocab_size():
             return sp.id_to_piece(index)
         return {i: t for t, i in self.specials.items()}.get(index, "")
-'''
+''')
 
-_QWEN_TOKENIZER = '''"""A minimal Qwen-1 tokenizer for a tiny test fixture (written for LoRA Bridge,
+_QWEN_TOKENIZER = ('''"""A minimal Qwen-1 tokenizer for a tiny test fixture (written for LoRA Bridge,
 not the upstream file): byte-level BPE ranks from qwen.tiktoken (base64 token, rank) and the specials after them."""
 import base64
 import os
@@ -238,17 +243,11 @@ class QWenTokenizer:
         start = len(self.mergeable_ranks)
         self.special_tokens = {t: start + i for i, t in enumerate(SPECIALS)}
 
-    @classmethod
-    def from_pretrained(cls, folder, *args, **kwargs):
-        return cls(str(folder))
-
-    @classmethod
-    def register_for_auto_class(cls, auto_class="AutoTokenizer"):
-        """AutoTokenizer calls this on remote-code classes; there is nothing to register offline."""
-
+'''
+    + _TOKENIZER_CLASS_METHODS + '''
     def get_vocab(self):
         return {**{t.decode("latin-1"): r for t, r in self.mergeable_ranks.items()}, **self.special_tokens}
-'''
+''')
 
 
 def _write_tokenizer(family: str, folder: Path) -> None:
