@@ -37,6 +37,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -376,6 +377,35 @@ def report(r: dict, file_size: int) -> None:
     print(f"memory plan: {r['plan']}")
 
 
+def write_base_once(base: Path, write: Callable[[Path], object]) -> None:
+    """``write(base)`` unless ``base`` exists (a base is reused while its name matches); prints size and time."""
+    if not base.exists():
+        start = time.perf_counter()
+        write(base)
+        print(f"wrote {base} ({_gb(base.stat().st_size)}) in {time.perf_counter() - start:.0f} s")
+
+
+def run_child_and_report(base: Path, work: Path, out: Path, args: argparse.Namespace, llama_check: bool) -> None:
+    """Write the samples, run this script's ``--child`` on ``base`` (its own process: its peak RSS is the run's)
+    with ``args``' steps, tokens, batch, checkpointing and floor layers, and print the report."""
+    data = work / f"data-{args.tokens}.txt"
+    write_dataset(data, lines=args.batch * args.steps, tokens=args.tokens)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--base", str(base), "--data", str(data),
+           "--out", str(out), "--steps", str(args.steps), "--tokens", str(args.tokens), "--batch", str(args.batch),
+           "--checkpointing", args.checkpointing, "--floor-layers", str(args.floor_layers)]
+    if not llama_check:
+        cmd.append("--no-llama-check")
+    print(f"base {base.name}: {_gb(base.stat().st_size)}; {args.steps} steps of batch {args.batch} x {args.tokens} "
+          f"tokens; load {os.getloadavg()[0]:.2f}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        print(proc.stderr[-4000:])
+        raise SystemExit(f"engine run failed (exit {proc.returncode})")
+    report(json.loads(lines[-1][7:]), base.stat().st_size)
+    print(f"load after: {os.getloadavg()[0]:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3)
@@ -404,27 +434,9 @@ def main() -> None:
     shape = dict(SHAPE_7B, layers=args.layers)
     suffix = "ggmlv3.q4_0.bin" if args.format == "ggml" else "q4_0.gguf"
     base = work / f"llama2-7b-shape-L{args.layers}.{suffix}"
-    if not base.exists():
-        start = time.perf_counter()
-        (write_random_ggml if args.format == "ggml" else write_random_gguf)(base, shape)
-        print(f"wrote {base} ({_gb(base.stat().st_size)}) in {time.perf_counter() - start:.0f} s")
-    data = work / f"data-{args.tokens}.txt"
-    write_dataset(data, lines=args.batch * args.steps, tokens=args.tokens)
-    out = work / f"run-{args.format}-L{args.layers}"
-    cmd = [sys.executable, __file__, "--child", "--base", str(base), "--data", str(data), "--out", str(out),
-           "--steps", str(args.steps), "--tokens", str(args.tokens), "--batch", str(args.batch),
-           "--checkpointing", args.checkpointing, "--floor-layers", str(args.floor_layers)]
-    if args.no_llama_check:
-        cmd.append("--no-llama-check")
-    print(f"base {base.name}: {_gb(base.stat().st_size)}; {args.steps} steps of batch {args.batch} x {args.tokens} "
-          f"tokens; load {os.getloadavg()[0]:.2f}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        print(proc.stderr[-4000:])
-        raise SystemExit(f"engine run failed (exit {proc.returncode})")
-    report(json.loads(lines[-1][7:]), base.stat().st_size)
-    print(f"load after: {os.getloadavg()[0]:.2f}")
+    write_base_once(base, lambda path: (write_random_ggml if args.format == "ggml" else write_random_gguf)(path, shape))
+    run_child_and_report(base, work, work / f"run-{args.format}-L{args.layers}", args,
+                         llama_check=not args.no_llama_check)
 
 
 if __name__ == "__main__":

@@ -19,17 +19,13 @@ It takes minutes and several GB of RAM; it does not run in CI. Delete the workdi
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_text_7b import ROOT, _gb, report, write_dataset  # noqa: E402
+from bench_text_7b import run_child_and_report, write_base_once  # noqa: E402
 from kquant_builder import SHAPES, write_random_kquant_gguf  # noqa: E402
 
 
@@ -51,27 +47,8 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     base = work / f"{args.family}-shape-L{shape.layers}.q4_k_m.gguf"
-    if not base.exists():
-        start = time.perf_counter()
-        write_random_kquant_gguf(base, shape)
-        print(f"wrote {base} ({_gb(base.stat().st_size)}) in {time.perf_counter() - start:.0f} s")
-    data = work / f"data-{args.tokens}.txt"
-    write_dataset(data, lines=args.batch * args.steps, tokens=args.tokens)
-    out = work / f"run-{args.family}-L{shape.layers}"
-    cmd = [sys.executable, str(HERE / "bench_text_7b.py"), "--child", "--base", str(base), "--data", str(data),
-           "--out", str(out), "--steps", str(args.steps), "--tokens", str(args.tokens), "--batch", str(args.batch),
-           "--checkpointing", args.checkpointing, "--floor-layers", str(args.floor_layers)]
-    if not args.llama_check:
-        cmd.append("--no-llama-check")
-    print(f"base {base.name}: {_gb(base.stat().st_size)}; {args.steps} steps of batch {args.batch} x {args.tokens} "
-          f"tokens; load {os.getloadavg()[0]:.2f}")
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        print(proc.stderr[-4000:])
-        raise SystemExit(f"engine run failed (exit {proc.returncode})")
-    report(json.loads(lines[-1][7:]), base.stat().st_size)
-    print(f"load after: {os.getloadavg()[0]:.2f}")
+    write_base_once(base, lambda path: write_random_kquant_gguf(path, shape))
+    run_child_and_report(base, work, work / f"run-{args.family}-L{shape.layers}", args, llama_check=args.llama_check)
 
 
 if __name__ == "__main__":
