@@ -17,11 +17,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from q4_builder import padded_vocab, random_bytes, write_random_tensors  # noqa: E402
 
 QK_K = 256
 Q4_K_BYTES, Q6_K_BYTES = 144, 210
@@ -89,16 +92,10 @@ SHAPES = {
 }
 
 
-def _random_bytes(rng: np.random.Generator, n_blocks: int, size: int) -> np.ndarray:
-    """(n_blocks, size) random uint8, drawn as uint64 words (as q4_builder: 6x faster than byte draws)."""
-    words = rng.integers(0, np.iinfo(np.uint64).max, -(-n_blocks * size // 8), dtype=np.uint64, endpoint=True)
-    return words.view(np.uint8)[:n_blocks * size].reshape(n_blocks, size)
-
-
 def random_q4_k(rng: np.random.Generator, rows: int, cols: int, weight_std: float = 0.02) -> np.ndarray:
     """(rows, cols / 256 * 144) uint8 Q4_K blocks: random nibbles and 6-bit scales/mins, f16 d and dmin."""
     n = rows * cols // QK_K
-    blocks = _random_bytes(rng, n, Q4_K_BYTES)
+    blocks = random_bytes(rng, n, Q4_K_BYTES)
     # value = d * sc * q - dmin * m with q, sc, m uniform: mean d*31.5*7.5 - dmin*31.5, std ~ d*36*4.6
     d = np.full(n, weight_std / (36 * 4.6), dtype=np.float16)
     dmin = (d.astype(np.float32) * 7.5).astype(np.float16)
@@ -110,7 +107,7 @@ def random_q4_k(rng: np.random.Generator, rows: int, cols: int, weight_std: floa
 def random_q6_k(rng: np.random.Generator, rows: int, cols: int, weight_std: float = 0.02) -> np.ndarray:
     """(rows, cols / 256 * 210) uint8 Q6_K blocks: random 6-bit values, int8 scales in [-64, 64), f16 d."""
     n = rows * cols // QK_K
-    blocks = _random_bytes(rng, n, Q6_K_BYTES)
+    blocks = random_bytes(rng, n, Q6_K_BYTES)
     blocks[:, 192:208] = (blocks[:, 192:208] >> 1).view(np.int8) - 64  # int8 scales in [-64, 64)
     d = np.full(n, weight_std / (18.5 * 37), dtype=np.float16)  # std of (q - 32) ~ 18.5, of the scales ~ 37
     blocks[:, 208:210] = d.view(np.uint8).reshape(n, 2)
@@ -118,40 +115,27 @@ def random_q6_k(rng: np.random.Generator, rows: int, cols: int, weight_std: floa
 
 
 def _header(writer, shape: KShape, vocab) -> None:
+    """The LLaMA-like keys (``add_llama_header``), then Gemma 3's sliding window and rope scaling."""
     import gguf
 
-    writer.add_context_length(shape.context)
-    writer.add_embedding_length(shape.hidden)
-    writer.add_block_count(shape.layers)
-    writer.add_feed_forward_length(shape.intermediate)
-    writer.add_head_count(shape.heads)
-    writer.add_head_count_kv(shape.kv_heads)
-    writer.add_key_length(shape.head_dim)
-    writer.add_value_length(shape.head_dim)
-    writer.add_layer_norm_rms_eps(shape.rms_eps)
-    writer.add_rope_freq_base(shape.rope_base)
+    from extension.tiny.llama import add_llama_header
+
+    add_llama_header(writer, context=shape.context, hidden=shape.hidden, layers=shape.layers,
+                     ffn=shape.intermediate, heads=shape.heads, kv_heads=shape.kv_heads, rms_eps=shape.rms_eps,
+                     rope_base=shape.rope_base, head_dim=shape.head_dim, file_type=gguf.LlamaFileType.MOSTLY_Q4_K_M,
+                     vocab=vocab)
+    writer.add_add_bos_token(True)
+    writer.add_add_eos_token(False)
     if shape.sliding_window:
         writer.add_sliding_window(shape.sliding_window)
     if shape.rope_scaling:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(shape.rope_scaling)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_K_M)
-    writer.add_tokenizer_model("llama")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(vocab.tokens)
-    writer.add_token_scores(vocab.scores)
-    writer.add_token_types(vocab.types)
-    writer.add_bos_token_id(vocab.bos_id)
-    writer.add_eos_token_id(vocab.eos_id)
-    writer.add_unk_token_id(vocab.unk_id)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
 
 
 def write_random_kquant_gguf(path: str | Path, shape: KShape, seed: int = 0) -> Path:
     """Write a random Q4_K_M GGUF of ``shape`` to ``path`` (through converters.atomic); returns the path."""
     import gguf
-    from q4_builder import padded_vocab
 
     from extension._converters import converters
 
@@ -164,18 +148,7 @@ def write_random_kquant_gguf(path: str | Path, shape: KShape, seed: int = 0) -> 
         writer = gguf.GGUFWriter(tmp, shape.arch)
         writer.add_name(f"random-q4_k_m-{shape.arch}-{shape.layers}x{shape.hidden}")
         _header(writer, shape, vocab)
-        for name, rows, cols, kind in shape.matrices():
-            qtype, size, _ = kinds[kind]
-            nbytes = rows * cols // QK_K * size
-            writer.add_tensor_info(name, (rows, nbytes // rows), np.dtype(np.uint8), nbytes, raw_dtype=qtype)
-        for name, n in shape.vectors():
-            writer.add_tensor_info(name, (n,), np.dtype(np.float32), n * 4)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for _, rows, cols, kind in shape.matrices():  # one tensor in memory at a time
-            writer.write_tensor_data(kinds[kind][2](rng, rows, cols))
-        for _, n in shape.vectors():
-            writer.write_tensor_data(np.ones(n, dtype=np.float32))
-        writer.close()
+        matrices = [(name, rows, cols // QK_K * size, qtype, partial(draw, rng, rows, cols))
+                    for name, rows, cols, kind in shape.matrices() for qtype, size, draw in [kinds[kind]]]
+        write_random_tensors(writer, matrices, shape.vectors())
     return path

@@ -208,10 +208,14 @@ def gguf_tensors(model) -> list[tuple[str, np.ndarray]]:
 
 
 def add_llama_header(writer, *, context: int, hidden: int, layers: int, ffn: int, heads: int, kv_heads: int,
-                     rms_eps: float, file_type: int, vocab: TinyVocab, rope_base: float = 10000.0) -> None:
-    """Add the ``llama.*`` hyperparameters and the SPM ``tokenizer.ggml.*`` keys to a ``gguf.GGUFWriter``.
+                     rms_eps: float, file_type: int, vocab: TinyVocab, rope_base: float = 10000.0,
+                     head_dim: int | None = None) -> None:
+    """Add the ``<arch>.*`` hyperparameters of a LLaMA-like model and the SPM ``tokenizer.ggml.*`` keys to a
+    ``gguf.GGUFWriter`` (its arch names the keys).
 
-    The one place every LLaMA GGUF writer of ours (tiny models, benchmark bases) spells these keys.
+    The one place every LLaMA-like GGUF writer of ours (tiny models, benchmark bases) spells these keys.
+    ``head_dim``: write ``key_length``/``value_length`` (heads not ``hidden / heads`` wide, as Gemma 3's; llama.cpp
+    then rotates the whole head) instead of the rope dimension count ``hidden // heads``.
     """
     writer.add_context_length(context)
     writer.add_embedding_length(hidden)
@@ -221,7 +225,11 @@ def add_llama_header(writer, *, context: int, hidden: int, layers: int, ffn: int
     writer.add_head_count_kv(kv_heads)
     writer.add_layer_norm_rms_eps(rms_eps)
     writer.add_rope_freq_base(rope_base)
-    writer.add_rope_dimension_count(hidden // heads)
+    if head_dim is None:
+        writer.add_rope_dimension_count(hidden // heads)
+    else:
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
     writer.add_file_type(file_type)
     writer.add_tokenizer_model("llama")
     writer.add_tokenizer_pre("default")
