@@ -45,21 +45,9 @@ def tiny_qwen2(tmp_path_factory):
 def family_bases(tmp_path_factory):
     """make(family) -> {"hf", "F32", "F16", "Q8_0", "Q4_K_M": path}: tiny bases made by llama.cpp's own
     converter and quantizer (``tiny/llama_cpp_bases.py``), built once per family; skips without them."""
-    from textutil import HAS_LLAMA_CPP, llama_cpp_script
+    from family_checks import family_base_factory
 
     from extension.tiny.llama_cpp_bases import family_files
 
-    script = llama_cpp_script("convert_hf_to_gguf.py")
-    if script is None:
-        pytest.skip("set LORA_BRIDGE_LLAMA_CPP to the unpacked llama-cpp-python sdist (llama.cpp's converter)")
-    if not HAS_LLAMA_CPP:
-        pytest.skip("llama-cpp-python is not installed (llama.cpp's quantizer and check)")
-    root = tmp_path_factory.mktemp("families")
-    cache: dict[str, dict] = {}
-
-    def make(family: str) -> dict:
-        if family not in cache:
-            cache[family] = family_files(family, root, script.parent, qtypes=("F32", "F16", "Q8_0", "Q4_K_M"))
-        return cache[family]
-
-    return make
+    return family_base_factory(tmp_path_factory, "families", lambda family, root, src: family_files(
+        family, root, src, qtypes=("F32", "F16", "Q8_0", "Q4_K_M")))

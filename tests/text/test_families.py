@@ -8,17 +8,17 @@ the adapter's tensors as we do; GGUF -> PEFT -> GGUF is exact.
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-
-import gguf
-import numpy as np
 import pytest
 import torch
-from textutil import llama_cpp_script, text_config
+from family_checks import (
+    assert_llama_cpp_check,
+    assert_names_as_llama_cpp,
+    assert_peft_round_trip_exact,
+    convert_lora_with_llama_cpp,
+    logits_gap,
+)
+from textutil import text_config
 
-import converters
 from extension.text.engine import train_text
 from extension.text.gguf_model import load_text_model
 from extension.text.lora import inject_lora, load_lora_state
@@ -60,11 +60,8 @@ def _trained(base, out):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_forward_matches_transformers(family, family_bases):
     files = family_bases(family)
-    hf = build_tiny_family(family)  # the seeded model the fixture converted
-    with torch.no_grad():
-        want = hf(torch.tensor([IDS])).logits[0].numpy()
-        got = load_text_model(files["F32"])(torch.tensor([IDS]))[0].numpy()
-    assert np.abs(got - want).max() < 1e-4
+    # the seeded model the fixture converted
+    assert logits_gap(build_tiny_family(family), load_text_model(files["F32"]), IDS) < 1e-4
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
@@ -72,13 +69,7 @@ def test_forward_matches_transformers(family, family_bases):
 def test_trains_and_llama_cpp_agrees(family, qtype, family_bases, tmp_path):
     base = family_bases(family)[qtype]
     _, result = _run(base, tmp_path, LOSS_DROP.get(family, 0.5), llama_cpp_check="on")
-    check = re.search(r"llama.cpp check: max \|Δlogit\| (\S+) with adapter \(limit (\S+)\), (\S+) base only",
-                      result.message)
-    assert check, result.message
-    with_adapter, limit, base_only = (float(v) for v in check.groups())
-    print(f"{family} {qtype}: {with_adapter:.2e} with adapter (limit {limit:.2e}), {base_only:.2e} base only"
-          + (" (rounding flip)" if "rounded apart" in result.message else ""))
-    assert with_adapter <= limit or (qtype != "F32" and "rounded apart" in result.message)
+    assert_llama_cpp_check(result, f"{family} {qtype}", flip_allowed=qtype != "F32")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -89,31 +80,16 @@ def test_peft_folder_in_transformers(family, family_bases, tmp_path):
     out, _ = _run(files["F32"], tmp_path, LOSS_DROP.get(family, 0.5), save_precision="fp32")
     ours = _trained(files["F32"], out)
     hf = peft.PeftModel.from_pretrained(build_tiny_family(family), str(out / "tl")).eval()
-    with torch.no_grad():
-        want = hf(torch.tensor([IDS])).logits[0].numpy()
-        got = ours(torch.tensor([IDS]))[0].numpy()
-    assert np.abs(got - want).max() < 1e-4
+    assert logits_gap(hf, ours, IDS) < 1e-4
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_as_llama_cpp_names_it(family, family_bases, tmp_path):
     files = family_bases(family)
     out, _ = _run(files["F16"], tmp_path, LOSS_DROP.get(family, 0.5))
-    script = llama_cpp_script("convert_lora_to_gguf.py")
     ref = tmp_path / "ref.gguf"
-    env_path = str(script.parent / "gguf-py")
-    done = subprocess.run([sys.executable, str(script), str(out / "tl"), "--base", str(files["hf"]),
-                           "--outfile", str(ref), "--outtype", "f32"], capture_output=True, text=True,
-                          env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"}, timeout=600)
+    done = convert_lora_with_llama_cpp(out / "tl", files["hf"], ref)
     assert done.returncode == 0, done.stderr[-2000:]
-    ours = {t.name: tuple(t.shape.tolist()) for t in gguf.GGUFReader(out / "tl.gguf").tensors}
-    theirs = {t.name: tuple(t.shape.tolist()) for t in gguf.GGUFReader(ref).tensors}
-    assert ours == theirs
+    assert_names_as_llama_cpp(out / "tl.gguf", ref)
     # GGUF -> PEFT -> GGUF is exact (the Q/K handling and names of the family undone and redone).
-    peft_dir = converters.convert(out / "tl.gguf", tmp_path / "peft", to="peft", base=files["F16"], dtype="f32")
-    again = converters.convert(peft_dir, tmp_path / "again.gguf", to="gguf", base=files["F16"], dtype="f32")
-    first = {t.name: np.array(t.data) for t in gguf.GGUFReader(out / "tl.gguf").tensors}
-    second = {t.name: np.array(t.data) for t in gguf.GGUFReader(again).tensors}
-    assert sorted(first) == sorted(second)
-    for name, data in first.items():
-        np.testing.assert_array_equal(second[name], data, err_msg=name)
+    assert_peft_round_trip_exact(out / "tl.gguf", files["F16"], tmp_path)

@@ -9,18 +9,20 @@ per-expert LoRA (``experts`` in lora_target_modules: 3-D lora_a/lora_b on ffn_{g
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
-
 import gguf
 import numpy as np
 import pytest
 import torch
+from family_checks import (
+    assert_llama_cpp_check,
+    assert_names_as_llama_cpp,
+    assert_peft_round_trip_exact,
+    convert_lora_with_llama_cpp,
+    logits_gap,
+)
 from test_families import IDS, _run
-from textutil import llama_cpp_script, text_config
+from textutil import text_config
 
-import converters
 from extension.text.engine import train_text
 from extension.text.gguf_model import load_text_model
 from extension.text.lora import inject_lora, load_lora_state
@@ -47,24 +49,14 @@ def _trained(base, out, targets):
 
 
 def test_forward_matches_transformers(files):
-    hf = build_tiny_family("qwen3moe")
-    with torch.no_grad():
-        want = hf(torch.tensor([IDS])).logits[0].numpy()
-        got = load_text_model(files["F32"])(torch.tensor([IDS]))[0].numpy()
-    assert np.abs(got - want).max() < 1e-4
+    assert logits_gap(build_tiny_family("qwen3moe"), load_text_model(files["F32"]), IDS) < 1e-4
 
 
 @pytest.mark.parametrize("targets", TARGETS)
 @pytest.mark.parametrize("qtype", ("F16", "Q8_0", "Q4_K_M"))
 def test_trains_and_llama_cpp_agrees(qtype, targets, files, tmp_path):
     out, result = _run(files[qtype], tmp_path, 0.5, llama_cpp_check="on", **TARGETS[targets])
-    check = re.search(r"llama.cpp check: max \|Δlogit\| (\S+) with adapter \(limit (\S+)\), (\S+) base only",
-                      result.message)
-    assert check, result.message
-    with_adapter, limit, base_only = (float(v) for v in check.groups())
-    print(f"qwen3moe {qtype} {targets}: {with_adapter:.2e} with adapter (limit {limit:.2e}), {base_only:.2e} base only"
-          + (" (rounding flip)" if "rounded apart" in result.message else ""))
-    assert with_adapter <= limit or "rounded apart" in result.message
+    assert_llama_cpp_check(result, f"qwen3moe {qtype} {targets}")
     if qtype == "F16":  # the same run's adapter (one run less in CI)
         _names_as_llama_cpp_and_round_trip(out, targets, files, tmp_path)
 
@@ -94,28 +86,17 @@ def test_peft_folder_in_transformers(targets, files, tmp_path):
 
 def _names_as_llama_cpp_and_round_trip(out, targets, files, tmp_path):
     """llama.cpp's convert_lora_to_gguf.py makes the same tensors of the PEFT folder; GGUF -> PEFT -> GGUF exact."""
-    script = llama_cpp_script("convert_lora_to_gguf.py")
     ref = tmp_path / "ref.gguf"
-    done = subprocess.run([sys.executable, str(script), str(out / "tl"), "--base", str(files["hf"]),
-                           "--outfile", str(ref), "--outtype", "f32"], capture_output=True, text=True,
-                          env={"PYTHONPATH": str(script.parent / "gguf-py"), "PATH": "/usr/bin:/bin"}, timeout=600)
+    done = convert_lora_with_llama_cpp(out / "tl", files["hf"], ref)
     assert done.returncode == 0, done.stderr[-2000:]
-    ours = {t.name: tuple(t.shape.tolist()) for t in gguf.GGUFReader(out / "tl.gguf").tensors}
-    theirs = {t.name: tuple(t.shape.tolist()) for t in gguf.GGUFReader(ref).tensors}
-    assert ours == theirs
+    ours = assert_names_as_llama_cpp(out / "tl.gguf", ref)
     if targets == "experts":
         assert ours["blk.0.ffn_up_exps.weight.lora_a"] == (256, 8, 4)  # ggml ne: in, rank, experts
         theirs_data = {t.name: np.array(t.data) for t in gguf.GGUFReader(ref).tensors}
         for t in gguf.GGUFReader(out / "tl.gguf").tensors:  # same values, expert by expert (f16 PEFT folder)
             np.testing.assert_allclose(np.array(t.data), theirs_data[t.name], rtol=0, atol=1e-3, err_msg=t.name)
     # GGUF -> PEFT -> GGUF is exact (3-D expert LoRA split per expert and stacked again).
-    peft_dir = converters.convert(out / "tl.gguf", tmp_path / "peft", to="peft", base=files["F16"], dtype="f32")
-    again = converters.convert(peft_dir, tmp_path / "again.gguf", to="gguf", base=files["F16"], dtype="f32")
-    first = {t.name: np.array(t.data) for t in gguf.GGUFReader(out / "tl.gguf").tensors}
-    second = {t.name: np.array(t.data) for t in gguf.GGUFReader(again).tensors}
-    assert sorted(first) == sorted(second)
-    for name, data in first.items():
-        np.testing.assert_array_equal(second[name], data, err_msg=name)
+    assert_peft_round_trip_exact(out / "tl.gguf", files["F16"], tmp_path)
 
 
 def test_checkpointing_routes_the_same(files, tmp_path):
