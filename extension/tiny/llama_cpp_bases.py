@@ -149,15 +149,51 @@ def save_family_hf(model, folder: Path, vocab: TinyVocab | None = None, added: t
 # vocabulary step is pointed at its own SentencePiece reader (the tiny vocabulary is SentencePiece); the weights and
 # hyper-parameters still go through the converter untouched. family -> (conversion module, converter class).
 SPM_VOCAB_CLASSES = {"qwen3moe": ("conversion.qwen", "Qwen3MoeModel")}
-_SPM_VOCAB_RUN = r"""
+
+# Runs one of llama.cpp's scripts (argv[2] in its source folder argv[1]) after the patches named in argv[3]
+# (comma-separated) to that llama.cpp's conversion package, the one wrapper of every tiny base's conversion:
+# - "spm-vocab=<module>.<Class>": the class's vocabulary step is TextModel's SentencePiece reader (SPM_VOCAB_CLASSES);
+# - "qwen2-pre": the pre-tokenizer check answers qwen2 (Qwen-1, see ``remote_code_bases``' docstring);
+# - "baichuan": BaichuanModel.modify_tensors' non-W_pack tensors go to TextModel's (as shipped it calls itself and
+#   recurses without end on every tensor but W_pack, so no Baichuan checkpoint converts).
+_PATCHED_RUN = r"""
 import importlib, os, runpy, sys
-script, module, cls = sys.argv[1:4]
-sys.path[:0] = [os.path.dirname(script), os.path.join(os.path.dirname(script), "gguf-py")]
-from conversion.base import TextModel
-setattr(getattr(importlib.import_module(module), cls), "set_vocab", TextModel._set_vocab_sentencepiece)
-sys.argv = [script] + sys.argv[4:]
-runpy.run_path(script, run_name="__main__")
+src, script, patches = sys.argv[1:4]
+sys.path[:0] = [src, os.path.join(src, "gguf-py")]
+import conversion.base as base
+for patch in patches.split(","):
+    name, _, arg = patch.partition("=")
+    if name == "spm-vocab":
+        module, cls = arg.rsplit(".", 1)
+        setattr(getattr(importlib.import_module(module), cls), "set_vocab", base.TextModel._set_vocab_sentencepiece)
+    elif name == "qwen2-pre":
+        base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
+    elif name == "baichuan":
+        import conversion.baichuan as baichuan
+        shipped = baichuan.BaichuanModel.modify_tensors
+        def modify_tensors(self, data_torch, name, bid, shipped=shipped):
+            if bid is not None and name == f"model.layers.{bid}.self_attn.W_pack.weight":
+                yield from shipped(self, data_torch, name, bid)
+            else:
+                yield from base.TextModel.modify_tensors(self, data_torch, name, bid)
+        baichuan.BaichuanModel.modify_tensors = modify_tensors
+    else:
+        raise SystemExit(f"unknown converter patch {patch!r}")
+sys.argv = [os.path.join(src, script), *sys.argv[4:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
+
+
+def run_llama_cpp_script(llama_cpp_src: Path, script: str, args: list[str],
+                         patches: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Run llama.cpp's ``script`` (convert_hf_to_gguf.py, convert_lora_to_gguf.py) with its own gguf-py, offline,
+    through ``_PATCHED_RUN`` when ``patches`` name any."""
+    env = {**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py"), "HF_HUB_OFFLINE": "1"}
+    if patches:
+        cmd = [sys.executable, "-c", _PATCHED_RUN, str(llama_cpp_src), script, ",".join(patches), *args]
+    else:
+        cmd = [sys.executable, str(llama_cpp_src / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
 
 
 def save_bpe_tokenizer(folder: Path, llama_cpp_src: Path, name: str) -> Path:
@@ -186,12 +222,10 @@ def save_bpe_tokenizer(folder: Path, llama_cpp_src: Path, name: str) -> Path:
 
 def convert_hf_to_gguf(llama_cpp_src: Path, hf_folder: Path, out: Path, outtype: str, family: str = "") -> Path:
     """Run llama.cpp's ``convert_hf_to_gguf.py`` (its own gguf-py) on ``hf_folder``; ``outtype`` f16, q8_0..."""
-    env = {**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py")}
-    script = str(llama_cpp_src / "convert_hf_to_gguf.py")
-    args = [str(hf_folder), "--outfile", str(out), "--outtype", outtype]
     spm = SPM_VOCAB_CLASSES.get(family)
-    cmd = [sys.executable, "-c", _SPM_VOCAB_RUN, script, *spm, *args] if spm else [sys.executable, script, *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    done = run_llama_cpp_script(llama_cpp_src, "convert_hf_to_gguf.py",
+                                [str(hf_folder), "--outfile", str(out), "--outtype", outtype],
+                                (f"spm-vocab={spm[0]}.{spm[1]}",) if spm else ())
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed on {hf_folder}: {done.stderr[-3000:]}")
     return out

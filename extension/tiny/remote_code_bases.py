@@ -20,21 +20,19 @@ ids of ChatGLM3's specials, Qwen-1's ``mergeable_ranks`` (a ``qwen.tiktoken`` fi
 Qwen-1's converter also hashes the encoding of a test string to name the pre-tokenizer; no tiny
 vocabulary can give a real vocabulary's hash, so Qwen-1 is converted through a wrapper that answers
 ``qwen2`` (the regex of Qwen-1's tokenizer, and what the check names for the real Qwen vocabulary).
-Baichuan goes through the same wrapper for a bug of this llama.cpp's converter (see ``_WRAPPER``).
+Baichuan goes through the same wrapper for a bug of this llama.cpp's converter (see ``_PATCH``).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 from .llama import tiny_vocab
-from .llama_cpp_bases import _SIZE, quantize_gguf, sentencepiece_model, vary_vectors
+from .llama_cpp_bases import _SIZE, quantize_gguf, run_llama_cpp_script, sentencepiece_model, vary_vectors
 
 REMOTE_FAMILIES = ("qwen", "baichuan", "chatglm")
 # family -> (transformers config class, model class, config overrides) of the reference model.
@@ -282,40 +280,14 @@ def save_upstream_folder(family: str, model, folder: Path) -> Path:
     return folder
 
 
-# Runs one of llama.cpp's converter scripts (argv[2]) with the family's patches (argv[3]) to this llama.cpp's
-# conversion package: "pre" makes the pre-tokenizer check answer qwen2 (see the module docstring); "baichuan"
-# routes BaichuanModel.modify_tensors' non-W_pack tensors to TextModel's (as shipped it calls itself and
-# recurses without end on every tensor but W_pack, so no Baichuan checkpoint converts).
-_WRAPPER = r"""
-import runpy, sys
-src, script, patch = sys.argv[1:4]
-sys.path.insert(0, src)
-import conversion.base as base
-if patch == "pre":
-    base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "qwen2"
-if patch == "baichuan":
-    import conversion.baichuan as baichuan
-    shipped = baichuan.BaichuanModel.modify_tensors
-    def modify_tensors(self, data_torch, name, bid):
-        if bid is not None and name == f"model.layers.{bid}.self_attn.W_pack.weight":
-            yield from shipped(self, data_torch, name, bid)
-        else:
-            yield from base.TextModel.modify_tensors(self, data_torch, name, bid)
-    baichuan.BaichuanModel.modify_tensors = modify_tensors
-sys.argv = [src + "/" + script, *sys.argv[4:]]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
-_PATCH = {"qwen": "pre", "baichuan": "baichuan"}
+# The converter patches (``llama_cpp_bases._PATCHED_RUN``) each family needs: Qwen-1's pre-tokenizer (see the
+# module docstring), Baichuan's modify_tensors recursion.
+_PATCH = {"qwen": ("qwen2-pre",), "baichuan": ("baichuan",)}
 
 
 def run_converter(llama_cpp_src: Path, script: str, family: str, args: list[str]) -> subprocess.CompletedProcess:
     """Run llama.cpp's ``script`` (convert_hf_to_gguf.py, convert_lora_to_gguf.py) for a ``family`` base."""
-    env = {**os.environ, "PYTHONPATH": str(llama_cpp_src / "gguf-py"), "HF_HUB_OFFLINE": "1"}
-    if family in _PATCH:
-        cmd = [sys.executable, "-c", _WRAPPER, str(llama_cpp_src), script, _PATCH[family], *args]
-    else:
-        cmd = [sys.executable, str(llama_cpp_src / script), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    return run_llama_cpp_script(llama_cpp_src, script, args, _PATCH.get(family, ()))
 
 
 def convert_upstream(llama_cpp_src: Path, family: str, hf_folder: Path, out: Path, outtype: str) -> Path:
