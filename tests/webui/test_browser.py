@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # stop_server of the poll test
+from test_browser_poll import stop_server  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = "/usr/bin/chromium"
@@ -85,12 +88,7 @@ def server(tmp_path_factory):
     if proc.poll() is not None:
         pytest.fail("lora-bridge ui exited: " + (work / "server.log").read_text()[-3000:])
     yield {"url": url, "base": base, "data": data, "work": work}
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    stop_server(proc, log)
 
 
 def _tab(page, name: str) -> None:
