@@ -370,6 +370,37 @@ def target_name(module: str, te: bool) -> str:
     return module[len("text_model."):] if te and module.startswith("text_model.") else module
 
 
+_EXPERT = re.compile(r"^(?P<head>.+\.experts)\.(?P<index>\d+)\.(?P<leaf>[^.]+)$")
+
+
+def target_modules(names: list[str]) -> list[str] | str:
+    """``target_modules`` for these module paths: the list itself, or, when some are per-expert MoE
+    projections (``...mlp.experts.E.gate_proj``), one regex that matches exactly the same modules.
+
+    transformers 5 fuses a layer's experts into one parameter (``...mlp.experts.gate_up_proj``) and
+    PEFT >= 0.22 maps a listed target path by replacing only its leaf, so a per-expert path would name
+    a parameter that does not exist there and the expert LoRA would load nowhere. The regex also accepts
+    each layer's index-free path, the one PEFT probes for a fused parameter, and only where every expert
+    of that layer and projection, 0 to E-1, is in the adapter (the fused parameter holds them all).
+    """
+    experts: dict[tuple[str, str], set[int]] = {}
+    plain = []
+    for name in names:
+        match = _EXPERT.match(name)
+        if match:
+            experts.setdefault((match["head"], match["leaf"]), set()).add(int(match["index"]))
+        else:
+            plain.append(re.escape(name))
+    if not experts:
+        return names
+    for (head, leaf), indices in sorted(experts.items()):
+        if indices == set(range(len(indices))):
+            plain.append(f"{re.escape(head)}(\\.\\d+)?\\.{re.escape(leaf)}")
+        else:
+            plain += [re.escape(f"{head}.{i}.{leaf}") for i in sorted(indices)]
+    return "(" + "|".join(plain) + ")"
+
+
 def pattern_key(module: str, te: bool) -> str:
     """A rank/alpha pattern key for exactly ``module`` under PEFT 0.13 and current matching, either CLIP naming."""
     if te and module.startswith("text_model."):
@@ -423,7 +454,7 @@ def _component_files(
         "base_model_name_or_path": base_name,
         "r": r,
         "lora_alpha": _json_number(lora_alpha),
-        "target_modules": sorted(target_name(n, te) for n in modules),
+        "target_modules": target_modules(sorted(target_name(n, te) for n in modules)),
         "rank_pattern": rank_pattern,
         "alpha_pattern": alpha_pattern,
         "use_rslora": False,

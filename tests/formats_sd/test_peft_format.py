@@ -102,3 +102,22 @@ def test_unsupported_peft_method_is_one_line(tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA", "r": 4}))
     with pytest.raises(AdapterError, match="SD component folders"):
         load_adapter(folder)
+
+
+def test_per_expert_targets_become_one_regex_that_matches_both_transformers_layouts():
+    """PEFT >= 0.22 maps a listed per-expert path (transformers 4) onto a fused parameter path that does not exist
+    in transformers 5; one regex matches each expert module (4.x) and the index-free path PEFT probes (5.x)."""
+    import re
+
+    from converters.formats.peft import target_modules
+
+    plain = ["model.layers.0.self_attn.q_proj"]
+    assert target_modules(plain) == plain
+    experts = [f"model.layers.0.mlp.experts.{e}.{p}" for e in range(4) for p in ("gate_proj", "up_proj")]
+    regex = target_modules(plain + experts + ["model.layers.1.mlp.experts.1.down_proj"])
+    for name in plain + experts + ["model.layers.0.mlp.experts.gate_proj", "model.layers.1.mlp.experts.1.down_proj"]:
+        assert re.fullmatch(regex, name), name
+    for name in ("model.layers.0.mlp.experts.4.down_proj", "model.layers.1.mlp.experts.down_proj",  # expert 0 absent
+                 "model.layers.1.mlp.experts.0.down_proj", "model.layers.0.self_attn.k_proj",
+                 "xmodel.layers.0.self_attn.q_proj"):
+        assert not re.fullmatch(regex, name), name
