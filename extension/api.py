@@ -5,7 +5,9 @@ with pydantic 1 (A1111), 0.104 with pydantic 2 (Forge) and current releases. The
 ``--api-auth`` guards only its own routes; these check it themselves (HTTP basic).
 
 What any web page could send is refused before a handler runs: a request whose ``Origin`` is not
-the server's own (403; a browser sends it on every cross-site POST), a POST body that is not
+the server's own (403; a browser sends it on every cross-site POST), a request to a WebUI that only
+listens on this computer whose ``Host`` is not a loopback name (403: a DNS-rebinding page sends its own
+name as ``Host`` and as ``Origin``, so the origin check alone lets it through), a POST body that is not
 ``application/json`` (415: the only types a page may send without a CORS preflight are forms and
 text/plain), bodies over ``MAX_BODY`` bytes (413, never read into memory). Paths in bodies go
 through the host's ``PathPolicy`` (extension/path_policy.py).
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import json
 import logging
 import re
@@ -93,6 +96,22 @@ def same_origin(origin: str, host_header: str | None, scheme: str, allowed: Sequ
     return own is not None and _origin_key(origin) == own
 
 
+def loopback_host(host_header: str | None) -> bool:
+    """True when a ``Host`` header names this computer: ``localhost`` (or a ``*.localhost`` name, which
+    resolves only to loopback), a 127.0.0.0/8 address or ``[::1]``, with any port."""
+    parts = urlsplit(f"//{host_header or ''}")
+    try:
+        name = (parts.hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def authorized(header: str | None, credentials: dict[str, str]) -> bool:
     """True when no credentials are configured, or the Basic ``Authorization`` header matches one."""
     if not credentials:
@@ -108,9 +127,10 @@ def authorized(header: str | None, credentials: dict[str, str]) -> bool:
 
 
 def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: None,
-             origins: Callable[[], Sequence[str]] = lambda: ()) -> bool:
+             origins: Callable[[], Sequence[str]] = lambda: (), local_only: Callable[[], bool] = lambda: False) -> bool:
     """Add the routes to a FastAPI ``app`` (once per app); ``api_auth()`` returns the WebUI's --api-auth,
-    ``origins()`` the further origins the user allowed (see ``same_origin``).
+    ``origins()`` the further origins the user allowed (see ``same_origin``), ``local_only()`` whether the
+    WebUI listens only on this computer (then a request must name it as ``Host``: see ``loopback_host``).
 
     Returns False when the routes were already there (Reload UI calls ``on_app_started`` again).
     """
@@ -119,6 +139,11 @@ def register(app: Any, host: Any, api_auth: Callable[[], str | None] = lambda: N
     logged: set[str] = set()
 
     def guard(request: Request) -> JSONResponse | None:
+        if local_only() and not loopback_host(request.headers.get("host")):
+            log.warning("LoRA Bridge API: refused a request for host %.200s (the WebUI listens only on this computer)",
+                        request.headers.get("host"))
+            refusal = "request refused: Host is not this computer (the WebUI runs without --listen)"
+            return JSONResponse({"error": refusal}, status_code=403)
         origin = request.headers.get("origin")
         if origin is not None and not same_origin(origin, request.headers.get("host"), request.url.scheme,
                                                   tuple(origins())):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .host import WebUIHost
+from .host import WebUIHost, webui_is_local
 
 log = logging.getLogger("lora_bridge.webui")
 
@@ -103,7 +103,8 @@ def on_app_started(_demo: Any, app: Any) -> None:
     live.register(app, Handlers(get_host()).live_payload, api_auth=api_auth)
     if not (getattr(cmd_opts, "api", False) or getattr(cmd_opts, "nowebui", False)):
         return
-    register_api(app, get_host(), api_auth=api_auth, origins=lambda: allowed_origins(shared.cmd_opts))
+    register_api(app, get_host(), api_auth=api_auth, origins=lambda: allowed_origins(shared.cmd_opts),
+                 local_only=lambda: webui_is_local(shared.cmd_opts))
 
 
 def allowed_origins(cmd_opts: Any) -> list[str]:

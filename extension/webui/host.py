@@ -42,6 +42,12 @@ def _modules(name: str) -> Any:
     return importlib.import_module(f"modules.{name}")
 
 
+def webui_is_local(cmd_opts: Any) -> bool:
+    """True when the WebUI listens only on this computer: none of A1111's ``webui_is_non_local`` flags
+    (--share, --listen, --ngrok, --server-name; modules/shared_cmd_options.py in A1111 1.10.1 and Forge)."""
+    return not any(getattr(cmd_opts, name, None) for name in NON_LOCAL_FLAGS)
+
+
 def exposed_by(cmd_opts: Any) -> str:
     """The flags that make the WebUI reachable beyond localhost, "" when it is local or trusted.
 

@@ -468,3 +468,28 @@ def test_save_yaml_bare_name_goes_beside_the_runs(tmp_path, monkeypatch):
     assert not (tmp_path / "my_lora.yaml").exists()
     assert handlers.import_yaml("my_lora.yaml")[0] == f"imported {runs / 'my_lora.yaml'}"
     assert handlers.save_yaml("a: 1\n", "sub/x.yaml").startswith("⚠️")  # a relative folder stays relative to cwd
+
+
+@pytest.mark.parametrize(("flags", "host_header", "status"), [
+    ({}, "127.0.0.1:7860", 200), ({}, "localhost:7860", 200), ({}, "[::1]:7860", 200), ({}, "lb.localhost", 200),
+    ({}, "rebind.example:7860", 403), ({}, "127.0.0.1.example:7860", 403), ({}, "192.168.1.5:7860", 403),
+    ({"listen": True}, "192.168.1.5:7860", 200), ({"share": True}, "abc.gradio.live", 200),
+])
+def test_a_dns_rebinding_page_is_refused_by_a_local_webui(fake_webui, flags, host_header, status):
+    """A page at rebind.example that re-resolves its name to 127.0.0.1 sends its own name as Host and as Origin,
+    so the origin check passes; without --listen/--share/--ngrok/--server-name only loopback names reach us."""
+    from modules import script_callbacks, shared
+
+    from extension.webui import callbacks
+
+    for key in ("listen", "share", "server_name", "ngrok"):
+        setattr(shared.cmd_opts, key, flags.get(key, None if key in ("server_name", "ngrok") else False))
+    shared.cmd_opts.api = True
+    callbacks.register()
+    app = FastAPI()
+    script_callbacks.app_started_callback(None, app)
+    client = TestClient(app)
+    got = client.get(f"{PREFIX}/status", headers={"Host": host_header, "Origin": f"http://{host_header}"})
+    assert got.status_code == status, got.text
+    if status == 403:
+        assert "Host is not this computer" in got.json()["error"]

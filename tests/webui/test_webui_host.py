@@ -144,7 +144,7 @@ def test_callbacks_register_tab_settings_and_api(fake_webui, tmp_path):
     app = FastAPI()
     shared.cmd_opts.api_auth = "u:p"
     script_callbacks.app_started_callback(None, app)
-    client = TestClient(app)
+    client = TestClient(app, base_url="http://127.0.0.1:7860")  # the WebUI runs without --listen
     assert client.get("/lora-bridge/v1/status").status_code == 401
     assert client.get("/lora-bridge/v1/status", auth=("u", "p")).status_code == 200
     shared.cmd_opts.api = False
