@@ -75,6 +75,34 @@ def test_template_size_bombs_stop(tok, tmp_path, template):
     assert isinstance(result, UserError) and "size limit" in str(result) or "characters" in str(result), result
 
 
+GROWING = ["'%099999999d' % 1", "'%*d' % (50000000, 1)", "'%050000000d'|format(1)", "'a'|center(50000000)",
+           "'a'.center(50000000)", "'a'.ljust(50000000)", "'a'.zfill(50000000)", "'{:>50000000}'.format(1)",
+           "'{:>{}}'.format(1, 50000000)", "'{a:>50000000}'.format_map({'a': 1})",
+           "('a' * 10000)|replace('a', 'b' * 10000)", "('a' * 10000).replace('a', 'b' * 10000)",
+           "range(100000)|join('x' * 1000)", "('x' * 1000).join(range(100000)|map('string'))",
+           "('\t' * 10000).expandtabs(10000)", "('a\n' * 100000)|indent(1000)"]
+
+
+@pytest.mark.parametrize("expression", GROWING)
+def test_text_growing_filters_and_methods_stop_before_they_allocate(expression):
+    """Each builds 50 MB to 1 GB in one call, kept in a variable so the output stays short: the output bound alone
+    comes too late; the call is refused before it runs."""
+    from extension.text.chat_template import TemplateLimitError, render
+
+    with pytest.raises(TemplateLimitError, match="size limit"):
+        render(f"{{% set x = {expression} %}}{{{{ x|length }}}}")
+
+
+def test_text_growing_filters_and_methods_still_work_at_normal_sizes():
+    from extension.text.chat_template import render
+
+    template = ("{{ '%s: %d' % ('a', 3) }}|{{ 'x'|center(5) }}|{{ 'ab'.replace('a', 'c') }}|{{ range(3)|join('-') }}|"
+                "{{ ', '.join(['a', 'b']) }}|{{ '{} {:>3}'.format(1, 'b') }}|{{ '%5.2f'|format(3.14159) }}|"
+                "{{ 'a\nb'|indent(2, true) }}|{{ messages|join(', ', attribute='content') }}")
+    assert render(template, messages=[{"content": "m"}, {"content": "n"}]) == \
+        "a: 3|  x  |cb|0-1-2|a, b|1   b| 3.14|  a\n  b|m, n"
+
+
 def test_template_errors_do_not_quote_the_template(tok, tmp_path):
     data = _chat_file(tmp_path, rows=1)
     for template in ("{{ SECRET-TOKEN-42 }", "{% if %}SECRET-TOKEN-42{% endif %}"):
