@@ -265,47 +265,70 @@ def field_value(field) -> object:
     return one(field.parts[field.data[0]], main)
 
 
-def read_gguf_metadata(path: Path):
-    """(GGUFReader, {key: value}) or UserError for files gguf-py cannot parse."""
-    from gguf import GGUFReader
+def read_gguf_metadata(path: Path) -> tuple[list, dict[str, object]]:
+    """(tensor infos, {key: value}) or UserError for a file that is not a readable GGUF.
 
+    Read by ``converters.gguf_check.read_gguf_contents`` (the values gguf-py's reader gives, about 30x faster
+    on a 150 k vocabulary: gguf-py builds two numpy views per token).
+    """
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
-        converters.gguf_check.check_gguf(path)
+        tensors, meta = converters.gguf_check.read_gguf_contents(path)[::-1]
     except converters.AdapterError as exc:
         raise UserError(str(exc)) from None
+    return tensors, meta
+
+
+_PLAIN_DTYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16,
+                 GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
+                 GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
+                 GGMLQuantizationType.I64: np.int64}
+
+
+def tensor_view(mapped: np.ndarray, path: Path, info) -> tuple[np.ndarray, GGMLQuantizationType]:
+    """A tensor's data as gguf-py's reader gives it (a view of the mapped file): numbers in numpy order for plain
+    types, bytes per row for block types."""
+    from gguf import GGML_QUANT_SIZES  # not quant_shape_to_byte_shape: Forge's bundled gguf-py predates it
+
     try:
-        reader = GGUFReader(str(path))
-        meta = {name: field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
-    except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on damaged files
-        raise UserError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None
-    return reader, meta
+        ggml_type = GGMLQuantizationType(info.ggml_type)
+    except ValueError:
+        raise UserError(f"{path}: tensor {info.name} has ggml type {info.ggml_type}, which this gguf version does "
+                        "not know; update gguf or re-convert the file") from None
+    dims = tuple(reversed(info.dims))
+    raw = mapped[info.offset:info.offset + info.n_bytes]
+    dtype = _PLAIN_DTYPES.get(ggml_type)
+    if dtype is not None:
+        return raw.view(dtype).reshape(dims), ggml_type
+    block, block_bytes = GGML_QUANT_SIZES[ggml_type]
+    return raw.reshape(dims[:-1] + (dims[-1] // block * block_bytes,)), ggml_type
 
 
 def load_gguf_model(path: str | Path) -> TextModel:
     """Build the torch model from a GGUF base; weights stay packed (about the file size in RAM)."""
     path = Path(path)
-    reader, meta = read_gguf_metadata(path)
+    infos, meta = read_gguf_metadata(path)
     if meta.get("general.type") == "adapter":
         raise UserError(f"{path}: is a LoRA adapter, not a base model; pass the base .gguf as base_model")
     cfg = config_from_gguf(path, meta)
     family = FAMILIES[cfg.arch]
     names = tensor_names(cfg.arch)
+    mapped = np.memmap(path, dtype=np.uint8, mode="r")
     tensors = {}
-    for t in reader.tensors:
-        hf = hf_name(t.name, names, path, family)
-        shape = tuple(int(d) for d in reversed(t.shape.tolist()))
-        data = t.data
+    for info in infos:
+        hf = hf_name(info.name, names, path, family)
+        shape = tuple(int(d) for d in reversed(info.dims))
+        data, ggml_type = tensor_view(mapped, path, info)
         if family.permuted_qk and hf.endswith(("q_proj.weight", "k_proj.weight")):
             # These get reordered into a copy; reading them without the memory map keeps their file
             # pages out of the process (otherwise Q and K would sit in RAM twice).
-            data = np.fromfile(path, dtype=np.uint8, count=int(t.n_bytes), offset=int(t.data_offset))
-            if data.size != int(t.n_bytes):
-                raise UserError(f"{path}: truncated GGUF file (tensor {t.name}); re-download or re-convert it")
-            data = data.view(t.data.dtype).reshape(t.data.shape)
-        tensors[hf] = (data, GGMLQuantizationType(t.tensor_type), shape)
-    del reader  # the metadata parts (large token lists) go; tensor views keep the file mapped
+            copy = np.fromfile(path, dtype=np.uint8, count=int(info.n_bytes), offset=int(info.offset))
+            if copy.size != int(info.n_bytes):
+                raise UserError(f"{path}: truncated GGUF file (tensor {info.name}); re-download or re-convert it")
+            data = copy.view(data.dtype).reshape(data.shape)
+        tensors[hf] = (data, ggml_type, shape)
+    del meta  # the large token lists go; tensor views keep the file mapped
     emb = tensors.get("model.embed_tokens.weight")
     if emb is not None:
         cfg.vocab_size = emb[2][0]
