@@ -7,7 +7,9 @@ Flux), ``axes_dim`` (rope axes: not in the weights), optional ``clip_l``/``t5xxl
 option), ``loras`` and ``out``. For each LoRA it writes ``out/<stem>.npz`` = {weight key: patched - original}
 for every weight ComfyUI changed once ``load_models_gpu`` / ``CLIP.load_model`` (what sampling and text
 encoding call) loaded the LoRA's clones, and ``out/<stem>.json`` = the keys ComfyUI logged as not loaded; plus
-``out/key_map.json`` (ComfyUI's LoRA key map of that model) and ``out/model.json`` (how the base loaded).
+``out/key_map.json`` (ComfyUI's LoRA key map of that model) and ``out/model.json`` (how the base loaded). With
+``forward`` (an npz of x, timestep, context, y, guidance) also ``out/base.forward.npy`` and
+``out/<stem>.forward.npy``: the Flux model's output without and with each LoRA.
 
 What is not ComfyUI's own, and why it does not touch LoRA mapping or patching:
 - ``detect_unet_config`` hard-codes Flux.1's full widths (hidden 3072, 24 heads, context 4096, rope axes
@@ -146,6 +148,16 @@ def _weights(model) -> dict:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def _forward(patcher, inputs: dict):
+    """ComfyUI's Flux ``diffusion_model`` output (``b c h w``) on ``inputs``' x/timestep/context/y/guidance."""
+    import torch
+
+    with torch.no_grad():
+        tensors = {k: torch.from_numpy(v) for k, v in inputs.items()}
+        return patcher.model.diffusion_model(tensors.pop("x"), tensors.pop("timestep"), tensors.pop("context"),
+                                             **tensors).numpy()
+
+
 def run(job: dict) -> None:
     """Load the base, then every LoRA of ``job`` as LoraLoader does; write what ComfyUI did (module doc)."""
     placeholders = import_comfyui(job["comfyui"])
@@ -184,6 +196,9 @@ def run(job: dict) -> None:
                       if part is not None for k, v in part.state_dict().items()}
     (out / "key_map.json").write_text(json.dumps({k: _target(v) for k, v in key_map.items()}, indent=0))
     (out / "model.json").write_text(json.dumps(info, indent=1, default=str))
+    inputs = dict(np.load(job["forward"])) if job.get("forward") else None
+    if inputs:
+        np.save(out / "base.forward.npy", _forward(model, inputs))
     for path in job["loras"]:
         log.messages.clear()
         before = {"model": _weights(model.model), "clip": _weights(clip.cond_stage_model) if clip else {}}
@@ -192,6 +207,8 @@ def run(job: dict) -> None:
         # As sampling and text encoding load them: the clones replace the loaded base and patch its weights.
         comfy.model_management.load_models_gpu([new_model], force_full_load=True)
         patched = {"model": _weights(new_model.model)}
+        if inputs:
+            np.save(out / (Path(path).stem + ".forward.npy"), _forward(new_model, inputs))
         if new_clip is not None:
             new_clip.load_model()
             patched["clip"] = _weights(new_clip.cond_stage_model)

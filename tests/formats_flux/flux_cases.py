@@ -69,14 +69,11 @@ COMFY_TE_WEIGHTS = {
         "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q"}
 
 
-def comfy_deltas(model, module_deltas: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """{ComfyUI weight key: delta} of canonical ``module_deltas`` on the diffusers Flux ``model``: added to the
-    diffusers weights, then taken to BFL naming by the table diffusers' single-file converter confirms
-    (test_bfl_names_match_diffusers_single_file_loader); text encoders by ``COMFY_TE_WEIGHTS`` (zero if absent)."""
+def with_deltas(model, module_deltas: dict[str, np.ndarray]):
+    """A copy of the diffusers Flux ``model`` with the ``transformer.*`` deltas added to its weights."""
     import copy
 
     import torch
-    from flux_consumer import bfl_checkpoint
 
     changed = copy.deepcopy(model)
     state = changed.state_dict()
@@ -84,7 +81,16 @@ def comfy_deltas(model, module_deltas: dict[str, np.ndarray]) -> dict[str, np.nd
         if name.startswith("transformer."):
             state[name[len("transformer."):] + ".weight"] += torch.from_numpy(delta)
     changed.load_state_dict(state)
-    before, after = bfl_checkpoint(model), bfl_checkpoint(changed)
+    return changed
+
+
+def comfy_deltas(model, module_deltas: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{ComfyUI weight key: delta} of canonical ``module_deltas`` on the diffusers Flux ``model``: added to the
+    diffusers weights, then taken to BFL naming by the table diffusers' single-file converter confirms
+    (test_bfl_names_match_diffusers_single_file_loader); text encoders by ``COMFY_TE_WEIGHTS`` (zero if absent)."""
+    from flux_consumer import bfl_checkpoint
+
+    before, after = bfl_checkpoint(model), bfl_checkpoint(with_deltas(model, module_deltas))
     out = {"diffusion_model." + k: (after[k] - before[k]).numpy() for k in before}
     for key, name in COMFY_TE_WEIGHTS.items():
         out[key] = module_deltas[name] if name in module_deltas else np.zeros((8, 8), np.float32)

@@ -4,10 +4,10 @@ is not on PyPI, so CI skips this).
 ComfyUI's own code builds its Flux (``comfy.sd.load_diffusion_model_state_dict`` on our tiny BFL file, widths
 read from the file, see ``comfyui_run.py``) and its Flux CLIP-L + T5 (``comfy.sd.CLIP``, tiny configs through
 its ``<name>_model_config`` option), then applies each of our kohya, BFL and diffusers files as its LoraLoader
-node does (``comfy.sd.load_lora_for_models`` + ``ModelPatcher.patch_model``). Checked: no key "not loaded",
-every weight changes by our adapter's delta (rel <= 1e-4), and the restatement in ``comfy_flux.py`` agrees with
-the real key map and weight changes. The LoRA trained by our engine:
-``tests/flux_training/test_real_comfyui_trained.py``.
+node does (``comfy.sd.load_lora_for_models``, then ``load_models_gpu`` / ``CLIP.load_model`` patch the weights).
+Checked: no key "not loaded", every weight changes by our adapter's delta (rel <= 1e-4), ComfyUI's Flux then
+computes what diffusers' computes with those deltas, and the restatement in ``comfy_flux.py`` agrees with the
+real key map and weight changes. The LoRA trained by our engine: ``tests/flux_training/test_real_comfyui_trained.py``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import pytest
 from comfy_flux import key_map, load_and_apply
 from comfyui_run import COMFYUI, SKIP_REASON, run_comfyui
 from flux_bases import write_bfl
-from flux_cases import comfy_deltas, deltas, flux_adapter, worst_error
+from flux_cases import comfy_deltas, deltas, flux_adapter, with_deltas, worst_error
 from flux_consumer import INNER, TINY
 
 from converters import save_adapter
@@ -54,14 +54,47 @@ def write_encoders(folder: Path) -> dict:
                 clip_l_config=CLIP_L, t5xxl_config=T5)
 
 
+def forward_inputs() -> dict[str, np.ndarray]:
+    """A 4x6 latent of 2 channels (6 tokens of 8 after 2x2 packing), 5 text tokens, pooled vector, t and guidance."""
+    rng = np.random.default_rng(3)
+    return dict(x=rng.standard_normal((1, 2, 4, 6)).astype(np.float32), timestep=np.array([0.4], np.float32),
+                context=rng.standard_normal((1, 5, TINY["joint_attention_dim"])).astype(np.float32),
+                y=rng.standard_normal((1, TINY["pooled_projection_dim"])).astype(np.float32),
+                guidance=np.array([3.5], np.float32))
+
+
+def diffusers_output(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """diffusers' Flux output on ``inputs`` (packed and with ids by FluxPipeline's own helpers)."""
+    import torch
+    from diffusers import FluxPipeline
+
+    b, c, h, w = inputs["x"].shape
+    t = {k: torch.from_numpy(v) for k, v in inputs.items()}
+    with torch.no_grad():
+        return model(hidden_states=FluxPipeline._pack_latents(t["x"], b, c, h, w), encoder_hidden_states=t["context"],
+                     pooled_projections=t["y"], timestep=t["timestep"], guidance=t["guidance"],
+                     img_ids=FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, "cpu", torch.float32),
+                     txt_ids=torch.zeros(t["context"].shape[1], 3), return_dict=False)[0].numpy()
+
+
+def packed(latent: np.ndarray) -> np.ndarray:
+    """ComfyUI's ``b c h w`` output in diffusers' packed token layout."""
+    import torch
+    from diffusers import FluxPipeline
+
+    b, c, h, w = latent.shape
+    return FluxPipeline._pack_latents(torch.from_numpy(latent), b, c, h, w).numpy()
+
+
 @pytest.fixture(scope="module")
 def comfy(flux_model, tmp_path_factory):
     """(ComfyUI's output folder, {layout: adapter}): ComfyUI run once on the three layouts."""
     folder = tmp_path_factory.mktemp("comfyui")
     adapters = {to: flux_adapter(flux_model, clip=to != "diffusers") for to in LAYOUTS}
     loras = [save_adapter(a, folder / f"{to}.safetensors", to=to, dtype="f32") for to, a in adapters.items()]
+    np.savez(folder / "inputs.npz", **forward_inputs())
     run_comfyui(folder, write_bfl(flux_model, folder / "flux1-tiny.safetensors"), loras, TINY["axes_dims_rope"],
-                **write_encoders(folder))
+                forward=str(folder / "inputs.npz"), **write_encoders(folder))
     return folder, adapters
 
 
@@ -109,3 +142,17 @@ def test_restatement_agrees_with_real_comfyui(comfy):
         assert not_loaded == json.loads((folder / f"{to}.json").read_text())["not_loaded"]
         changed = {k: v for k, v in patched.items() if np.any(v)}
         assert worst_error(dict(np.load(folder / f"{to}.npz")), changed) <= 1e-6, to
+
+
+def test_real_comfyui_flux_computes_what_diffusers_computes_with_our_files(comfy, flux_model):
+    """ComfyUI's Flux on our BFL file equals the diffusers model it came from, and with each LoRA equals that
+    model with the adapter's deltas added to its weights."""
+    folder, adapters = comfy
+    inputs = forward_inputs()
+    base = diffusers_output(flux_model, inputs)
+    assert np.linalg.norm(packed(np.load(folder / "base.forward.npy")) - base) / np.linalg.norm(base) <= 1e-5
+    for to, adapter in adapters.items():
+        want = diffusers_output(with_deltas(flux_model, deltas(adapter)), inputs)
+        got = packed(np.load(folder / f"{to}.forward.npy"))
+        assert np.linalg.norm(want - base) > np.linalg.norm(base)  # the LoRA changes the output
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-4, to
