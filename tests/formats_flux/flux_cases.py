@@ -58,3 +58,40 @@ def block_deltas(adapter: LoraAdapter) -> dict[str, np.ndarray]:
     # diffusers (0.31 to 0.42) names the non-block modules of sd-scripts/ComfyUI Flux files without
     # ``transformer.`` (x_embedder, time_text_embed.*, norm_out, proj_out), so its loader drops them.
     return {n: d for n, d in deltas(adapter).items() if "blocks." in n}
+
+
+# The text-encoder weights flux_adapter(clip=True) adapts, as ComfyUI's Flux CLIP names them: {key: module}.
+COMFY_TE_WEIGHTS = {
+    "clip_l.transformer.text_model.encoder.layers.0.self_attn.q_proj.weight":
+        "text_encoder.text_model.encoder.layers.0.self_attn.q_proj",
+    "clip_l.transformer.text_model.encoder.layers.0.mlp.fc1.weight": "text_encoder.text_model.encoder.layers.0.mlp.fc1",
+    "t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight":
+        "text_encoder_2.encoder.block.0.layer.0.SelfAttention.q"}
+
+
+def with_deltas(model, module_deltas: dict[str, np.ndarray]):
+    """A copy of the diffusers Flux ``model`` with the ``transformer.*`` deltas added to its weights."""
+    import copy
+
+    import torch
+
+    changed = copy.deepcopy(model)
+    state = changed.state_dict()
+    for name, delta in module_deltas.items():
+        if name.startswith("transformer."):
+            state[name[len("transformer."):] + ".weight"] += torch.from_numpy(delta)
+    changed.load_state_dict(state)
+    return changed
+
+
+def comfy_deltas(model, module_deltas: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """{ComfyUI weight key: delta} of canonical ``module_deltas`` on the diffusers Flux ``model``: added to the
+    diffusers weights, then taken to BFL naming by the table diffusers' single-file converter confirms
+    (test_bfl_names_match_diffusers_single_file_loader); text encoders by ``COMFY_TE_WEIGHTS`` (zero if absent)."""
+    from flux_consumer import bfl_checkpoint
+
+    before, after = bfl_checkpoint(model), bfl_checkpoint(with_deltas(model, module_deltas))
+    out = {"diffusion_model." + k: (after[k] - before[k]).numpy() for k in before}
+    for key, name in COMFY_TE_WEIGHTS.items():
+        out[key] = module_deltas[name] if name in module_deltas else np.zeros((8, 8), np.float32)
+    return out
