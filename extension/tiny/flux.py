@@ -99,7 +99,10 @@ def part_states(parts: dict) -> dict[str, dict]:
     return {
         **({"transformer": diffusers_to_bfl(parts["transformer"].state_dict())} if "transformer" in parts else {}),
         "vae": {k.removeprefix("first_stage_model."): torch.from_numpy(v) for k, v in vae_ldm(parts["vae"]).items()},
-        "clip_l": {k: v for k, v in parts["clip_l"].state_dict().items() if "position_ids" not in k},
+        # transformers 5 names CLIP keys without ``text_model.``; the released clip_l.safetensors (and ComfyUI's
+        # detection of CLIP-L by ``text_model.encoder.layers.1.mlp.fc1.weight``) has it
+        "clip_l": {k if k.startswith("text_model.") else f"text_model.{k}": v
+                   for k, v in parts["clip_l"].state_dict().items() if "position_ids" not in k},
         "t5xxl": {k: v for k, v in parts["t5xxl"].state_dict().items() if k != "encoder.embed_tokens.weight"},
     }
 

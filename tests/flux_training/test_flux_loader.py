@@ -92,3 +92,15 @@ def test_packing_ids_and_sigmas_match_diffusers():
     dev.set_timesteps(sigmas=[1 - i / 4 for i in range(4)], mu=dev_mu(1024))
     shipped = {"base_shift": 0.5, "max_shift": 1.15, "base_seq_len": 256, "max_seq_len": 4096}
     assert sampling_sigmas(4, 1024, True, shipped) == pytest.approx(dev.sigmas.tolist(), abs=1e-6)
+
+
+def test_tiny_encoder_files_are_named_as_the_released_ones(flux_files):
+    """clip_l.safetensors as comfyanonymous/flux_text_encoders ships it (``text_model.`` keys: ComfyUI detects
+    CLIP-L by ``text_model.encoder.layers.1.mlp.fc1.weight``; transformers 5's state dict drops the prefix), and
+    t5xxl with ``encoder.block.*`` keys."""
+    from safetensors import safe_open
+
+    with safe_open(str(flux_files["clip_l"]), "pt") as clip, safe_open(str(flux_files["t5xxl"]), "pt") as t5:
+        assert all(key.startswith("text_model.") for key in clip.keys())  # noqa: SIM118 (safe_open has no __iter__)
+        assert "text_model.encoder.layers.1.mlp.fc1.weight" in clip.keys()  # noqa: SIM118
+        assert any(key.startswith("encoder.block.0.") for key in t5.keys())  # noqa: SIM118
