@@ -104,7 +104,8 @@ def pack_linears(model: torch.nn.Module, tensors: GGUFTensors, pairs: dict) -> d
         bias = pairs.get(module_name + ".bias")
         packed = PackedWeight(load().contiguous(), gguf.GGMLQuantizationType[qtype],
                               (layer.out_features, layer.in_features))
-        model.set_submodule(module_name, GGUFLinear(packed, None if bias is None else bias[1]().float()))
+        parent, _, leaf = module_name.rpartition(".")  # no Module.set_submodule before torch 2.4 (Forge: 2.3.1)
+        setattr(model.get_submodule(parent), leaf, GGUFLinear(packed, None if bias is None else bias[1]().float()))
     return {n: load for n, load in rest.items() if not _packed_bias(model, n)}
 
 

@@ -319,9 +319,15 @@ def _build_clip_l(where: tuple[Path, str], shipped: dict, tokenizer):
 
 
 def _build_t5(where: tuple[Path, str], shipped: dict):
-    """The T5 encoder (v1.1: gated GELU) sized from its weights; fp16/fp8 files are upcast to float32."""
+    """The T5 encoder (v1.1: gated GELU) sized from its weights, frozen; computed in float32.
+
+    Its linear weights stay in the file's fp16/bf16/fp8 and are upcast one layer at a time
+    (``frozen_weights``): an fp8 T5-XXL upcast whole is 19 GB of float32, more than Forge's 24 GB hosts hold
+    next to the host itself. ``wo`` stays float32 since transformers casts its input to ``wo``'s dtype
+    (``_keep_in_fp32_modules``)."""
     from transformers import T5Config, T5EncoderModel
 
+    from ..image.frozen_weights import store_frozen_weights
     from ..image.lazy_checkpoint import PrefixView, assign_weights, empty_model
 
     path, prefix = where
@@ -344,13 +350,21 @@ def _build_t5(where: tuple[Path, str], shipped: dict):
                       feed_forward_proj=spec["feed_forward_proj"] if gated else "relu",
                       layer_norm_epsilon=float(spec["layer_norm_epsilon"]), is_encoder_decoder=False, use_cache=False)
     model = empty_model(lambda: T5EncoderModel(config))
-    missing = assign_weights(model, _Loaders({k: (lambda k=k: view[k]) for k in view}), lambda _: torch.float32)
+    stored = view.checkpoint.dtype_of(prefix + "encoder.block.0.layer.0.SelfAttention.q.weight")
+    stored = stored if stored is not None and stored.itemsize < 4 else torch.float32
+    half = {name: module for name, module in model.named_modules()
+            if type(module) is torch.nn.Linear and not name.endswith(".wo")} if stored != torch.float32 else {}
+    missing = assign_weights(model, _Loaders({k: (lambda k=k: view[k]) for k in view}),
+                             lambda n: stored if n.removesuffix(".weight") in half else torch.float32)
     if missing == ["encoder.embed_tokens.weight"]:  # tied to shared.weight in the files; untied in the model
         model.encoder.embed_tokens.weight = model.shared.weight
         missing = []
     if missing:
         raise UserError(f"{path}: the T5 encoder lacks {missing[0]}; is the file complete?")
-    return model.eval().requires_grad_(False)
+    model.eval().requires_grad_(False)
+    for module in half.values():
+        store_frozen_weights(module, stored)
+    return model
 
 
 def is_flux_run(config: Any) -> bool:

@@ -65,6 +65,16 @@ def test_packed_transformer_computes_what_the_gguf_blocks_hold(qtype, tmp_path_f
     assert float((got - exact).norm() / exact.norm()) > 1e-4  # really quantized, not the float weights
 
 
+def test_gguf_packs_under_forges_torch_without_set_submodule(tmp_path_factory, monkeypatch):
+    """Forge pins torch 2.3.1, whose ``nn.Module`` has no ``set_submodule`` (torch 2.4+): a Start from real Forge's
+    tab on a GGUF base failed with AttributeError once the transformer loaded."""
+    monkeypatch.delattr(torch.nn.Module, "set_submodule", raising=False)
+    config = config_from_dict({k: str(v) for k, v in _gguf_files("Q4_0", tmp_path_factory).items()}, "test")
+    transformer = load_flux_base(config, ("transformer",)).transformer
+    packed = {n for n, m in transformer.named_modules() if isinstance(m, GGUFLinear)}
+    assert "transformer_blocks.0.attn.to_q" in packed and "single_transformer_blocks.0.proj_out" in packed
+
+
 def test_lora_trains_on_the_packed_gguf_and_diffusers_applies_it(flux_data, tmp_path, tmp_path_factory):
     from flux_consumer import module_deltas
 

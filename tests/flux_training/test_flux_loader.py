@@ -62,6 +62,31 @@ def test_float8_file_trains_on_float8_storage_with_the_upcast_values(tmp_path):
         assert torch.equal(kept.transformer(**inputs)[0], upcast.transformer(**inputs)[0])
 
 
+def test_float8_t5_stays_float8_and_encodes_as_its_float32_upcast(flux_files, tmp_path):
+    """An fp8 T5-XXL upcast whole is 19 GB of float32 (more than real Forge's host held next to Forge): its
+    block matrices stay float8 (``wo`` float32, as transformers wants) and encode the same as the upcast."""
+    from safetensors.torch import load_file
+    from transformers import T5EncoderModel
+
+    from extension.tiny.flux import save_safetensors
+
+    state = load_file(flux_files["t5xxl"])  # as the usual t5xxl_fp8_e4m3fn file: block matrices fp8, rest fp16
+    fp8 = {k: v.to(torch.float8_e4m3fn if k.startswith("encoder.block.") and v.ndim == 2 and "relative" not in k
+                   else torch.float16) for k, v in state.items()}
+    t5_file = save_safetensors(fp8, tmp_path / "t5xxl_fp8_e4m3fn.safetensors")
+    t5 = load_flux_base(_config({**flux_files, "t5xxl": t5_file}), ("text_encoders",)).text_encoders[1]
+    block = t5.encoder.block[0]
+    assert block.layer[0].SelfAttention.q.weight.dtype == torch.float8_e4m3fn
+    assert block.layer[1].DenseReluDense.wi_0.weight.dtype == torch.float8_e4m3fn
+    assert block.layer[1].DenseReluDense.wo.weight.dtype == torch.float32
+    upcast = T5EncoderModel(t5.config).eval()
+    upcast.load_state_dict({k: v.float() for k, v in fp8.items()}, strict=False)
+    upcast.encoder.embed_tokens.weight = upcast.shared.weight
+    ids = torch.randint(0, t5.config.vocab_size, (2, 7), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(t5(ids)[0], upcast(ids)[0])
+
+
 def test_missing_part_files_are_one_line(flux_files, tmp_path):
     from extension.errors import UserError
 
