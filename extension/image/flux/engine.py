@@ -21,12 +21,14 @@ from .. import memory
 from ..conditioning import LatentCache
 from ..engine import _ImageRun, _weight_dtype, train_image
 from ..frozen_weights import adapters_in_fp32
+from ..init_lora import load_image_init
 from ..lean_lora import use_lean_lora
 from ..lora import export_adapter, inject_lora, lora_parameters, resolve_targets
 from ..metadata import training_metadata
 from ..noise import diffusion_loss, sample_noise, step_generator
 from .conditioning import FluxConditioner, cache_then_release, encoders_to, t5_length
 from .flow import flow_target, image_ids, noisy_input, pack, read_prediction, sample_sigmas, text_ids, unpack
+from .init_lora import flux_layouts, read_flux_init
 from .metadata import flux_metadata
 
 _BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
@@ -48,13 +50,15 @@ def flux_targets(transformer: torch.nn.Module, targets: list[str]) -> list[str]:
 
 
 def check_flux_config(config: TrainConfig) -> None:
-    """Settings the Flux.1 engine does not offer (yet) stop the run with one line each."""
-    refused = {"train_text_encoder": "train the transformer only (sd-scripts' default)",
-               "init_lora": "start from scratch", "conv_rank": "Flux.1 has no convolutions to adapt",
-               "min_snr_gamma": "it is an epsilon-prediction weighting; Flux.1 trains a flow"}
-    for key, fix in refused.items():
+    """Settings that do not apply to Flux.1 stop the run with one line each: why, and what to set."""
+    refused = {"train_text_encoder": ("the CLIP-L LoRA is not built yet", "train the transformer only"),
+               "conv_rank": ("Flux.1 has no convolutions, only linear layers, to adapt", "set conv_rank: 0"),
+               "min_snr_gamma": ("min-SNR weights an epsilon-prediction loss by the timestep's SNR; Flux.1 trains a "
+                                 "rectified flow and sd-scripts' flux_train_network.py does not apply it either",
+                                 "leave min_snr_gamma empty")}
+    for key, (why, fix) in refused.items():
         if getattr(config, key):
-            raise UserError(f"config: {key} is not supported for Flux.1 bases; {fix}")
+            raise UserError(f"config: {key} does not apply to Flux.1 bases ({why}); {fix}")
 
 
 class _FluxRun(_ImageRun):
@@ -63,6 +67,7 @@ class _FluxRun(_ImageRun):
     def _prepare_run(self) -> None:
         check_flux_config(self.config)
         super()._prepare_run()
+        self.init = read_flux_init(self.config)  # a misfit stops here, before any part loads
 
     def _load_base(self) -> None:
         """Encoders first (caches filled, encoders freed) when the data allows, then the frozen transformer."""
@@ -86,16 +91,20 @@ class _FluxRun(_ImageRun):
     def _inject_lora(self) -> None:
         config, transformer = self.config, self.base.transformer
         torch.manual_seed(self.seed)  # LoRA init is the same in every process and every resumed run
-        names = flux_targets(transformer, list(config.unet_target_modules))
+        wanted = {"transformer": flux_targets(transformer, list(config.unet_target_modules))}
+        layouts = flux_layouts(config, wanted, {}, self.init, self._log)
+        self.components = {"transformer": transformer}
         with adapters_in_fp32():
-            inject_lora(transformer, names, int(config.lora_rank), float(config.lora_alpha),
-                        float(config.lora_dropout))
+            for key, layout in layouts.items():
+                inject_lora(self.components[key], layout.names, int(config.lora_rank), float(config.lora_alpha),
+                            float(config.lora_dropout), module_ranks=layout.ranks)
         if config.gradient_checkpointing is True:  # image runs: auto means off
             transformer.enable_gradient_checkpointing()
-        self.components = {"transformer": transformer}
         self._place_modules()
         if config.inplace_lora_add:
             use_lean_lora(transformer)
+        if self.init is not None:
+            load_image_init(layouts, self.components)
 
     def _place_modules(self) -> None:
         """The transformer on the device; on a half-precision GPU run its float32 parts in that dtype."""
