@@ -155,3 +155,20 @@ def test_misfits_are_one_line(case, setting, message, flux_files, flux_data, tmp
         run_training(_config(flux_files, flux_data, tmp_path / "out", init_lora=str(source), **setting))
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out" / "flux_t.safetensors").exists()
+
+
+def test_sd_scripts_fused_modules_go_on_training_as_one_lora(flux_files, flux_data, tmp_path):
+    """sd-scripts trains ``qkv`` / ``linear1`` as one LoRA (one down); continuing such a file keeps that: the
+    layers share one down while they train, so the file keeps rank 4 instead of growing to 12/16."""
+    source = _sd_scripts_file(tmp_path / "sd_scripts.safetensors", _bfl_linears(flux_files["base_model"]))
+    events = []
+    result = run_training(_config(flux_files, flux_data, tmp_path / "out", init_lora=str(source)), events.append)
+    assert result.status == "done", result.message
+    out, given = load_file(str(tmp_path / "out" / "flux_t.safetensors")), load_file(str(source))
+    assert set(out) == set(given)
+    for key in ("lora_unet_double_blocks_0_img_attn_qkv", "lora_unet_single_blocks_0_linear1"):
+        assert out[f"{key}.lora_down.weight"].shape == given[f"{key}.lora_down.weight"].shape, key
+        assert not torch.equal(out[f"{key}.lora_down.weight"].half(), given[f"{key}.lora_down.weight"]), key
+    assert read_header(tmp_path / "out" / "flux_t.safetensors")[0]["__metadata__"]["ss_network_dim"] == "4"
+    assert any("3 fused qkv/linear1 module(s) go on training as one LoRA" in e.message for e in events
+               if e.kind == "log")  # img_attn.qkv, txt_attn.qkv, linear1

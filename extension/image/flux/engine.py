@@ -28,7 +28,7 @@ from ..metadata import training_metadata
 from ..noise import diffusion_loss, sample_noise, step_generator
 from .conditioning import FluxConditioner, cache_then_release, encoders_to, t5_length
 from .flow import flow_target, image_ids, noisy_input, pack, read_prediction, sample_sigmas, text_ids, unpack
-from .init_lora import flux_layouts, read_flux_init
+from .init_lora import flux_layouts, read_flux_init, tie_fused_downs
 from .metadata import flux_metadata
 
 _BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
@@ -112,6 +112,10 @@ class _FluxRun(_ImageRun):
                 use_lean_lora(component)
         if self.init is not None:
             load_image_init(layouts, self.components)
+            tied = tie_fused_downs(layouts["transformer"], transformer)
+            if tied:
+                self._log(f"init_lora: {tied} fused qkv/linear1 module(s) go on training as one LoRA each (one "
+                          "down shared by their layers, as sd-scripts trains them)")
 
     def _place_modules(self) -> None:
         """The transformer on the device; on a half-precision GPU run its float32 parts in that dtype."""

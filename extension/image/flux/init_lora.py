@@ -79,3 +79,29 @@ def flux_layouts(config: TrainConfig, wanted: dict[str, list[str]], encoders: di
                for key, names in wanted.items()}
     log(summary(init, layouts))
     return layouts
+
+
+def tie_fused_downs(layout: ComponentLayout, transformer: Any) -> int:
+    """Share one ``lora_A`` between the layers of a fused BFL module the file trained as one LoRA (sd-scripts'
+    ``qkv`` / ``linear1``: one down, one scale), so training goes on as that fused LoRA and the file keeps its
+    rank; returns the number of modules tied. Layers the file adapted separately stay separate."""
+    import numpy as np
+
+    from ..lora import ADAPTER
+
+    groups: dict[str, list[str]] = {}
+    for name in layout.loaded:
+        found = converters.flux_names.bfl_of_canonical().get(f"{TRANSFORMER}.{name}")
+        if found is not None and found[0].fused:
+            groups.setdefault(found[0].path, []).append(name)
+    tied = 0
+    for names in groups.values():
+        first = layout.loaded[names[0]]
+        if len(names) < 2 or not all(np.array_equal(layout.loaded[n].down, first.down)
+                                     and layout.loaded[n].scale == first.scale for n in names):
+            continue
+        shared = transformer.get_submodule(names[0]).lora_A[ADAPTER]
+        for name in names[1:]:
+            transformer.get_submodule(name).lora_A[ADAPTER] = shared
+        tied += 1
+    return tied
