@@ -5,7 +5,15 @@ load it under another top-level name.
 """
 
 from . import atomic, flux_base, gguf_check, llm_names, safetensors_io, sd_names
-from .api import base_module_shapes, check_against_base, convert, inspect_adapter, load_adapter, save_adapter
+from .api import (
+    base_module_shapes,
+    check_against_base,
+    check_against_shapes,
+    convert,
+    inspect_adapter,
+    load_adapter,
+    save_adapter,
+)
 from .errors import AdapterError
 from .formats import FORMATS, WRITABLE, detect_format
 from .model import LoraAdapter, LoraModule
@@ -26,6 +34,7 @@ __all__ = [
     "adapter_problems",
     "base_module_shapes",
     "check_against_base",
+    "check_against_shapes",
     "convert",
     "detect_format",
     "inspect_adapter",

@@ -133,7 +133,12 @@ def _expected_shapes(name: str, module: LoraModule | LycorisModule) -> tuple[int
 
 def check_against_base(adapter: LoraAdapter, base: str | Path) -> list[str]:
     """Every way ``adapter`` does not fit ``base``: missing modules, shape mismatches, wrong arch."""
-    base_arch, shapes = base_module_shapes(base, adapter.family)
+    return check_against_shapes(adapter, *base_module_shapes(base, adapter.family))
+
+
+def check_against_shapes(adapter: LoraAdapter, base_arch: str | None, shapes: dict[str, tuple[int, ...]]) -> list[str]:
+    """``check_against_base`` against a base's (architecture, {canonical module: weight shape}) read already
+    (a Flux.1 run's transformer and CLIP-L may come from different files)."""
     problems: list[str] = []
     if adapter.arch and base_arch and _arch_group(adapter.arch) != _arch_group(base_arch):
         problems.append(f"adapter is for {adapter.arch}, base is {base_arch}")

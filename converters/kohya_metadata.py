@@ -27,8 +27,10 @@ ARCH_INFO = {
     "sd2-v": ("sd_v2_v", "True", "stable-diffusion-v2-768-v/lora", "768x768", "v"),
     "sdxl": ("sdxl_base_v1-0", "False", "stable-diffusion-xl-v1-base/lora", "1024x1024", "epsilon"),
     # sd-scripts' Flux.1 values (flux_train_network.py, sai_model_spec.py); Flux has no prediction type there.
-    "flux": ("flux1", "False", "flux-1-dev/lora", "1024x1024", ""),
+    # "flux-1" is sai_model_spec's ARCH_FLUX_1_UNKNOWN; a known variant is named by ``flux_spec``.
+    "flux": ("flux1", "False", "flux-1/lora", "1024x1024", ""),
 }
+FLUX_SPEC = {"dev": "flux-1-dev/lora", "schnell": "flux-1-schnell/lora", "chroma": "chroma/lora"}
 _IMPLEMENTATION = {"sdxl": "https://github.com/Stability-AI/generative-models",
                    "flux": "https://github.com/black-forest-labs/flux"}
 # Order of the safetensors library's Dtype enum; it writes tensors by dtype descending, then name.
@@ -78,8 +80,12 @@ def build_metadata(
     conv_names: set[str],
     source: Mapping[str, str] | None = None,
     extra: Mapping[str, str] | None = None,
+    variant: str | None = None,
 ) -> dict[str, str]:
     """Metadata for a kohya file (no hashes yet); ``extra`` from the caller wins over computed keys.
+
+    A Flux.1 file's ``modelspec.architecture`` is the source's, else the ``variant`` (dev/schnell/chroma) as
+    sd-scripts' sai_model_spec names it, else sd-scripts' unknown ``flux-1/lora`` (never a guessed dev).
 
     As in sd-scripts, ``ss_network_dim``/``ss_network_alpha`` describe the linear and 1x1 modules and
     ``conv_dim``/``conv_alpha`` (in ``ss_network_args``) the ``conv_names`` (kernels larger than 1x1).
@@ -87,7 +93,9 @@ def build_metadata(
     version, v2, spec, resolution, prediction = ARCH_INFO[arch]
     declared = str((source or {}).get("modelspec.architecture", ""))
     if arch == "flux" and declared.startswith(("flux-1", "chroma")):
-        spec = declared  # a schnell or Chroma LoRA stays one (sd-scripts' default names dev)
+        spec = declared  # a schnell or Chroma LoRA stays one
+    elif arch == "flux" and variant:
+        spec = FLUX_SPEC[variant]
     meta = {k: str(v) for k, v in (source or {}).items()
             if k.startswith(("ss_", "modelspec.")) and not k.startswith("sshs_") and k != "ss_network_args"}
     meta.update({

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import flux_layout
+from .. import flux_base, flux_layout
 from ..errors import AdapterError
 from ..kohya_metadata import arch_from_metadata, build_metadata, dtype_name, hashes, safetensors_order
 from ..lycoris_parts import module_from_parts, split_part
@@ -179,7 +179,9 @@ def write(adapter: LoraAdapter, path: Path, options) -> Path:
         items.append((name + ".lora_up.weight", up, dtype_name(up, float_dtype)))
         items.append((name + ".alpha", np.asarray(module.alpha, dtype=np.float32), "F32"))
     items = safetensors_order(items)
-    meta = build_metadata(arch, options.name or path.stem, ranks, alphas, conv, adapter.metadata, options.metadata)
+    variant = flux_base.adapter_variant(adapter, options.base)[0] if arch == "flux" else None
+    meta = build_metadata(arch, options.name or path.stem, ranks, alphas, conv, adapter.metadata, options.metadata,
+                          variant)
     meta.update(hashes(items, meta))
     alpha_names = [n for n, _, _ in items if n.endswith(".alpha")]
     return write_safetensors(path, [(n, a) for n, a, _ in items], metadata=meta, float_dtype=float_dtype,

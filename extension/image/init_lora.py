@@ -47,12 +47,13 @@ def _is_conv3x3(module: Any) -> bool:
     return down.ndim == 4 and tuple(down.shape[2:]) != (1, 1)
 
 
-def _sd_component(name: str) -> tuple[str, str]:
+def component_of(name: str) -> tuple[str, str]:
+    """(component, module path in it) of a canonical image module name (``unet.x``, ``transformer.x``, ...)."""
     component, _, path = name.partition(".")
     return component, path
 
 
-def _encoder_paths(encoder: Any) -> dict[str, str]:
+def encoder_paths(encoder: Any) -> dict[str, str]:
     """Canonical CLIP path (always with ``text_model.``) -> the encoder's own module path."""
     return {_text_path(n): n for n, _ in encoder.named_modules() if n}
 
@@ -88,7 +89,7 @@ def image_layout(config: TrainConfig, base: Any, log: Callable[[str], None]) -> 
             layouts[key] = lay
         return layouts, None
 
-    init = read_init_lora(source, config.base_model, _sd_component, arch=base.arch)
+    init = read_init_lora(source, config.base_model, component_of, arch=base.arch)
     for key in init.components():
         if key in _TE_KEYS and not train_te:
             raise UserError(f"init_lora {init.path}: has {key} modules; set train_text_encoder: true to continue "
@@ -97,7 +98,7 @@ def image_layout(config: TrainConfig, base: Any, log: Callable[[str], None]) -> 
             raise UserError(f"init_lora {init.path}: has {key} modules, which this base does not have")
     for key, encoder in encoders.items():  # canonical CLIP paths -> this transformers version's paths
         if key in init.by_component:
-            own = _encoder_paths(encoder)
+            own = encoder_paths(encoder)
             init.by_component[key] = {own.get(p, p): m for p, m in init.by_component[key].items()}
 
     rank_setting = ("lora_rank", rank, is_default(config, "lora_rank"))

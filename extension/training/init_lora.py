@@ -53,27 +53,28 @@ class InitLora:
 
 
 def read_init_lora(path: str, base: str | Path, component_of: Callable[[str], tuple[str, str]],
-                   arch: str | None = None) -> InitLora:
+                   arch: str | None = None, fit: Callable[[Any], list[str]] | None = None) -> InitLora:
     """Read ``path`` in any format the converters know and check every module against ``base``.
 
     ``component_of`` splits a canonical module name into (component, module path in that component).
     ``arch`` is the base's architecture, used when the file does not say (or says otherwise and
     the reader accepts it: SD1/SD2 kohya files without text-encoder modules look alike).
+    ``fit(adapter)`` lists how the adapter does not fit the base (default ``converters.check_against_base``);
+    an engine whose parts live in several files gives its own, which may also refuse with a ``UserError``.
     """
     p = Path(path).expanduser()
     if not p.exists():
         raise UserError(f"init_lora {p}: not found; give a LoRA file or PEFT folder (e.g. from models/Lora)")
     try:
         adapter = converters.load_adapter(p, base=base)
-        if arch and adapter.arch and adapter.arch != arch and adapter.family == "sd" and "sdxl" not in (arch,
-                                                                                                      adapter.arch):
+        if adapter.arch != arch and {arch, adapter.arch} <= {"sd1", "sd2", "sd2-v"}:
             adapter = converters.load_adapter(p, arch=arch, base=base)
     except converters.AdapterError as exc:
         raise UserError(f"init_lora {p}: cannot be read ({exc})") from None
     values = converters.adapter_problems(adapter)
     if values:
         raise UserError(f"init_lora {p}: {values[0]} ({len(values)} problem(s)); continue from a sound LoRA")
-    problems = converters.check_against_base(adapter, base)
+    problems = fit(adapter) if fit is not None else converters.check_against_base(adapter, base)
     if problems:
         raise UserError(f"init_lora {p}: does not fit the base {base}: {problems[0]} ({len(problems)} problem(s)); "
                         "use a LoRA made for this model")

@@ -30,9 +30,10 @@ def write_yaml(values: dict, path: Path) -> Path:
     return path
 
 
-def diffusers_lora(path: Path, transformer, inner: int | None = None) -> None:
-    """Load the kohya Flux LoRA ``path`` into ``transformer`` with diffusers' ``FluxLoraLoaderMixin`` (sd-scripts'
-    conversion run at the tiny width ``inner``, the tiny Flux's own by default; the MLP is 4x as wide)."""
+def diffusers_state(path: Path, inner: int | None = None) -> tuple[dict, dict]:
+    """(state dict, alphas) of the kohya Flux LoRA ``path`` as diffusers' ``FluxLoraLoaderMixin.lora_state_dict``
+    reads it (sd-scripts' conversion run at the tiny width ``inner``, the tiny Flux's own by default; the MLP is
+    4x as wide)."""
     from diffusers.loaders import FluxLoraLoaderMixin, lora_conversion_utils, lora_pipeline
     from flux_consumer import INNER, at_tiny_width
 
@@ -42,26 +43,34 @@ def diffusers_lora(path: Path, transformer, inner: int | None = None) -> None:
         lora_conversion_utils._convert_kohya_flux_lora_to_diffusers, "dims=[3072, 3072, 3072, 12288]",
         f"dims=[{inner}, {inner}, {inner}, {4 * inner}]")
     try:
-        state, alphas = FluxLoraLoaderMixin.lora_state_dict(str(path.parent), weight_name=path.name,
-                                                            return_alphas=True)
+        return FluxLoraLoaderMixin.lora_state_dict(str(path.parent), weight_name=path.name, return_alphas=True)
     finally:
         lora_pipeline._convert_kohya_flux_lora_to_diffusers = original
+
+
+def diffusers_lora(path: Path, transformer, inner: int | None = None) -> None:
+    """Load the kohya Flux LoRA ``path`` into ``transformer`` with diffusers' ``FluxLoraLoaderMixin``."""
+    from diffusers.loaders import FluxLoraLoaderMixin
+
+    state, alphas = diffusers_state(path, inner)
     FluxLoraLoaderMixin.load_lora_into_transformer(state, network_alphas=alphas, transformer=transformer,
                                                    adapter_name="t")
 
 
-def state_deltas(state_dir: Path, alpha: float) -> dict[str, np.ndarray]:
-    """{``transformer.<module>``: B @ A * alpha / r} of the trained PEFT layers, from the run's training state."""
+def state_deltas(state_dir: Path, alpha: float, component: str = "transformer") -> dict[str, np.ndarray]:
+    """{``<component>.<module>``: B @ A * alpha / r} of the trained PEFT layers of ``component`` (``transformer``,
+    ``text_encoder`` for CLIP-L), from the run's training state."""
     from extension.training.checkpoint import load_training_state
 
     lora = load_training_state(state_dir).lora
     out = {}
     for key, down in lora.items():
-        if not key.endswith("lora_A.default.weight"):
+        owner, _, name = key.partition("/")
+        if owner != component or not key.endswith("lora_A.default.weight"):
             continue
-        module = key.split("/", 1)[1].removesuffix(".lora_A.default.weight")
+        module = name.removesuffix(".lora_A.default.weight")
         up = lora[key.replace("lora_A", "lora_B")]
-        out["transformer." + module] = (up.double() @ down.double() * (alpha / down.shape[0])).float().numpy()
+        out[f"{component}.{module}"] = (up.double() @ down.double() * (alpha / down.shape[0])).float().numpy()
     return out
 
 

@@ -129,3 +129,35 @@ def test_tiny_encoder_files_are_named_as_the_released_ones(flux_files):
         assert all(key.startswith("text_model.") for key in clip.keys())  # noqa: SIM118 (safe_open has no __iter__)
         assert "text_model.encoder.layers.1.mlp.fc1.weight" in clip.keys()  # noqa: SIM118
         assert any(key.startswith("encoder.block.0.") for key in t5.keys())  # noqa: SIM118
+
+
+def _rewrite(files: dict, path, prefixes: dict[str, str]) -> dict:
+    """One file holding the tiny Flux's parts under ``prefixes`` ({part file key: key prefix})."""
+    from safetensors.torch import load_file, save_file
+
+    merged = {}
+    for key, prefix in prefixes.items():
+        merged.update({prefix + k: v for k, v in load_file(str(files[key])).items()})
+    save_file(merged, str(path))
+    return {"base_model": path, **{k: files[k] for k in ("clip_l", "t5xxl", "ae") if k not in prefixes}}
+
+
+def test_transformer_under_diffusion_model_and_an_all_in_one_with_a_first_stage_model_vae(flux_files, tmp_path):
+    """Prefixes no test loaded before: a BFL transformer saved with ``diffusion_model.`` keys (ComfyUI's LoRA and
+    model-patch key space), and an all-in-one whose VAE sits under ``first_stage_model.`` (ComfyUI's
+    ``supported_models_base.BASE.vae_key_prefix``, what SD-style checkpoint savers write) beside
+    ``model.diffusion_model.`` and ``text_encoders.*`` (``BASE.process_*_state_dict_for_saving``)."""
+    from extension.models.flux_loader import CLIP_PREFIX, T5_PREFIX
+
+    separate = load_flux_base(_config(flux_files))
+    bare = _rewrite(flux_files, tmp_path / "flux1-dev-dm.safetensors", {"base_model": "diffusion_model."})
+    aio = _rewrite(flux_files, tmp_path / "flux1-dev-aio.safetensors", {
+        "base_model": "model.diffusion_model.", "clip_l": CLIP_PREFIX, "t5xxl": T5_PREFIX, "ae": "first_stage_model."})
+    tokenizers = str(flux_files["base_model"].parent)  # tokenizer/ and tokenizer_2/ of the tiny Flux
+    for files in (bare, aio):
+        base = load_flux_base(_config(files, tokenizer_path=tokenizers))
+        assert base.variant == "dev" and base.files.transformer[0] == files["base_model"]
+        for got, want in ((base.transformer, separate.transformer), (base.vae, separate.vae),
+                          *zip(base.text_encoders, separate.text_encoders, strict=True)):
+            assert not _same_state(got, want)
+        assert base.files.vae == ((aio["base_model"], "first_stage_model.") if files is aio else (flux_files["ae"], ""))

@@ -63,7 +63,8 @@ def test_sd_model_arch_on_a_flux_file_and_unsupported_keys_are_one_line(flux_fil
 
     cases = [({"model_arch": "sdxl"}, "is a Flux.1 model but model_arch is 'sdxl'"),
              ({"clip_l": None}, "without the CLIP-L text encoder; choose its file in clip_l"),
-             ({"train_text_encoder": True}, "train_text_encoder is not supported for Flux.1")]
+             ({"conv_rank": 4}, r"conv_rank does not apply to Flux.1 bases \(Flux.1 has no convolutions"),
+             ({"min_snr_gamma": 5.0}, "min_snr_gamma does not apply to Flux.1 bases .*flux_train_network.py does not")]
     for overrides, words in cases:
         config = flux_config(flux_files, flux_data, tmp_path / "out", **overrides)
         with pytest.raises(UserError, match=words):

@@ -88,3 +88,18 @@ def test_cli_convert_with_a_flux_base_that_does_not_fit_exits_2(flux_model, base
     assert code == 2 and "guidance_embedder.linear_1: no such module in the base" in err and "Traceback" not in err
     assert cli.main(["convert", str(src), str(tmp_path / "o.safetensors"), "--to", "kohya",
                      "--base", str(bases["gguf"])]) == 0
+
+
+def test_our_kohya_file_of_an_unknown_variant_does_not_claim_dev(flux_model, bases, tmp_path):
+    """sd-scripts' sai_model_spec names an unknown Flux.1 variant ``flux-1`` (``flux-1/lora``); the writer named
+    every such file ``flux-1-dev/lora``, so inspect of our own file said dev."""
+    plain = save_adapter(flux_adapter(flux_model, blocks_only=True), tmp_path / "plain.safetensors", to="diffusers")
+    unknown = convert(plain, tmp_path / "unknown.safetensors", to="kohya")
+    report = inspect_adapter(unknown)
+    assert report["metadata"]["modelspec.architecture"] == "flux-1/lora"
+    assert (report["variant"], report["variant_from"]) == (None, "neither metadata nor shapes tell")
+    told = {"schnell": convert(plain, tmp_path / "s.safetensors", to="kohya", base=bases["schnell"]),
+            "dev": convert(save_adapter(flux_adapter(flux_model), tmp_path / "g.safetensors", to="diffusers"),
+                           tmp_path / "d.safetensors", to="kohya")}  # the guidance embedder's LoRA tells dev
+    for variant, path in told.items():
+        assert inspect_adapter(path)["metadata"]["modelspec.architecture"] == f"flux-1-{variant}/lora"

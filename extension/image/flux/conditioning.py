@@ -12,25 +12,49 @@ from ..conditioning import Conditioner, LatentCache
 
 
 class FluxConditioner(Conditioner):
-    """(T5 hidden states, CLIP-L pooled output) per caption, as FluxPipeline encodes a prompt."""
+    """(T5 hidden states, CLIP-L pooled output) per caption, as FluxPipeline encodes a prompt.
 
-    def __init__(self, base: Any, device: Any, cache: bool, t5_length: int) -> None:
-        super().__init__(base, list(base.text_encoders), 1, device, cache, False)
+    With ``trainable`` (CLIP-L carries a LoRA) only T5's states are cached; CLIP-L runs every step with
+    gradients, as sd-scripts' partial cache does when ``--network_train_unet_only`` is absent.
+    """
+
+    def __init__(self, base: Any, device: Any, cache: bool, t5_length: int, callables: list | None = None,
+                 trainable: bool = False) -> None:
+        super().__init__(base, list(callables or base.text_encoders), 1, device, cache, trainable)
         self.t5_length = int(t5_length)
 
     def has_pooled(self) -> bool:
         """Flux always takes CLIP-L's pooled embedding."""
         return True
 
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.trainable:
+            return super().__call__(captions)
+        if self.cache is None:
+            with torch.no_grad():
+                hidden = self._t5(captions)
+        else:
+            for caption in dict.fromkeys(captions):
+                if caption not in self.cache:
+                    with torch.no_grad():
+                        self.cache[caption] = (self._t5([caption]), None)
+            hidden = torch.cat([self.cache[c][0] for c in captions])
+        with torch.enable_grad():
+            return hidden, self._clip(captions)
+
     def _encode(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        clip_tokenizer, t5_tokenizer = self.base.tokenizers
-        clip, t5 = self.callables
-        ids = clip_tokenizer(captions, padding="max_length", max_length=int(clip_tokenizer.model_max_length),
-                             truncation=True, return_tensors="pt").input_ids.to(self.device)
-        pooled = clip(ids, output_hidden_states=False).pooler_output
-        ids = t5_tokenizer(captions, padding="max_length", max_length=self.t5_length, truncation=True,
-                           return_tensors="pt").input_ids.to(self.device)
-        return t5(ids)[0], pooled
+        return self._t5(captions), self._clip(captions)
+
+    def _clip(self, captions: list[str]) -> torch.Tensor:
+        tokenizer = self.base.tokenizers[0]
+        ids = tokenizer(captions, padding="max_length", max_length=int(tokenizer.model_max_length),
+                        truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.callables[0](ids, output_hidden_states=False).pooler_output
+
+    def _t5(self, captions: list[str]) -> torch.Tensor:
+        ids = self.base.tokenizers[1](captions, padding="max_length", max_length=self.t5_length, truncation=True,
+                                      return_tensors="pt").input_ids.to(self.device)
+        return self.callables[1](ids)[0]
 
 
 def t5_length(config: Any, base: Any) -> int:
@@ -40,8 +64,11 @@ def t5_length(config: Any, base: Any) -> int:
 
 
 def encoders_to(base: Any, device: Any) -> None:
-    """The VAE and text encoders frozen on ``device`` (float32)."""
-    [module.requires_grad_(False).to(device) for module in (base.vae, *base.text_encoders)]
+    """The VAE and text encoders on ``device`` (float32), frozen but for LoRA layers (a trained CLIP-L's)."""
+    for module in (base.vae, *base.text_encoders):
+        for name, param in module.named_parameters():
+            param.requires_grad_("lora_" in name)
+        module.to(device)
 
 
 def cache_then_release(base: Any, data: Any, config: Any, seed: int, device: Any, rank: int,

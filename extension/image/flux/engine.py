@@ -21,12 +21,14 @@ from .. import memory
 from ..conditioning import LatentCache
 from ..engine import _ImageRun, _weight_dtype, train_image
 from ..frozen_weights import adapters_in_fp32
+from ..init_lora import load_image_init
 from ..lean_lora import use_lean_lora
 from ..lora import export_adapter, inject_lora, lora_parameters, resolve_targets
 from ..metadata import training_metadata
 from ..noise import diffusion_loss, sample_noise, step_generator
 from .conditioning import FluxConditioner, cache_then_release, encoders_to, t5_length
 from .flow import flow_target, image_ids, noisy_input, pack, read_prediction, sample_sigmas, text_ids, unpack
+from .init_lora import flux_layouts, read_flux_init, tie_fused_downs
 from .metadata import flux_metadata
 
 _BLOCKS = ("transformer_blocks.", "single_transformer_blocks.")
@@ -48,13 +50,14 @@ def flux_targets(transformer: torch.nn.Module, targets: list[str]) -> list[str]:
 
 
 def check_flux_config(config: TrainConfig) -> None:
-    """Settings the Flux.1 engine does not offer (yet) stop the run with one line each."""
-    refused = {"train_text_encoder": "train the transformer only (sd-scripts' default)",
-               "init_lora": "start from scratch", "conv_rank": "Flux.1 has no convolutions to adapt",
-               "min_snr_gamma": "it is an epsilon-prediction weighting; Flux.1 trains a flow"}
-    for key, fix in refused.items():
+    """Settings that do not apply to Flux.1 stop the run with one line each: why, and what to set."""
+    refused = {"conv_rank": ("Flux.1 has no convolutions, only linear layers, to adapt", "set conv_rank: 0"),
+               "min_snr_gamma": ("min-SNR weights an epsilon-prediction loss by the timestep's SNR; Flux.1 trains a "
+                                 "rectified flow and sd-scripts' flux_train_network.py does not apply it either",
+                                 "leave min_snr_gamma empty")}
+    for key, (why, fix) in refused.items():
         if getattr(config, key):
-            raise UserError(f"config: {key} is not supported for Flux.1 bases; {fix}")
+            raise UserError(f"config: {key} does not apply to Flux.1 bases ({why}); {fix}")
 
 
 class _FluxRun(_ImageRun):
@@ -63,6 +66,7 @@ class _FluxRun(_ImageRun):
     def _prepare_run(self) -> None:
         check_flux_config(self.config)
         super()._prepare_run()
+        self.init = read_flux_init(self.config)  # a misfit stops here, before any part loads
 
     def _load_base(self) -> None:
         """Encoders first (caches filled, encoders freed) when the data allows, then the frozen transformer."""
@@ -71,14 +75,14 @@ class _FluxRun(_ImageRun):
         config, data = self.config, self.data
         self.device = self.accelerator.device
         self.weight_dtype = _weight_dtype(self.accelerator.mixed_precision, self.device)
+        self.train_te = bool(config.train_text_encoder)  # CLIP-L's LoRA (sd-scripts' lora_te1_); T5 stays frozen
         self.release = bool(config.release_encoders and config.cache_latents and config.cache_text_encoder_outputs
-                            and data.text_is_static and data.pixels_are_static)
+                            and data.text_is_static and data.pixels_are_static and not self.train_te)
         base = self.base = load_flux_base(config, ENCODERS if self.release else PARTS, self.weight_dtype)
         self.t5_tokens = t5_length(config, base)
         self.early = cache_then_release(base, data, config, self.seed, self.device, self.rank,
                                         self.world) if self.release else None
         base.load_parts(("transformer",))
-        self.train_te = False
         if int(config.blocks_to_swap):
             self._log(f"blocks_to_swap {config.blocks_to_swap}: no effect on this {self.device.type} run "
                       "(every block stays where the transformer is)")
@@ -86,16 +90,32 @@ class _FluxRun(_ImageRun):
     def _inject_lora(self) -> None:
         config, transformer = self.config, self.base.transformer
         torch.manual_seed(self.seed)  # LoRA init is the same in every process and every resumed run
-        names = flux_targets(transformer, list(config.unet_target_modules))
+        wanted = {"transformer": flux_targets(transformer, list(config.unet_target_modules))}
+        encoders = {"text_encoder": self.base.text_encoders[0]} if self.train_te else {}
+        if self.train_te:
+            wanted["text_encoder"] = resolve_targets(encoders["text_encoder"], config.text_encoder_target_modules,
+                                                     "text_encoder")
+        layouts = flux_layouts(config, wanted, encoders, self.init, self._log)
+        self.components = {"transformer": transformer, **encoders}
         with adapters_in_fp32():
-            inject_lora(transformer, names, int(config.lora_rank), float(config.lora_alpha),
-                        float(config.lora_dropout))
+            for key, layout in layouts.items():
+                inject_lora(self.components[key], layout.names, int(config.lora_rank), float(config.lora_alpha),
+                            float(config.lora_dropout), module_ranks=layout.ranks)
         if config.gradient_checkpointing is True:  # image runs: auto means off
             transformer.enable_gradient_checkpointing()
-        self.components = {"transformer": transformer}
+            for encoder in encoders.values():
+                encoder.gradient_checkpointing_enable()
+                encoder.enable_input_require_grads()  # see image/engine.py: transformers < 4.35 reentrant checkpoints
         self._place_modules()
         if config.inplace_lora_add:
-            use_lean_lora(transformer)
+            for component in self.components.values():
+                use_lean_lora(component)
+        if self.init is not None:
+            load_image_init(layouts, self.components)
+            tied = tie_fused_downs(layouts["transformer"], transformer)
+            if tied:
+                self._log(f"init_lora: {tied} fused qkv/linear1 module(s) go on training as one LoRA each (one "
+                          "down shared by their layers, as sd-scripts trains them)")
 
     def _place_modules(self) -> None:
         """The transformer on the device; on a half-precision GPU run its float32 parts in that dtype."""
@@ -112,15 +132,22 @@ class _FluxRun(_ImageRun):
     def _build_optimizer(self) -> None:
         from ...training.optimizers import build_optimizer
 
-        groups = [{"params": lora_parameters(self.base.transformer), "lr": float(self.config.learning_rate)}]
-        self.optimizer = build_optimizer(groups, self.config)
+        config = self.config
+        groups = [{"params": lora_parameters(self.base.transformer), "lr": float(config.learning_rate)}]
+        if "text_encoder" in self.components:
+            te_lr = config.text_encoder_lr
+            groups.append({"params": lora_parameters(self.components["text_encoder"]),
+                           "lr": float(te_lr if te_lr is not None else config.learning_rate)})
+        self.optimizer = build_optimizer(groups, config)
 
     def _build_conditioning(self) -> None:
         config, base, data = self.config, self.base, self.data
         cache_te = data.text_is_static and config.cache_text_encoder_outputs
         self.cache_latents = data.pixels_are_static and config.cache_latents
+        callables = [self.wrapped.get(key, encoder) for key, encoder in zip(("text_encoder", "t5"), base.text_encoders,
+                                                                             strict=False)]
         self.encoder, self.latents_of = self.early or (
-            FluxConditioner(base, self.device, cache_te, self.t5_tokens),
+            FluxConditioner(base, self.device, cache_te, self.t5_tokens, callables, self.train_te),
             LatentCache(base.vae, self.seed, self.device, self.cache_latents))
         self._loop_settings()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-SPEC_ARCH = {"dev": "flux-1-dev/lora", "schnell": "flux-1-schnell/lora"}
+from ..._converters import converters
+
 IMPLEMENTATION = "https://github.com/black-forest-labs/flux"
 
 
@@ -15,7 +16,7 @@ def flux_metadata(meta: dict[str, str], config: Any, base: Any, t5_tokens: int) 
         "ss_base_model_version": "flux1",
         "ss_v2": "False",
         "ss_v_parameterization": "False",
-        "modelspec.architecture": SPEC_ARCH[base.variant],
+        "modelspec.architecture": converters.kohya_metadata.FLUX_SPEC[base.variant],
         "modelspec.implementation": IMPLEMENTATION,
         "ss_guidance_scale": repr(float(config.guidance_scale)),
         "ss_timestep_sampling": str(config.timestep_sampling),

@@ -57,11 +57,12 @@ def render_flux_samples(base: Any, encoder: Any, prompts: list[str], out_dir: st
     try:
         for i, raw in enumerate(prompts):
             prompt, weight = parse_prompt(raw)
-            previous = set_lora_multiplier([model], weight)
+            with_lora = [model, *base.text_encoders]  # a trained CLIP-L's LoRA takes the prompt's weight too
+            previous = set_lora_multiplier(with_lora, weight)
             try:
                 image = denoise(base, encoder, prompt, size, steps, guidance, int(seed) + i)
             finally:
-                restore_lora_scales([model], previous)
+                restore_lora_scales(with_lora, previous)
             pixels = ((image.permute(1, 2, 0).cpu().numpy() + 1) * 127.5).round().astype("uint8")
             path = out_dir / f"{tag}-{i}.png"
             with converters.atomic.atomic_file(path) as tmp:
