@@ -28,6 +28,7 @@ _MODEL_TYPES = {
     "ministral3": "mistral3",  # Ministral 3 / Mistral Small 3 text models: llama.cpp's mistral3
     "olmo2": "olmo2",
 }
+_MODEL_TYPES["stablelm"] = "stablelm"
 _MODEL_TYPES["qwen3_moe"] = "qwen3moe"
 # Architectures whose GGUF Q/K weights are stored row-permuted for llama.cpp's rotary layout.
 PERMUTED_ARCHES = frozenset({"llama", "mistral", "granite", "baichuan", "mistral3"})
@@ -45,6 +46,7 @@ _LAYER_MODULES = {
 _GLOBAL_MODULES = {"lm_head": "output", "model.embed_tokens": "token_embd"}
 _DECODER_ARCHES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "granite",
                              "baichuan", "mistral3", "olmo2"})
+_DECODER_ARCHES |= {"stablelm"}
 _DECODER_ARCHES |= {"qwen3moe"}  # attention as the others; the router and experts below
 # MoE experts: GGUF holds a layer's experts as one 3-D tensor (experts, out, in); canonical names are per expert,
 # as Hugging Face (transformers 4.x modules, the safetensors of every version) and PEFT name them.

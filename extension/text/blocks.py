@@ -32,6 +32,23 @@ class RMSNorm(nn.Module):
         return (h * self.weight).to(x.dtype)
 
 
+class LayerNorm(nn.Module):
+    """LayerNorm with a frozen weight and, when the file has one, bias: llama.cpp's ``LLM_NORM`` in float32."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, eps: float) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight.to(torch.float32), persistent=False)
+        self.register_buffer("bias", None if bias is None else bias.to(torch.float32), persistent=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.layer_norm(x.to(torch.float32), self.weight.shape, self.weight, self.bias, self.eps)
+        return h.to(x.dtype)
+
+
+Norm = RMSNorm | LayerNorm
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
@@ -247,6 +264,19 @@ class FusedMLP(nn.Module):
         return self.down_proj(_activation(self.activation, gate) * up)
 
 
+class PlainMLP(nn.Module):
+    """Non-gated feed-forward with HF's ``c_fc``/``c_proj`` names: ``c_proj(act(c_fc(x)))`` (llama.cpp's FFN_SEQ
+    without a gate: StarCoder 2, GPT-2)."""
+
+    def __init__(self, c_fc: nn.Module, c_proj: nn.Module, activation: str = "gelu") -> None:
+        super().__init__()
+        self.c_fc, self.c_proj = c_fc, c_proj
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(_activation(self.activation, self.c_fc(x)))
+
+
 class SparseMoE(nn.Module):
     """A mixture-of-experts FFN as llama.cpp's ``build_moe_ffn`` with softmax gating.
 
@@ -282,8 +312,8 @@ class SparseMoE(nn.Module):
 class DecoderLayer(nn.Module):
     """Transformer block: pre-norms (none in OLMo 2), Gemma's and OLMo 2's post-norms, Granite's residual scale."""
 
-    def __init__(self, input_layernorm: RMSNorm | None, self_attn: Attention, post_attention_layernorm: RMSNorm | None,
-                 mlp: MLP | FusedMLP | SparseMoE, post_attn_norm: RMSNorm | None = None,
+    def __init__(self, input_layernorm: Norm | None, self_attn: Attention, post_attention_layernorm: Norm | None,
+                 mlp: MLP | FusedMLP | PlainMLP | SparseMoE, post_attn_norm: RMSNorm | None = None,
                  post_ffn_norm: RMSNorm | None = None, rope_index: int = 0, residual_scale: float = 1.0) -> None:
         super().__init__()
         self.input_layernorm, self.self_attn = input_layernorm, self_attn
@@ -308,14 +338,14 @@ class DecoderLayer(nn.Module):
         return x + h
 
 
-def _maybe(norm: RMSNorm | None, x: torch.Tensor) -> torch.Tensor:
+def _maybe(norm: Norm | None, x: torch.Tensor) -> torch.Tensor:
     return x if norm is None else norm(x)
 
 
 class Backbone(nn.Module):
     """Embeddings, layers and the final norm (HF's ``model.``)."""
 
-    def __init__(self, embed_tokens: nn.Module, layers: list[DecoderLayer], norm: RMSNorm) -> None:
+    def __init__(self, embed_tokens: nn.Module, layers: list[DecoderLayer], norm: Norm) -> None:
         super().__init__()
         self.embed_tokens = embed_tokens
         self.layers = nn.ModuleList(layers)

@@ -48,7 +48,8 @@ class TextConfig:
     num_layers: int
     num_heads: int
     num_kv_heads: int
-    rms_eps: float = 1e-5
+    rms_eps: float = 1e-5  # the norms' epsilon (LayerNorm families: ``attention.layer_norm_epsilon``)
+    norm: str = "rms"  # "rms" (RMSNorm) or "layer" (LayerNorm, with its bias when the file has one)
     rope_base: float = 10000.0
     context_length: int = 2048
     head_dim: int = 0
@@ -110,6 +111,8 @@ class Family:
     target_aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()  # lora_target_modules words that name several layers
     half_ffn_length: bool = False  # ``feed_forward_length`` is twice ffn_up's width (qwen: llama.cpp uses n_ff/2)
     rope_layers: int = 0  # llama.cpp applies rope only at this depth (baichuan: its 7B; 13B has ALiBi, others nothing)
+    norm: str = "rms"  # "layer": LayerNorm (llama.cpp's LLM_NORM) with the file's biases, eps from layer_norm_epsilon
+    refused: tuple[tuple[T, str], ...] = ()  # tensor kinds llama.cpp's graph uses that the trainer does not build: why
 
 
 def _gemma_attn_scale(cfg: TextConfig) -> float:
@@ -140,6 +143,13 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     # of each head (``rope.dimension_count``), llama.cpp's ffn_up holding gate then up (SWIGLU, SEQ).
     Family("chatglm", rope="norm", modules=((T.FFN_UP, "mlp.gate_up_proj"),),
            lora_targets=("qkv_proj", "q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")),
+    # StarCoder 2: LayerNorms with biases, biases on q/k/v/o, a non-gated GELU FFN with biases (HF's c_fc/c_proj).
+    Family("starcoder2", activation="gelu", norm="layer", modules=((T.FFN_UP, "mlp.c_fc"), (T.FFN_DOWN, "mlp.c_proj")),
+           lora_targets=("q_proj", "k_proj", "v_proj", "o_proj", "c_fc", "c_proj")),
+    # StableLM (3B 4E1T, 2 1.6B): LayerNorms with biases, partial rotary (``rope.dimension_count``), optional q/k/v
+    # biases, SwiGLU. StableLM 2 12B's per-head Q/K LayerNorms (and its parallel residual) are not built.
+    Family("stablelm", norm="layer", refused=tuple((kind, "StableLM 2 12B's per-head Q/K LayerNorms")
+                                                   for kind in (T.ATTN_Q_NORM, T.ATTN_K_NORM))),
 )}
 SUPPORTED_ARCHES = tuple(FAMILIES)
 HF_MODEL_TYPES = {t: f.arch for f in FAMILIES.values() for t in f.hf_model_types}
@@ -207,6 +217,10 @@ def hf_name(gguf_name: str, names: dict[str, T], where: object, family: Family |
     key = _BLOCK.sub("blk.{bid}.", stem) if match else stem
     kind = names.get(key)
     modules = {**MODULES, **dict(family.modules if family else ())}
+    refused = dict(family.refused if family else ())
+    if kind in refused:
+        raise UserError(f"{where}: tensor {gguf_name} ({refused[kind]}) is not supported by the trainer yet; "
+                        f"this {family.arch} model cannot be trained")
     if kind is None or kind not in modules:
         what = f"{kind.name} tensor" if kind is not None else "tensor"
         raise UserError(f"{where}: {what} {gguf_name} is not supported for this architecture by the trainer "
@@ -263,7 +277,8 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         num_layers=layers,
         num_heads=heads,
         num_kv_heads=int(key("attention.head_count_kv", heads)),
-        rms_eps=float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        rms_eps=float(key(f"attention.layer_norm{'' if family.norm == 'layer' else '_rms'}_epsilon", 1e-5)),
+        norm=family.norm,
         rope_base=float(key("rope.freq_base", 10000.0)),
         context_length=int(key("context_length", 2048)),
         head_dim=head_dim,

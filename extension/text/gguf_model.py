@@ -27,7 +27,19 @@ from torch.nn import functional as F
 from .._converters import converters
 from ..errors import UserError
 from ..training.heap import release_free_heap
-from .blocks import MLP, Attention, Backbone, DecoderLayer, FusedMLP, RMSNorm, Rotary, SparseMoE
+from .blocks import (
+    MLP,
+    Attention,
+    Backbone,
+    DecoderLayer,
+    FusedMLP,
+    LayerNorm,
+    Norm,
+    PlainMLP,
+    RMSNorm,
+    Rotary,
+    SparseMoE,
+)
 from .families import (
     FAMILIES,
     HF_MODEL_TYPES,
@@ -191,10 +203,13 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
         bias = vector(name + ".bias") if name + ".bias" in tensors else None
         return PackedLinear(packed(name + ".weight", heads), bias)
 
-    def norm(name: str) -> RMSNorm:
+    def norm(name: str) -> Norm:
+        if cfg.norm == "layer":
+            return LayerNorm(vector(name + ".weight"), vector(name + ".bias") if name + ".bias" in tensors else None,
+                             cfg.rms_eps)
         return RMSNorm(vector(name + ".weight"), cfg.rms_eps)
 
-    def optional_norm(name: str) -> RMSNorm | None:
+    def optional_norm(name: str) -> Norm | None:
         return norm(name) if name + ".weight" in tensors else None
 
     factors = None
@@ -226,6 +241,8 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
                          window=cfg.sliding_window if swa else 0)
         if p + "mlp.gate.weight" in tensors:
             mlp = moe(p)
+        elif p + "mlp.c_fc.weight" in tensors:
+            mlp = PlainMLP(linear(p + "mlp.c_fc"), linear(p + "mlp.c_proj"), cfg.activation)
         elif p + "mlp.gate_up_proj.weight" in tensors:
             mlp = FusedMLP(linear(p + "mlp.gate_up_proj"), linear(p + "mlp.down_proj"), cfg.activation)
         else:

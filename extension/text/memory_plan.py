@@ -112,15 +112,18 @@ def layer_floats(cfg: TextConfig, tokens_per_sample: int) -> int:
     norm's input (the pre- and post-norms the family's gguf-py table lists), Q, K and V as
     scaled_dot_product_attention keeps them (K and V repeated to all heads) and its output (4 x the
     heads' width), Q/K norms' inputs, and the gated feed-forward's gate, up, activation and product
-    (4 x its width). Soft-capped attention (Gemma 2) goes through explicit scores: 2 (heads x
-    tokens) blocks per token. ``tests/text/test_memory_plan.py`` compares this with what autograd keeps.
+    (4 x its width; a non-gated one keeps its up projection's output and activation, 2 x). Soft-capped
+    attention (Gemma 2) goes through explicit scores: 2 (heads x tokens) blocks per token.
+    ``tests/text/test_memory_plan.py`` compares this with what autograd keeps.
     """
     h, f = cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     kinds = set(tensor_names(cfg.arch).values()) if cfg.arch in FAMILIES else set()  # gguf-py's table
     norms = 2 if cfg.pre_norms else 0
     norms += (T.ATTN_POST_NORM in kinds) + (T.FFN_POST_NORM in kinds)  # Gemma's and OLMo 2's post-norms
-    floats = h * (2 + norms) + 4 * q + cfg.num_heads + 4 * f
+    family = FAMILIES.get(cfg.arch)
+    gated = family is None or not any(module == "mlp.c_fc" for _, module in family.modules)
+    floats = h * (2 + norms) + 4 * q + cfg.num_heads + (4 if gated else 2) * f  # non-gated: c_fc's output, act
     if T.ATTN_Q_NORM in kinds:
         floats += q + kv
     if cfg.attn_softcap:
@@ -133,7 +136,8 @@ def lora_parameters(cfg: TextConfig, targets: list[str], rank: int) -> int:
     h, f = cfg.hidden_size, cfg.intermediate_size
     q, kv = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     shapes = {"q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q), "gate_proj": (f, h),
-              "up_proj": (f, h), "down_proj": (h, f), "qkv_proj": (q + 2 * kv, h), "gate_up_proj": (2 * f, h)}
+              "up_proj": (f, h), "down_proj": (h, f), "qkv_proj": (q + 2 * kv, h), "gate_up_proj": (2 * f, h),
+              "c_fc": (f, h), "c_proj": (h, f)}  # StarCoder 2's non-gated FFN
     per_layer = sum(rank * sum(shape) for name, shape in shapes.items() if any(t.endswith(name) for t in targets))
     head = rank * (cfg.vocab_size + h) if any(t.endswith("lm_head") for t in targets) else 0
     return per_layer * cfg.num_layers + head

@@ -66,12 +66,21 @@ TINY_FAMILIES: dict[str, tuple[str, str, dict]] = {
         "rms_norm_eps": 1e-6, "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256,
         "pad_token_id": 50256}),
 }
+# StarCoder 2: LayerNorms, biases everywhere, non-gated GELU FFN; llama.cpp's StarCoder vocabulary (below).
+TINY_FAMILIES["starcoder2"] = ("Starcoder2Config", "Starcoder2ForCausalLM", {
+    "norm_epsilon": 1e-5, "use_bias": True, "sliding_window": None, "hidden_act": "gelu_pytorch_tanh",
+    "vocab_size": 49152, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0})
+# StableLM 2 1.6B layout: LayerNorms with biases, q/k/v biases, a quarter of each head rotated; GPT-2's vocabulary.
+TINY_FAMILIES["stablelm"] = ("StableLmConfig", "StableLmForCausalLM", {
+    "layer_norm_eps": 1e-5, "use_qkv_bias": True, "qk_layernorm": False, "use_parallel_residual": False,
+    "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},
+    "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256, "pad_token_id": 50256})
 # Added (user-defined) tokens after the SentencePiece pieces, as the real vocabularies have them: llama.cpp's
 # vocabulary loader looks Phi-3's up by name (llama-vocab.cpp, per-model token attributes).
 ADDED_TOKENS = {"phi3": ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>")}
 # Families whose fixture has a byte-level BPE tokenizer: the vocabulary llama.cpp's sources ship
 # (``models/ggml-vocab-<name>.gguf``), so llama.cpp's converter recognises its pre-tokenizer by hash.
-BPE_VOCABS = {"olmo2": "gpt-2"}
+BPE_VOCABS = {"olmo2": "gpt-2", "stablelm": "gpt-2", "starcoder2": "starcoder"}
 # ggml file types llama.cpp's quantizer makes from the F16 file (llama.h: LLAMA_FTYPE_*).
 _QUANTIZE_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_0": 2}
 
@@ -198,7 +207,8 @@ def run_llama_cpp_script(llama_cpp_src: Path, script: str, args: list[str],
 
 def save_bpe_tokenizer(folder: Path, llama_cpp_src: Path, name: str) -> Path:
     """``tokenizer.json`` + ``tokenizer_config.json`` of a byte-level BPE built from llama.cpp's shipped
-    ``models/ggml-vocab-<name>.gguf`` (its tokens and merges; GPT-2's regex pre-tokenizer)."""
+    ``models/ggml-vocab-<name>.gguf`` (its tokens and merges; GPT-2's regex pre-tokenizer, StarCoder's splits
+    digits first)."""
     import gguf
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
@@ -210,6 +220,9 @@ def save_bpe_tokenizer(folder: Path, llama_cpp_src: Path, name: str) -> Path:
     model = models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split(" ", 1)) for m in merges])
     tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if name == "starcoder":  # StarCoder's tokenizer.json: every digit on its own, then GPT-2's byte-level split
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                           tokenizer.pre_tokenizer])
     tokenizer.decoder = decoders.ByteLevel()
     bos, eos = (tokens[int(meta[f"tokenizer.ggml.{which}_token_id"])] for which in ("bos", "eos"))
     tokenizer.add_special_tokens(sorted({bos, eos}))

@@ -94,9 +94,10 @@ print("ok")
 
 @pytest.mark.slow
 @needs_venv
-@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+@pytest.mark.parametrize("family", ["qwen3", "gemma3", "starcoder2", "stablelm"])
 def test_family_bases_under_a1111_pins(family, family_bases, tmp_path):
-    """A Qwen3 / Gemma 3 GGUF (llama.cpp's converter) loads and trains without transformers' model classes."""
+    """A Qwen3 / Gemma 3 / StarCoder 2 / StableLM GGUF (llama.cpp's converter) loads and trains without
+    transformers' model classes."""
     import numpy as np
     import torch
 

@@ -27,6 +27,7 @@ SHAPES = {
     "qwen3": {},
     "gemma3": {"activation": "gelu", "embed_scale": 16.0, "sliding_window": 8, "swa_layers": (True, True)},
     "gemma2": {"activation": "gelu", "embed_scale": 16.0, "attn_softcap": 50.0},
+    "starcoder2": {"activation": "gelu", "norm": "layer"},  # LayerNorms with biases, non-gated FFN with biases
 }
 
 
@@ -61,6 +62,14 @@ def _random_model(arch: str, layers: int, **overrides) -> tuple[TextConfig, torc
         if T.ATTN_POST_NORM in kinds:
             add(p + "post_attn_norm.weight", h)
             add(p + "post_ffn_norm.weight", h)
+        if cfg.norm == "layer":
+            for name in ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.o_proj"):
+                add(p + name + ".bias", q if name.endswith("q_proj") else h)
+        if "mlp.c_fc" in dict(FAMILIES[arch].modules).values():
+            add(p + "mlp.c_fc.weight", f, h)
+            add(p + "mlp.c_fc.bias", f)
+            add(p + "mlp.c_proj.weight", h, f)
+            continue
         add(p + "mlp.gate_proj.weight", f, h)
         add(p + "mlp.up_proj.weight", f, h)
         add(p + "mlp.down_proj.weight", h, f)
@@ -95,7 +104,7 @@ def test_layer_floats_is_what_autograd_keeps(arch):
         if "swa_layers" in overrides:
             overrides["swa_layers"] = overrides["swa_layers"][:layers]
         cfg, model = _random_model(arch, layers, **overrides)
-        inject_lora(model, ALL_TARGETS, 8, 16)
+        inject_lora(model, [*ALL_TARGETS, "c_fc", "c_proj"], 8, 16)
         saved.append(_saved_activation_bytes(model, ids))
     measured = (saved[1] - saved[0]) / 4 / (batch * tokens)
     assert 0.95 <= measured / layer_floats(cfg, tokens) <= 1.05, (measured, layer_floats(cfg, tokens))
