@@ -1,7 +1,8 @@
 """Full training state for an exact resume: LoRA weights, optimizer, scheduler, counters, RNG.
 
 Each state is a folder ``<state_root>/step-00000100`` written through ``atomic_dir`` (a temp
-folder renamed into place), so a killed run leaves either a complete state or none. Loading uses
+folder renamed into place), so a killed run leaves either a complete state or none; its temp folder
+is removed by the next save (``atomic_dir`` removes temps whose writer's pid is gone, never a live run's). Loading uses
 ``torch.load(weights_only=True)`` only.
 """
 
@@ -128,7 +129,6 @@ def save_training_state(
     """Write one complete state folder atomically, then drop all but the newest ``keep_last``."""
     root = Path(state_root)
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(root)
     dst = root / f"step-{step:08d}"
     with converters.atomic.atomic_dir(dst, force=True) as tmp:
         tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in lora.items()}
@@ -182,8 +182,3 @@ def load_training_state(path: str | Path) -> TrainingState:
         rng=meta.get("rng", {}),
     )
 
-
-def _remove_stale_temps(root: Path) -> None:
-    """Temp folders left by a killed run (``.step-*.tmp``) are garbage."""
-    for p in root.glob(".step-*.tmp"):
-        shutil.rmtree(p, ignore_errors=True)

@@ -203,3 +203,29 @@ def test_an_image_resume_replaces_only_its_own_files_without_overwrite(tmp_path)
     with pytest.raises(UserError, match=f"{loras / 'mine.safetensors'}: already exists"):
         check_overwrite(config("mine", resume="auto"), loras)
     assert not may_replace_outputs(config("new", resume="auto"), loras)  # nothing to replace: a new file stays refused
+
+
+def test_a_state_save_removes_only_temps_whose_writer_is_gone(tmp_path):
+    """Another live process's half-written state (atomic temp ``.step-N.<pid>-XXXXXXXX.tmp``) is never removed;
+    a dead writer's is."""
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        theirs = tmp_path / f".step-00000005.{live.pid}-abcd1234.tmp"
+        gone = tmp_path / f".step-00000004.{done.pid}-abcd1234.tmp"
+        for folder in (theirs, gone):
+            folder.mkdir()
+            (folder / "lora.pt").write_bytes(b"half written")
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        ckpt.save_training_state(tmp_path, step=1, epoch=0, batch_in_epoch=1, lora=dict(model.state_dict()),
+                                 optimizer=opt, scheduler=None)
+        assert (theirs / "lora.pt").read_bytes() == b"half written"
+        assert not gone.exists()
+    finally:
+        live.kill()
+        live.wait()
