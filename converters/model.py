@@ -24,7 +24,6 @@ from .flux_names import is_flux_transformer_path
 SD_ARCHES = ("sd1", "sd2", "sd2-v", "sdxl")
 FLUX_ARCHES = ("flux",)
 IMAGE_FAMILIES = ("sd", "flux")
-LLM_ARCHES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3", "falcon", "gpt2", "starcoder2")
 
 
 @dataclass

@@ -64,6 +64,11 @@ def train_from_cli(config_path: str, overrides: list[str]) -> int:
     if config.task_type == "text-to-image":
         _lint_first(config)
     check_output(config)  # before the model loads: a read-only folder is not found after minutes
+    if config.task_type == "text-generation":  # before the vocabulary and the samples are read
+        from .text.engine import training_device
+        from .text.memory_plan import check_fit
+
+        check_fit(config, training_device())
     result = run_training(config, TqdmSink(desc=config.output_name))
     for path in result.output_files:
         print(f"wrote {path}")

@@ -236,7 +236,7 @@ class _ImageRun:
         self.wrapped = dict(zip(self.components, prepared, strict=False))
         self.outputs = OutputFiles(self.out_dir, self.name, int(self.config.save_last_n), acc.is_main_process,
                                    str(self.config.save_precision))
-        self.state_root = self.out_dir / "state"
+        self.state_root = ckpt.state_root(self.config)
 
     def _resume(self) -> None:
         """Position 0, or the saved state's (LoRA, optimizer, schedule, RNG, data position) with ``resume``."""

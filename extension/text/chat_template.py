@@ -38,6 +38,10 @@ class TemplateLimitError(UserError):
     """A chat template ran past its time or size limit."""
 
 
+class TemplateSplitError(ValueError):
+    """A chat template rendered a row, but not as prompt + reply (a bad row; ``describe_error`` keeps the message)."""
+
+
 def _size(value: Any) -> int | None:
     return len(value) if isinstance(value, (str, list, tuple)) else None
 
@@ -272,7 +276,7 @@ def describe_error(exc: Exception) -> str:
     """What went wrong in a template, without quoting the template or the data it rendered."""
     from jinja2 import TemplateError, TemplateSyntaxError, UndefinedError
 
-    if isinstance(exc, UserError):
+    if isinstance(exc, (UserError, TemplateSplitError)):  # our own words, naming no template or row text
         return str(exc)
     if isinstance(exc, TemplateSyntaxError):
         return f"chat template syntax error at line {exc.lineno}"

@@ -113,7 +113,8 @@ class _Builder:
             start = len(os.path.commonprefix([full, prompt]))
             if (start < len(prompt) and not (full.startswith(history) and start >= len(history))) or (
                     starts and start < starts[-1]):
-                raise ValueError("the chat template does not render the conversation as prompt + reply")
+                raise templates.TemplateSplitError("the chat template does not render the conversation as "
+                                                   "prompt + reply")
             starts.append(start)
         ids = prompt_ids(self.tok, full[:starts[0]])
         labels = [IGNORE] * len(ids)

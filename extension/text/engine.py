@@ -30,7 +30,7 @@ from .._converters import converters
 from ..config import TrainConfig, as_config
 from ..errors import UserError
 from ..training.amp import loss_scaler, optimizer_step, unscale_gradients
-from ..training.checkpoint import latest_state, load_training_state, restore_rng, save_training_state
+from ..training.checkpoint import latest_state, load_training_state, restore_rng, save_training_state, state_root
 from ..training.events import EventCallback, RunCancelled, TrainingControl, TrainingEvent, TrainResult, cancel_point
 from ..training.heap import keep_activations_in_heap, restore_heap_after_training, tune_heap_for_training
 from ..training.optimizers import build_optimizer
@@ -115,7 +115,7 @@ class _Run:
         self.name = str(config.output_name)
         self.emit = fan_out(callback if callback is not None else TqdmSink("text lora"),
                             TensorBoardSink.for_run(config.logging_dir, self.output_dir))
-        self.state_root = self.output_dir / f"{self.name}-state"
+        self.state_root = state_root(config)
         self.device = training_device()
         self.loss: float | None = None
 

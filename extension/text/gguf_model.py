@@ -282,6 +282,19 @@ def field_value(field) -> object:
     return one(field.parts[field.data[0]], main)
 
 
+def _header_metadata(path: Path) -> dict:
+    """A GGUF's metadata without its string arrays; ``<arch>.vocab_size`` from ``token_embd`` when the file lacks it."""
+    try:
+        meta, tensors = converters.gguf_check.read_gguf_header(path)
+    except converters.AdapterError as exc:
+        raise UserError(str(exc)) from None
+    vocab_key = f"{meta.get('general.architecture', '')}.vocab_size"
+    embedding = dict(tensors).get("token_embd.weight")
+    if not meta.get(vocab_key) and embedding:
+        meta = {**meta, vocab_key: int(embedding[-1])}  # ggml order: (hidden, vocabulary)
+    return meta
+
+
 def read_gguf_metadata(path: Path) -> tuple[list, dict[str, object]]:
     """(tensor infos, {key: value}) or UserError for a file that is not a readable GGUF.
 
@@ -454,18 +467,20 @@ def load_text_model(base: str | Path, ggml_options: dict | None = None) -> TextM
     return load_ggml_model(base, **(ggml_options or {}))
 
 
-def read_text_config(base: str | Path, ggml_options: dict | None = None) -> TextConfig:
+def read_text_config(base: str | Path, ggml_options: dict | None = None, vocabulary: bool = True) -> TextConfig:
     """The ``TextConfig`` of a base (shapes, tokenizer metadata) from its header alone: no weight is read.
 
     What a run needs before the model loads (the memory plan, the tokenizer); same checks as
-    ``load_text_model`` for files that are not bases.
+    ``load_text_model`` for files that are not bases. ``vocabulary=False``: a GGUF's header is read
+    without its string arrays (``gguf_check.read_gguf_header``, fast at any vocabulary size), so the
+    config has no tokenizer; its vocabulary size comes from ``token_embd``'s shape when no key says it.
     """
     base = Path(base)
     kind = base_kind(base)
     if kind == "hf":
         return hf_text_config(base)[0]
     if kind == "gguf":
-        _, meta = read_gguf_metadata(base)
+        meta = read_gguf_metadata(base)[1] if vocabulary else _header_metadata(base)
         if meta.get("general.type") == "adapter":
             raise UserError(f"{base}: is a LoRA adapter, not a base model; pass the base .gguf as base_model")
         return config_from_gguf(base, meta)

@@ -40,7 +40,9 @@ from gguf import MODEL_TENSOR as T
 
 from ..config import TrainConfig
 from ..errors import UserError
+from .base_gguf import ggml_options
 from .families import FAMILIES, TextConfig, tensor_names
+from .gguf_model import read_text_config
 from .lm_loss import slice_budget
 from .quant import matmul_chunking
 from .recompute import plan_kept
@@ -50,6 +52,7 @@ AUTO_OVERHEAD = 3 * GIB // 2  # CPU: auto keeps the run's tensors above the weig
 RUN_OBJECTS = 300 << 20  # tokenizer, samples, model objects, later imports (measured at 7B: 0.25-0.3 GB)
 HEAP_SLACK = 1.15  # glibc keeps freed blocks between long-lived ones: measured peaks ran 10-15% over the parts
 BUDGET_ENV = "LORA_BRIDGE_MEMORY_BUDGET"
+MIN_TOKENS = 2  # the shortest usable sample: one token and the one it predicts
 _STATE_FLOATS = {"adamw": 2.0, "adamw8bit": 0.5, "prodigy": 4.0, "adafactor": 1.0}  # optimizer state per parameter
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
@@ -199,8 +202,12 @@ def _meminfo_available() -> int | None:
     return None
 
 
-def memory_budget(device: torch.device | str) -> Budget:
-    """What a run on ``device`` may use: ``LORA_BRIDGE_MEMORY_BUDGET``, else free VRAM (CUDA) or available RAM."""
+def memory_budget(device: torch.device | str, before_start: bool = False) -> Budget:
+    """What a run on ``device`` may use: ``LORA_BRIDGE_MEMORY_BUDGET``, else free VRAM (CUDA) or available RAM.
+
+    ``before_start``: the most the run may get once it starts; on CUDA the card's total memory, since
+    the WebUI frees its own models from VRAM only when the run starts (``webui/host.py``).
+    """
     kind = torch.device(device).type
     override = os.environ.get(BUDGET_ENV, "").strip()
     if override:
@@ -209,7 +216,9 @@ def memory_budget(device: torch.device | str) -> Budget:
         except ValueError:
             raise UserError(f"{BUDGET_ENV}={override!r} is not a size; write e.g. 6G or 6000M, or unset it") from None
     if kind == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
+        free, total = torch.cuda.mem_get_info(device)
+        if before_start:
+            return Budget(int(total), "total VRAM", kind)
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return Budget(int(free + cached), "free VRAM", kind)
     available = _meminfo_available()
@@ -223,28 +232,34 @@ def memory_budget(device: torch.device | str) -> Budget:
     return Budget(available, "available RAM", kind)
 
 
-def _refusal(base: object, config: TrainConfig, estimate: Estimate, budget: Budget, tokens: int,
+def _refusal(base: object, config: TrainConfig, estimate: Estimate, budget: Budget, tokens: int | None,
              explicit_off: bool) -> UserError:
     change = "set gradient_checkpointing to auto or true, " if explicit_off else ""
+    if tokens is None:  # before tokenizing: even the shortest samples do not fit, so only the base or memory helps
+        return UserError(
+            f"{base}: this run needs about {estimate.describe()} even with the shortest samples, but the "
+            f"{budget.source} is {size_text(budget.bytes)}; {change}use a smaller quant of the base, or free memory")
     return UserError(
         f"{base}: this run needs about {estimate.describe()} but the {budget.source} is "
         f"{size_text(budget.bytes)}; {change}lower max_length (longest sample {tokens} tokens) or batch_size "
         f"({config.batch_size}), use a smaller quant of the base, or free memory")
 
 
-def plan_checkpointing(config: TrainConfig, cfg: TextConfig, weight_bytes: int, tokens_per_sample: int,
+def plan_checkpointing(config: TrainConfig, cfg: TextConfig, weight_bytes: int, tokens_per_sample: int | None,
                        device: torch.device | str, base: object = "base_model",
                        targets: list[str] | None = None) -> Plan:
     """Whether the run checkpoints (``gradient_checkpointing`` true, false or auto), or UserError when it cannot fit.
 
-    Runs before the model loads; the plan's line goes to the run's log.
+    Runs before the model loads; the plan's line goes to the run's log. ``tokens_per_sample`` None:
+    the samples are not tokenized yet (``check_fit``); the estimate counts ``MIN_TOKENS`` per sample
+    against the most the run may get (``memory_budget(before_start=True)``).
     """
     kind = torch.device(device).type
-    budget = memory_budget(device)
+    budget = memory_budget(device, before_start=tokens_per_sample is None)
     setting = config.gradient_checkpointing
 
     def estimate(on: bool) -> Estimate:
-        return estimate_peak(cfg, weight_bytes, config, tokens_per_sample, on, kind, targets)
+        return estimate_peak(cfg, weight_bytes, config, tokens_per_sample or MIN_TOKENS, on, kind, targets)
 
     plain, low = estimate(False), estimate(True)
     if setting is True or setting is False:
@@ -275,3 +290,15 @@ def weight_bytes(base: Path, cfg: TextConfig) -> int:
         layer = h * (2 * q + 2 * kv) + 3 * h * f
         return 4 * (cfg.num_layers * layer + 2 * cfg.vocab_size * h)
     return base.stat().st_size
+
+
+def check_fit(config: TrainConfig, device: torch.device | str) -> Plan:
+    """The fit check before a run starts (tab, REST, CLI): UserError, one line, for a run that cannot fit.
+
+    Reads only the base's header (a GGUF's without its vocabulary; a GGML header or an HF folder's
+    config.json) and counts the shortest samples against the most the run may get, so it refuses only
+    what the engine's own check (``plan_checkpointing`` on the tokenized samples) would refuse too.
+    """
+    base = Path(str(config.base_model)).expanduser()
+    cfg = read_text_config(base, ggml_options(config), vocabulary=False)
+    return plan_checkpointing(config, cfg, weight_bytes(base, cfg), None, device, base)

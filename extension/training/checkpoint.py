@@ -1,7 +1,8 @@
 """Full training state for an exact resume: LoRA weights, optimizer, scheduler, counters, RNG.
 
 Each state is a folder ``<state_root>/step-00000100`` written through ``atomic_dir`` (a temp
-folder renamed into place), so a killed run leaves either a complete state or none. Loading uses
+folder renamed into place), so a killed run leaves either a complete state or none; its temp folder
+is removed by the next save (``atomic_dir`` removes temps whose writer's pid is gone, never a live run's). Loading uses
 ``torch.load(weights_only=True)`` only.
 """
 
@@ -63,6 +64,40 @@ def restore_rng(state: dict) -> None:
     torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
 
 
+def state_root(config: Any) -> Path:
+    """Where a run keeps its states: ``<output_dir>/<output_name>-state`` (text), ``<output_dir>/state`` (image runs,
+    whose states name their run in ``extra["output_name"]``)."""
+    out = Path(str(config.output_dir)).expanduser()
+    if str(config.task_type) == "text-generation":
+        return out / f"{config.output_name}-state"
+    return out / "state"
+
+
+def resumed_state(config: Any) -> Path | None:
+    """The complete state folder ``config.resume`` continues from (``auto``: the newest of the run's own), or None
+    for a fresh run."""
+    resume = str(config.resume or "")
+    if resume.lower() in ("", "none", "no", "false"):
+        return None
+    path = state_root(config) if resume.lower() == "auto" else Path(resume).expanduser()
+    return path if (path / "state.json").is_file() else latest_state(path)
+
+
+def resumes_own_run(config: Any) -> bool:
+    """True when ``config`` resumes a state this same run saved: under its own state root (same output folder and
+    name), for image runs also naming its ``output_name``. Its finished files are then the run's own."""
+    state = resumed_state(config)
+    if state is None or state.resolve().parent != state_root(config).resolve():
+        return False
+    if str(config.task_type) == "text-generation":
+        return True
+    try:
+        extra = json.loads((state / "state.json").read_text()).get("extra") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return extra.get("output_name") == str(config.output_name)
+
+
 def list_states(state_root: str | Path) -> list[Path]:
     """Complete state folders under ``state_root``, oldest first (temp folders are ignored)."""
     root = Path(state_root)
@@ -94,7 +129,6 @@ def save_training_state(
     """Write one complete state folder atomically, then drop all but the newest ``keep_last``."""
     root = Path(state_root)
     root.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temps(root)
     dst = root / f"step-{step:08d}"
     with converters.atomic.atomic_dir(dst, force=True) as tmp:
         tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in lora.items()}
@@ -148,8 +182,3 @@ def load_training_state(path: str | Path) -> TrainingState:
         rng=meta.get("rng", {}),
     )
 
-
-def _remove_stale_temps(root: Path) -> None:
-    """Temp folders left by a killed run (``.step-*.tmp``) are garbage."""
-    for p in root.glob(".step-*.tmp"):
-        shutil.rmtree(p, ignore_errors=True)

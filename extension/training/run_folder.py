@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import filecmp
 import logging
 import os
 import sys
@@ -101,14 +102,41 @@ def final_outputs(cfg: Any, lora_dir: str | os.PathLike | None = None) -> list[P
     return paths
 
 
-def check_overwrite(cfg: Any, lora_dir: str | os.PathLike | None = None) -> None:
-    """UserError naming the first finished file that already exists, unless ``cfg.overwrite``."""
+def _existing_outputs(cfg: Any, lora_dir: str | os.PathLike | None) -> tuple[list[Path], Path | None]:
+    """(existing finished files, the first of them the run may not replace without ``overwrite``).
+
+    On a resume of its own state (``checkpoint.resumes_own_run``) the run's output files are its own, and
+    so is the copy it published into ``lora_dir`` while that still holds the same bytes.
+    """
+    existing = [path for path in final_outputs(cfg, lora_dir) if os.path.lexists(path)]
+    if not existing:
+        return existing, None
+    from .checkpoint import resumes_own_run
+
+    own = final_outputs(cfg) if resumes_own_run(cfg) else []
+    for path in existing:
+        published = own and own[0].is_file() and path.is_file() and filecmp.cmp(own[0], path, shallow=False)
+        if path not in own and not published:
+            return existing, path
+    return existing, None
+
+
+def may_replace_outputs(cfg: Any, lora_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the run replaces finished files when it saves: ``overwrite``, or a resume whose existing files are
+    all its own (a file that appears while it trains is then still refused: ``ui/host.publish``)."""
     if bool(cfg.overwrite):
-        return
-    for path in final_outputs(cfg, lora_dir):
-        if os.path.lexists(path):
-            raise UserError(f"{path}: already exists; choose another output_name, or set overwrite: true "
-                            "(Overwrite in the tab) to replace it")
+        return True
+    existing, blocking = _existing_outputs(cfg, lora_dir)
+    return bool(existing) and blocking is None
+
+
+def check_overwrite(cfg: Any, lora_dir: str | os.PathLike | None = None) -> None:
+    """UserError naming the first finished file that already exists, unless ``cfg.overwrite`` or the run resumes
+    its own state (then its files are its own)."""
+    path = None if bool(cfg.overwrite) else _existing_outputs(cfg, lora_dir)[1]
+    if path is not None:
+        raise UserError(f"{path}: already exists; choose another output_name, or set overwrite: true "
+                        "(Overwrite in the tab) to replace it")
 
 
 def check_output(cfg: Any, lora_dir: str | os.PathLike | None = None) -> None:

@@ -172,6 +172,7 @@ class Host:
         """
         from ..config import as_config
         from ..jobs import JobBusyError
+        from ..training.run_folder import may_replace_outputs
         from .preflight import check_start
 
         if self.jobs.running:
@@ -199,7 +200,7 @@ class Host:
         self.last_output_name = str(cfg.output_name or "my_lora")
         self.task_type = str(cfg.task_type or "text-to-image")
         self.published = []
-        self.overwrite = bool(cfg.overwrite)
+        self.overwrite = may_replace_outputs(cfg, self.lora_dir())  # a resume's own published copy too
         try:
             status = self.jobs.start(cfg, hooks=self)
         except BaseException:

@@ -36,6 +36,7 @@ def check_start(config: Any, lora_dir: str | Path | None = None,
     check_output(cfg, lora_dir if str(cfg.task_type) != TEXT_TASK else None)
     if str(cfg.task_type) == TEXT_TASK:
         _check_text_base(Path(str(cfg.base_model)).expanduser(), cfg)
+        _check_text_fit(cfg)
         return cfg, _check_text_data(Path(str(cfg.train_data_dir)).expanduser(), str(cfg.data_format or "auto"))
     if _flux_run(cfg):
         from ..models.flux_loader import check_flux_inputs
@@ -164,6 +165,15 @@ def _check_ggml_base(base: Path, cfg: Any) -> None:
     from ..text.ggml_legacy import gguf_metadata, read_ggml
 
     gguf_metadata(read_ggml(base), **ggml_options(cfg))
+
+
+def _check_text_fit(cfg: Any) -> None:
+    """The engine's memory fit check from the base's header (``memory_plan.check_fit``): no job for a run that
+    cannot fit."""
+    from ..text.engine import training_device
+    from ..text.memory_plan import check_fit
+
+    check_fit(cfg, training_device())
 
 
 def _check_text_data(path: Path, data_format: str) -> str:

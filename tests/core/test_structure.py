@@ -118,3 +118,24 @@ def test_engine_functions_are_short():
                 if lines > MAX_ENGINE_FUNCTION_LINES:
                     long.append(f"{name}.{node.name}: {lines} lines")
     assert long == []
+
+
+def test_every_architecture_list_is_used():
+    """A module-level ``*_ARCHES`` list is read somewhere else: no stale copy of a list kept elsewhere (the text
+    architectures the trainer runs are ``text/families.SUPPORTED_ARCHES``, from its rows)."""
+    import re
+
+    repo = ROOT.parent
+    sources = {p: p.read_text(encoding="utf-8") for folder in ("converters", "extension", "tests", "benchmarks")
+               for p in (repo / folder).rglob("*.py")}
+    unused = []
+    for path, text in sources.items():
+        if path.parts[len(repo.parts)] not in ("converters", "extension"):
+            continue
+        for node in ast.parse(text).body:
+            for target in node.targets if isinstance(node, ast.Assign) else []:
+                if isinstance(target, ast.Name) and target.id.endswith("_ARCHES"):
+                    word = re.compile(rf"\b{target.id}\b")
+                    if sum(len(word.findall(s)) for s in sources.values()) <= 1:
+                        unused.append(f"{path.relative_to(repo)}: {target.id}")
+    assert not unused, unused

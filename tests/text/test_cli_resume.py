@@ -136,3 +136,26 @@ def test_kill_9_then_resume_gives_the_same_adapter(tiny, tmp_path, lines):
     resumed = _train_process(cfg, "--set", "resume=auto")
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read()
     assert _adapter_tensors(tmp_path / "b" / "tl.gguf") == _adapter_tensors(tmp_path / "a" / "tl.gguf")
+
+
+def test_resuming_the_same_run_replaces_its_own_adapter_without_overwrite(tiny, tmp_path, lines, capsys):
+    """A resume of this run's own state continues into its own files; a fresh run, or one resuming another run's
+    state, still needs overwrite to replace them."""
+    out = tmp_path / "out"
+    first = _write_config(tmp_path / "c.yaml", base_model=tiny["F32"], train_data_dir=lines, output_dir=out,
+                          max_train_steps=2)
+    assert main(["train", "--config", str(first)]) == 0
+    before = (out / "tl.gguf").read_bytes()
+    capsys.readouterr()
+    _run_fails(first, capsys, "tl.gguf: already exists; choose another output_name, or set overwrite: true")
+    other = _write_config(tmp_path / "o.yaml", base_model=tiny["F32"], train_data_dir=lines, output_dir=out,
+                          output_name="other", max_train_steps=2)
+    assert main(["train", "--config", str(other)]) == 0
+    capsys.readouterr()
+    _run_fails(_write_config(tmp_path / "x.yaml", base_model=tiny["F32"], train_data_dir=lines, output_dir=out,
+                             resume=out / "other-state", max_train_steps=4), capsys, "tl.gguf: already exists")
+    longer = _write_config(tmp_path / "c2.yaml", base_model=tiny["F32"], train_data_dir=lines, output_dir=out,
+                           resume="auto", max_train_steps=4)
+    assert main(["train", "--config", str(longer)]) == 0, capsys.readouterr().err
+    assert (out / "tl.gguf").read_bytes() != before
+    assert (out / "tl-state" / "step-00000004").is_dir()

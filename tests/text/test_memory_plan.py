@@ -224,3 +224,50 @@ def test_budget_override_must_be_a_size(monkeypatch):
     with pytest.raises(UserError, match="LORA_BRIDGE_MEMORY_BUDGET='lots' is not a size"):
         memory_plan.memory_budget("cpu")
     assert memory_plan.parse_bytes("6G") == 6 * GIB and memory_plan.parse_bytes("1.5GiB") == 3 * GIB // 2
+
+
+def test_check_fit_reads_the_header_only_and_refuses_only_what_the_engine_would(run, tiny, monkeypatch):
+    """The start check (tab, REST, CLI) from the GGUF header without its vocabulary: a run that cannot fit even
+    with the shortest samples is one line; a run that fits only with shorter samples is left to the engine."""
+    import dataclasses
+
+    from extension.config import config_from_dict
+    from extension.text import gguf_model
+
+    full = read_text_config(tiny["Q4_0"])
+    _, low = _estimates(tiny)  # the engine's figure for the fixture's samples
+    monkeypatch.setattr(gguf_model, "read_gguf_metadata", lambda *a, **k: pytest.fail("the vocabulary was read"))
+    header = read_text_config(tiny["Q4_0"], vocabulary=False)
+    assert dataclasses.replace(header, tokenizer={}) == dataclasses.replace(full, tokenizer={})
+    config = config_from_dict({"task_type": "text-generation", "base_model": str(tiny["Q4_0"]), "batch_size": 2,
+                               "lora_rank": 8})
+    least = estimate_peak(header, tiny["Q4_0"].stat().st_size, config, memory_plan.MIN_TOKENS, True).total
+    assert least < low
+    monkeypatch.setenv(memory_plan.BUDGET_ENV, str(least - 1))
+    with pytest.raises(UserError) as info:
+        memory_plan.check_fit(config, "cpu")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{tiny['Q4_0']}: this run needs about ")
+    assert "even with the shortest samples" in message and "smaller quant" in message
+    assert "max_length" not in message  # shorter samples would not help
+    monkeypatch.setenv(memory_plan.BUDGET_ENV, str((least + low) // 2))
+    assert memory_plan.check_fit(config, "cpu").estimate.total <= (least + low) // 2
+    monkeypatch.undo()  # the engine reads the vocabulary to tokenize: it refuses with the samples' length
+    with pytest.raises(UserError, match=r"this run needs about .*lower max_length \(longest sample 15 tokens\)"):
+        run(str((least + low) // 2))
+
+
+def test_cli_refuses_a_run_that_cannot_fit_before_the_vocabulary_is_read(tiny, tmp_path, monkeypatch, capsys):
+    from extension.text import engine
+
+    data = tmp_path / "data.txt"
+    data.write_text("the cat sat on the mat\n" * 4)
+    monkeypatch.setenv(memory_plan.BUDGET_ENV, "1M")
+    monkeypatch.setattr(engine, "read_base", lambda *a, **k: pytest.fail("the tokenizer was read"))
+    yaml = tmp_path / "run.yaml"
+    yaml.write_text(f"task_type: text-generation\nbase_model: {tiny['Q4_0']}\ntrain_data_dir: {data}\n"
+                    f"output_dir: {tmp_path / 'out'}\nllama_cpp_check: 'off'\n")
+    code = main(["train", "--config", str(yaml)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "this run needs about" in err[0], err
+    assert not (tmp_path / "out").exists()

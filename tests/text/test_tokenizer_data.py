@@ -146,3 +146,15 @@ def test_bpe_matches_hf_byte_level_tokenizer():
         want = bpe.encode(text).ids
         assert ours.encode(text) == want, text
         assert ours.decode(want) == text
+
+
+def test_a_template_that_does_not_split_into_prompt_and_reply_says_so(tok, tmp_path):
+    """The row is refused with our own message, not "the chat template failed (ValueError)"."""
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "yo"}]}) + "\n")
+    reversed_turns = "{% for m in messages|reverse %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    with pytest.raises(UserError) as err:
+        load_text_dataset(data, tok, chat_template=reversed_turns)
+    assert str(err.value) == (f"{data}: 1 bad row(s): chat.jsonl line 1: the chat template does not render the "
+                              "conversation as prompt + reply; fix or remove them")

@@ -172,3 +172,60 @@ def test_clip_tokenizer_from_an_open_clip_style_bpe_file(tmp_path):
     ids = tok("cat")["input_ids"]
     assert tok.convert_ids_to_tokens(ids) == ["<|startoftext|>", "cat</w>", "<|endoftext|>"]
     assert len(tok) == 256 * 2 + 3 + 2  # bytes, bytes</w>, merges, start/end
+
+
+def test_an_image_resume_replaces_only_its_own_files_without_overwrite(tmp_path):
+    """Image runs share ``<output_dir>/state``: a state is this run's when it names its output_name; the copy the
+    run published into the Lora folder is its own while it holds the same bytes."""
+    from extension.config import config_from_dict
+    from extension.training.run_folder import check_overwrite, may_replace_outputs
+
+    out, loras = tmp_path / "out", tmp_path / "loras"
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    ckpt.save_training_state(out / "state", step=3, epoch=0, batch_in_epoch=3, lora=dict(model.state_dict()),
+                             optimizer=opt, scheduler=None, extra={"output_name": "mine"})
+    loras.mkdir()
+    for folder in (out, loras):
+        (folder / "mine.safetensors").write_bytes(b"the run's LoRA")
+        (folder / "theirs.safetensors").write_bytes(b"another LoRA")
+
+    def config(name: str, **extra):
+        return config_from_dict({"output_dir": str(out), "output_name": name, **extra})
+
+    check_overwrite(config("mine", resume="auto"), loras)
+    assert may_replace_outputs(config("mine", resume="auto"), loras)
+    for refused in (config("mine"), config("theirs", resume="auto"), config("theirs", resume=str(out / "state"))):
+        with pytest.raises(UserError, match="already exists; choose another output_name"):
+            check_overwrite(refused, loras)
+        assert not may_replace_outputs(refused, loras)
+    (loras / "mine.safetensors").write_bytes(b"a different LoRA of the same name")
+    with pytest.raises(UserError, match=f"{loras / 'mine.safetensors'}: already exists"):
+        check_overwrite(config("mine", resume="auto"), loras)
+    assert not may_replace_outputs(config("new", resume="auto"), loras)  # nothing to replace: a new file stays refused
+
+
+def test_a_state_save_removes_only_temps_whose_writer_is_gone(tmp_path):
+    """Another live process's half-written state (atomic temp ``.step-N.<pid>-XXXXXXXX.tmp``) is never removed;
+    a dead writer's is."""
+    import subprocess
+    import sys
+
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        theirs = tmp_path / f".step-00000005.{live.pid}-abcd1234.tmp"
+        gone = tmp_path / f".step-00000004.{done.pid}-abcd1234.tmp"
+        for folder in (theirs, gone):
+            folder.mkdir()
+            (folder / "lora.pt").write_bytes(b"half written")
+        model = torch.nn.Linear(2, 2)
+        opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+        ckpt.save_training_state(tmp_path, step=1, epoch=0, batch_in_epoch=1, lora=dict(model.state_dict()),
+                                 optimizer=opt, scheduler=None)
+        assert (theirs / "lora.pt").read_bytes() == b"half written"
+        assert not gone.exists()
+    finally:
+        live.kill()
+        live.wait()

@@ -107,6 +107,22 @@ def test_start_refuses_a_bad_jsonl_row_before_anything_starts(client_factory, tm
     assert host.jobs.status()["state"] == "idle" and not (tmp_path / "run").exists()
 
 
+def test_start_refuses_a_text_run_that_cannot_fit_with_400(client_factory, tmp_path, tiny_gguf, monkeypatch):
+    """The memory fit check (text/memory_plan.check_fit) runs at Start: a 400 with its one line, no failed job."""
+    client, host = client_factory()
+    data = tmp_path / "t.txt"
+    data.write_text("hello world\n")
+    monkeypatch.setenv("LORA_BRIDGE_MEMORY_BUDGET", "1M")
+    answer = client.post(f"{PREFIX}/start", json={"task_type": "text-generation", "base_model": str(tiny_gguf),
+                                                  "train_data_dir": str(data), "output_name": "big",
+                                                  "output_dir": str(tmp_path / "run")})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error.startswith(f"{tiny_gguf}: this run needs about ") and "\n" not in error
+    assert "LORA_BRIDGE_MEMORY_BUDGET is 1 MiB; use a smaller quant of the base, or free memory" in error
+    assert host.jobs.status()["state"] == "idle" and not (tmp_path / "run").exists()
+
+
 def test_start_refuses_a_ggml_base_whose_kv_heads_need_setting(client_factory, tmp_path):
     """The engine's GGML header check (KV heads vs the K weights) runs at Start; with the option it starts."""
     from extension.tiny.ggml import write_ggml

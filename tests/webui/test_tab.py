@@ -200,6 +200,11 @@ def test_text_tab_shows_its_own_run_result_and_failure(tmp_path, models_dir):
     sd = h.start_text(str(models_dir / host.checkpoints()[0]), str(data), "t", *values)
     assert sd.startswith("⚠️") and "Stable Diffusion checkpoint" in sd
     assert host.jobs.status()["state"] == "idle" and host.last_output_name is None
+    with pytest.MonkeyPatch.context() as patch:  # memory_plan.check_fit: refused at Start, before any job
+        patch.setenv("LORA_BRIDGE_MEMORY_BUDGET", "1M")
+        big = h.start_text("llm/tiny.gguf", str(data), "t", *values)
+    assert big.startswith("⚠️") and "tiny.gguf: this run needs about " in big and "\n" not in big, big
+    assert host.jobs.status()["state"] == "idle" and host.last_output_name is None
     msg = h.start_text("llm/tiny.gguf", str(data), "text_lora", *values)
     assert msg.startswith("started text LoRA text_lora") and "20 sample(s)" in msg, msg
     st = host.jobs.wait(120)
