@@ -97,7 +97,9 @@ class Family:
     embed_scale: bool = False  # embeddings * sqrt(hidden)
     swa_pattern: int = 0  # llama.cpp's default layer pattern when the file has a window but no pattern key
     swa_default: int = 0  # window when the file names none (gemma2: 4096, always on)
-    swa_rope_inherits: bool = False  # sliding-window layers rotate like the others unless the file says (gemma2)
+    # what sliding-window layers take from the other layers' rope unless the file says: "base" (their frequency base;
+    # else 10000), "scale" (their linear position scale; else 1). YaRN never applies to them.
+    swa_rope_inherits: tuple[str, ...] = ()
     swa_ignored: bool = False  # llama.cpp runs the family without its window (phi3: "Phi SWA is currently disabled")
     attn_scale: Callable[[TextConfig], float] | None = None  # llama.cpp's f_attention_scale for this family
     attn_softcap: bool = False  # attention logit soft-capping (``attn_logit_softcapping``)
@@ -126,7 +128,8 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("qwen2", hf_model_types=("qwen2",)),
     Family("qwen3"),
     Family("gemma3", activation="gelu", embed_scale=True, swa_pattern=6, attn_scale=_gemma_attn_scale),
-    Family("gemma2", activation="gelu", embed_scale=True, swa_pattern=2, swa_default=4096, swa_rope_inherits=True,
+    Family("gemma2", activation="gelu", embed_scale=True, swa_pattern=2, swa_default=4096,
+           swa_rope_inherits=("base", "scale"),
            attn_scale=_gemma_attn_scale, attn_softcap=True),
     Family("granite", rope="norm", permuted_qk=True, multipliers=True),
     # MoE (softmax router, top-k experts, weights renormalised); LoRA on attention unless the targets name
@@ -134,7 +137,8 @@ FAMILIES: dict[str, Family] = {f.arch: f for f in (
     Family("qwen3moe", moe_norm=True, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"),
            target_aliases=(("experts", ("gate_proj", "up_proj", "down_proj")),)),
     Family("mistral3", rope="norm", permuted_qk=True, yarn_keys=True),
-    Family("olmo2", pre_norms=False),
+    # OLMo 3 converts as olmo2 with a window: its sliding-window layers rotate at the file's base, unscaled
+    Family("olmo2", pre_norms=False, swa_pattern=4, swa_rope_inherits=("base",)),
     Family("phi3", swa_ignored=True, modules=((T.FFN_UP, "mlp.gate_up_proj"),),
            lora_targets=("qkv_proj", "o_proj", "gate_up_proj", "down_proj")),
     Family("qwen", half_ffn_length=True, lora_targets=("qkv_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
@@ -268,7 +272,7 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
     factor = float(meta.get(f"{arch}.rope.scaling.factor", 0.0) or 0.0)
     freq_scale = 1.0 / factor if scaling in ("linear", "yarn") and factor else 1.0
     window = 0 if family.swa_ignored else int(meta.get(f"{arch}.attention.sliding_window", family.swa_default) or 0)
-    swa_base = float(key("rope.freq_base", 10000.0)) if family.swa_rope_inherits else 10000.0
+    swa_base = float(key("rope.freq_base", 10000.0)) if "base" in family.swa_rope_inherits else 10000.0
     cfg = TextConfig(
         arch=arch,
         vocab_size=int(meta.get(f"{arch}.vocab_size", 0) or len(tokens)),
@@ -289,7 +293,7 @@ def config_from_gguf(path: object, meta: dict) -> TextConfig:
         rope_freq_scale=freq_scale,
         rope_attn_factor=float(meta.get(f"{arch}.rope.scaling.attn_factor", 1.0) or 1.0),
         rope_base_swa=float(meta.get(f"{arch}.rope.freq_base_swa", swa_base)) if window else 0.0,
-        rope_freq_scale_swa=freq_scale if family.swa_rope_inherits else 1.0,
+        rope_freq_scale_swa=freq_scale if "scale" in family.swa_rope_inherits else 1.0,
         sliding_window=window,
         swa_layers=_swa_layers(family, meta, arch, layers, window),
         # llama.cpp's defaults (llama-hparams.h) where a family reads the key but the file lacks it

@@ -65,6 +65,11 @@ TINY_FAMILIES: dict[str, tuple[str, str, dict]] = {
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", {
         "rms_norm_eps": 1e-6, "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256,
         "pad_token_id": 50256}),
+    # OLMo 3 (converted as olmo2): a sliding-window layer (window shorter than the test samples), then a full one.
+    "olmo3": ("Olmo3Config", "Olmo3ForCausalLM", {
+        "rms_norm_eps": 1e-6, "vocab_size": 50257, "bos_token_id": 50256, "eos_token_id": 50256,
+        "pad_token_id": 50256, "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"],
+        "rope_parameters": {"rope_type": "default", "rope_theta": 500000.0}}),
 }
 # StarCoder 2: LayerNorms, biases everywhere, non-gated GELU FFN; llama.cpp's StarCoder vocabulary (below).
 TINY_FAMILIES["starcoder2"] = ("Starcoder2Config", "Starcoder2ForCausalLM", {
@@ -80,7 +85,7 @@ TINY_FAMILIES["stablelm"] = ("StableLmConfig", "StableLmForCausalLM", {
 ADDED_TOKENS = {"phi3": ("<|endoftext|>", "<|assistant|>", "<|end|>", "<|user|>")}
 # Families whose fixture has a byte-level BPE tokenizer: the vocabulary llama.cpp's sources ship
 # (``models/ggml-vocab-<name>.gguf``), so llama.cpp's converter recognises its pre-tokenizer by hash.
-BPE_VOCABS = {"olmo2": "gpt-2", "stablelm": "gpt-2", "starcoder2": "starcoder"}
+BPE_VOCABS = {"olmo2": "gpt-2", "olmo3": "gpt-2", "stablelm": "gpt-2", "starcoder2": "starcoder"}
 # ggml file types llama.cpp's quantizer makes from the F16 file (llama.h: LLAMA_FTYPE_*).
 _QUANTIZE_FTYPES = {"Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "Q4_0": 2}
 

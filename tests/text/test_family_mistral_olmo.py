@@ -16,7 +16,7 @@ from textutil import needs_llama_cpp
 from extension.text.blocks import yarn_scaling
 from extension.text.families import Yarn
 
-FAMILIES = ("mistral3", "olmo2")
+FAMILIES = ("mistral3", "olmo2", "olmo3")  # olmo3: OLMo 3, which llama.cpp converts as olmo2 with a window
 slow = pytest.mark.slow
 
 
@@ -117,3 +117,19 @@ def test_olmo2_bpe_vocabulary_matches_llama_cpp(family_bases):
     llm = Llama(str(path), vocab_only=True, verbose=False)
     for text in [*families_test.LINES, " Hello  world!\n\tdon't 12345 naïve 日本語 😀"]:
         assert ours.encode(text, add_special=False) == llm.tokenize(text.encode(), add_bos=False, special=False), text
+
+
+def test_olmo3_window_layers_rotate_at_the_files_base_when_no_swa_base_is_written():
+    """llama.cpp's olmo2 (llama-model.cpp load_arch_hparams): with a window, the sliding-window layers' rope base
+    defaults to the file's own base and their scale to 1 (no YaRN); the pattern defaults to 3 window layers in 4."""
+    from extension.text.families import config_from_gguf
+
+    meta = {"general.architecture": "olmo2", "olmo2.block_count": 8, "olmo2.embedding_length": 256,
+            "olmo2.feed_forward_length": 512, "olmo2.attention.head_count": 4, "olmo2.rope.freq_base": 500000.0,
+            "olmo2.attention.sliding_window": 4096, "olmo2.rope.scaling.type": "yarn", "olmo2.rope.scaling.factor": 8.0,
+            "olmo2.rope.scaling.original_context_length": 8192}
+    cfg = config_from_gguf("olmo3.gguf", meta)
+    assert cfg.rope_base_swa == 500000.0 and cfg.rope_freq_scale_swa == 1.0 and cfg.rope_freq_scale == 1 / 8
+    assert cfg.swa_layers == (True, True, True, False) * 2
+    plain = config_from_gguf("olmo2.gguf", {k: v for k, v in meta.items() if "sliding" not in k})
+    assert not any(plain.swa_layers)
