@@ -4,7 +4,7 @@ This package imports nothing from ``extension`` and keeps every import relative,
 load it under another top-level name.
 """
 
-from . import atomic, flux_base, gguf_check, llm_names, safetensors_io, sd_names
+from . import atomic, flux_base, gguf_check, gguf_py, llm_names, safetensors_io, sd_names
 from .api import base_module_shapes, check_against_base, convert, inspect_adapter, load_adapter, save_adapter
 from .errors import AdapterError
 from .formats import FORMATS, WRITABLE, detect_format
@@ -15,6 +15,7 @@ __all__ = [
     "atomic",
     "flux_base",
     "gguf_check",
+    "gguf_py",
     "llm_names",
     "safetensors_io",
     "sd_names",

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from .._converters import converters
 from ..config import TrainConfig
 
 
@@ -47,13 +48,11 @@ def source_stamp(base: Path, options: dict) -> str:
 def _stamp_of(path: Path) -> str | None:
     """The ``lora_bridge.ggml_source`` of a GGUF file, or None (not ours, or unreadable)."""
     try:
-        from gguf import GGUFReader
-
         from .ggml_upgrade import SOURCE_KEY
         from .gguf_model import field_value
 
         # field_value, not field.contents(): Forge puts an older bundled gguf-py first on sys.path.
-        field = GGUFReader(str(path)).fields.get(SOURCE_KEY)
+        field = converters.gguf_py.installed_gguf().GGUFReader(str(path)).fields.get(SOURCE_KEY)
         return None if field is None else str(field_value(field))
     except Exception:  # a truncated or foreign file: not a copy we can reuse
         return None

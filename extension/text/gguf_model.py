@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType
 from torch import nn
 from torch.nn import functional as F
 
@@ -41,6 +40,9 @@ from .families import (
 from .lm_loss import sliced_cross_entropy_sum
 from .quant import PackedEmbedding, PackedLinear, PackedWeight, activation_rounding_active, release_buffers
 from .recompute import DEFAULT_KEPT, KEPT_BYTES, GradArena, LayerMemo, checkpointed_layer, plan_kept
+
+GGMLQuantizationType = converters.gguf_py.installed_gguf().GGMLQuantizationType
+
 
 __all__ = ["SUPPORTED_ARCHES", "TextConfig", "TextModel", "config_from_gguf", "load_text_model"]
 
@@ -251,15 +253,15 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
 
 def field_value(field) -> object:
     """A GGUF metadata value as Python (str, number, list); works on gguf-py versions without ``contents()``."""
-    from gguf import GGUFValueType
+    value_type = converters.gguf_py.installed_gguf().GGUFValueType
 
-    def one(part: np.ndarray, vtype: GGUFValueType) -> object:
-        if vtype == GGUFValueType.STRING:
+    def one(part: np.ndarray, vtype: int) -> object:
+        if vtype == value_type.STRING:
             return bytes(part).decode("utf-8", errors="replace")
         return part.tolist()[0]
 
     main = field.types[0]
-    if main == GGUFValueType.ARRAY:
+    if main == value_type.ARRAY:
         sub = field.types[-1]
         return [one(field.parts[i], sub) for i in field.data]
     return one(field.parts[field.data[0]], main)
@@ -267,8 +269,6 @@ def field_value(field) -> object:
 
 def read_gguf_metadata(path: Path):
     """(GGUFReader, {key: value}) or UserError for files gguf-py cannot parse."""
-    from gguf import GGUFReader
-
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     try:
@@ -276,7 +276,7 @@ def read_gguf_metadata(path: Path):
     except converters.AdapterError as exc:
         raise UserError(str(exc)) from None
     try:
-        reader = GGUFReader(str(path))
+        reader = converters.gguf_py.installed_gguf().GGUFReader(str(path))
         meta = {name: field_value(f) for name, f in reader.fields.items() if not name.startswith("GGUF.")}
     except Exception as exc:  # gguf-py raises ValueError/struct errors/IndexError on damaged files
         raise UserError(f"{path}: not a readable GGUF file ({exc}); re-download or re-convert it") from None

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .._converters import converters
 from .llama import TinyVocab, tiny_vocab
 
 _SIZE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -199,7 +200,7 @@ def run_llama_cpp_script(llama_cpp_src: Path, script: str, args: list[str],
 def save_bpe_tokenizer(folder: Path, llama_cpp_src: Path, name: str) -> Path:
     """``tokenizer.json`` + ``tokenizer_config.json`` of a byte-level BPE built from llama.cpp's shipped
     ``models/ggml-vocab-<name>.gguf`` (its tokens and merges; GPT-2's regex pre-tokenizer)."""
-    import gguf
+    gguf = converters.gguf_py.installed_gguf()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from ..text.gguf_model import field_value
