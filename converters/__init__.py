@@ -4,7 +4,7 @@ This package imports nothing from ``extension`` and keeps every import relative,
 load it under another top-level name.
 """
 
-from . import atomic, flux_base, gguf_check, llm_names, safetensors_io, sd_names
+from . import atomic, flux_base, gguf_check, gguf_py, llm_names, safetensors_io, sd_names
 from .api import (
     base_module_shapes,
     check_against_base,
@@ -23,6 +23,7 @@ __all__ = [
     "atomic",
     "flux_base",
     "gguf_check",
+    "gguf_py",
     "llm_names",
     "safetensors_io",
     "sd_names",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .errors import AdapterError
 from .flux_names import COMFY_CLIP, COMFY_T5, bfl_modules, bfl_of_canonical, part_sizes
-from .safetensors_io import read_header
+from .safetensors_io import SAFETENSORS_SUFFIXES, read_header
 from .sd_names import normalize_te_path
 
 _PREFIXES = ("model.diffusion_model.", "diffusion_model.", "")
@@ -117,7 +117,7 @@ def header_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
 
         reader = open_gguf(path)
         return _gguf_shapes(reader) if gguf_field(reader, "general.architecture") == "flux" else None
-    if path.suffix.lower() != ".safetensors":
+    if path.suffix.lower() not in SAFETENSORS_SUFFIXES:
         return None
     header, _ = read_header(path)
     return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import AdapterError
+from .gguf_py import installed_gguf
 
 # Real vocabularies stay under 300 k tokens (Gemma 3: 262 144); with scores, types and merges a
 # model holds about 1 M array elements (Command-R), an adapter none.
@@ -128,10 +129,9 @@ class _Walk:
 
 def _tensor_bytes(n_elements: int, ggml_type: int) -> int | None:
     """Bytes of a tensor of ``ggml_type``, or None for a type gguf-py does not know."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-
+    gguf = installed_gguf()
     try:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
     except (ValueError, KeyError):
         return None
     return (n_elements + block - 1) // block * size

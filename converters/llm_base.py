@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .errors import AdapterError
 from .gguf_check import check_gguf, read_gguf_header
+from .gguf_py import installed_gguf
 from .llm_names import arch_from_config, expert_modules, gguf_to_hf
 from .safetensors_io import read_header
 
@@ -33,7 +34,7 @@ def gguf_field(reader, key: str):
         return None
     if hasattr(field, "contents"):
         return field.contents()
-    import gguf  # gguf-py < 0.11 has no contents()
+    gguf = installed_gguf()  # gguf-py < 0.11 has no contents()
 
     def scalar(part, vtype):
         if vtype == gguf.GGUFValueType.STRING:
@@ -66,7 +67,7 @@ def open_gguf(path: Path, adapter: bool = False):
     ``adapter``: the file must be a LoRA adapter, so a model's vocabulary is refused before gguf-py
     spends memory on it.
     """
-    import gguf
+    gguf = installed_gguf()
 
     _check_magic(path)
     if adapter:

@@ -16,6 +16,7 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import AdapterError
+from .gguf_py import installed_gguf
 
 # Canonical arch -> the architecture string llama.cpp uses (GGUF ``general.architecture``).
 _GGUF_ARCH = {"mistral": "llama"}
@@ -114,7 +115,7 @@ def arch_from_module_names(names: Iterable[str]) -> str | None:
 @lru_cache(maxsize=32)
 def _tensor_map(arch: str, n_blocks: int):
     """gguf-py's name map for ``arch`` (None when gguf-py does not know the arch)."""
-    import gguf
+    gguf = installed_gguf()
 
     wanted = gguf_arch(arch)
     for key, value in gguf.MODEL_ARCH_NAMES.items():

@@ -42,6 +42,8 @@ _SAFETENSORS_NAMES = {
 }
 FLOAT_DTYPES = ("f32", "f16", "bf16")
 _MAX_HEADER = 100 * 1024 * 1024
+# ``.sft``: the name BFL first released flux1-dev / ae under; Forge Neo lists it among its text encoders and VAEs.
+SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..atomic import atomic_file
 from ..errors import AdapterError
+from ..gguf_py import installed_gguf
 from ..llm_base import BaseInfo, gguf_field, info_from_config, open_gguf, read_base_info
 from ..llm_names import (
     arch_from_config,
@@ -52,7 +53,7 @@ def sniff(path: Path) -> bool:
 # ----------------------------------------------------------------------------------------- read
 def _tensor_array(tensor) -> np.ndarray:
     """A GGUF tensor as numpy in (rows, cols) order: F32/F16 as stored, anything else as float32."""
-    import gguf
+    gguf = installed_gguf()
 
     shape = tuple(int(d) for d in reversed(tensor.shape.tolist()))
     kind = tensor.tensor_type
@@ -118,7 +119,7 @@ def read(path: Path, arch: str | None = None, base: Path | None = None) -> LoraA
         rank = int(down.shape[0])
         modules[module] = LoraModule(down=down, up=up, alpha=alpha if alpha else float(rank),
                                      is_embedding=embedding)
-    import gguf
+    gguf = installed_gguf()
 
     metadata = {}
     for key, field in reader.fields.items():
@@ -226,7 +227,7 @@ def _out_dtype(adapter: LoraAdapter, requested: str | None) -> str:
 
 def _encode(array: np.ndarray, dtype: str) -> tuple[np.ndarray, object]:
     """(contiguous array, raw ggml type or None) in the output dtype."""
-    import gguf
+    gguf = installed_gguf()
 
     if dtype == "f16":
         return np.ascontiguousarray(array, dtype=np.float16), None
@@ -304,7 +305,7 @@ def _module_order(name: str):
 
 def write(adapter: LoraAdapter, path: Path, options) -> Path:
     """Write a llama.cpp GGUF LoRA adapter, tensor by tensor; per-module scales baked in when they differ."""
-    import gguf
+    gguf = installed_gguf()
 
     _check_writable(adapter, path)
     arch, info = _resolve(adapter, path, options)

@@ -57,7 +57,7 @@ class GGUFTensors(Mapping):
         return self.infos[name].tensor_type.name
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        import gguf
+        gguf = converters.gguf_py.installed_gguf()
 
         info = self.infos[name]
         shape = tuple(int(d) for d in reversed(info.shape.tolist()))
@@ -97,7 +97,7 @@ def pack_linears(model: torch.nn.Module, tensors: GGUFTensors, pairs: dict) -> d
         if qtype in FLOAT_TYPES or not name.endswith(".weight"):
             rest[name] = load
             continue
-        import gguf
+        gguf = converters.gguf_py.installed_gguf()
 
         module_name = name[: -len(".weight")]
         layer = model.get_submodule(module_name)

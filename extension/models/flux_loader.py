@@ -41,6 +41,7 @@ def shipped_flux_config(variant: str) -> dict:
 
 
 def _open(path: Path, what: str):
+    from .._converters import converters
     from ..image.lazy_checkpoint import LazyCheckpoint
 
     if not path.is_file():
@@ -49,8 +50,8 @@ def _open(path: Path, what: str):
         from .flux_gguf import GGUFTensors
 
         return GGUFTensors(path)
-    if path.suffix.lower() != ".safetensors":
-        raise UserError(f"{path}: the Flux.1 {what} must be a .safetensors file"
+    if path.suffix.lower() not in converters.safetensors_io.SAFETENSORS_SUFFIXES:
+        raise UserError(f"{path}: the Flux.1 {what} must be a .safetensors (or .sft) file"
                         + (" (or a city96 GGUF)" if what == "base model" else ""))
     return LazyCheckpoint(path)
 

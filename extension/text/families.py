@@ -6,6 +6,7 @@ way llama.cpp's per-architecture ``load_arch_hparams``/``graph`` code and gguf-p
 are organised. Which optional pieces a layer has (fused Q/K/V, biases, Q/K norms, post-norms) follows
 from the tensors present, as llama.cpp's ``create_tensor(..., TENSOR_NOT_REQUIRED)`` does.
 
+
 Tensor names come from gguf-py's tables (``MODEL_TENSORS[arch]``, ``TENSOR_NAMES``); ``MODULES``
 maps each tensor kind to the Hugging Face module path the torch model uses, so LoRA layers have
 canonical adapter names. A tensor the family's table lists but no block consumes stops the load.
@@ -21,10 +22,11 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import gguf
-from gguf import MODEL_TENSOR as T
-
+from .._converters import converters
 from ..errors import UserError
+
+gguf = converters.gguf_py.installed_gguf()
+T = converters.gguf_py.installed_gguf().MODEL_TENSOR
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from .._converters import converters
 from ..errors import UserError
+
+_gguf = converters.gguf_py.installed_gguf()
+GGML_QUANT_SIZES, GGMLQuantizationType = _gguf.GGML_QUANT_SIZES, _gguf.GGMLQuantizationType
+
 
 GGML_MAGICS = {0x67676D6C: "ggml", 0x67676D66: "ggmf", 0x67676A74: "ggjt"}
 DEFAULTS = {"n_kv_heads": None, "rms_eps": 5e-6, "context_length": 2048, "rope_base": 10000.0}

@@ -11,12 +11,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from gguf import GGMLQuantizationType
 
 from .._converters import converters
 from ..cancel import cancel_point
 from ..errors import UserError
 from .ggml_legacy import GGMLFile, gguf_metadata, gguf_tensor_name, read_ggml
+
+GGMLQuantizationType = converters.gguf_py.installed_gguf().GGMLQuantizationType
+
 
 # What a GGUF copy of a GGML base was made from (``base_gguf.source_stamp``); its reuse check reads it back.
 SOURCE_KEY = "lora_bridge.ggml_source"
@@ -51,7 +53,7 @@ def _write_metadata(writer, meta: dict) -> None:
 
 def _tensor_args(tensor) -> tuple[np.ndarray, GGMLQuantizationType | None]:
     """(array, raw type) for GGUFWriter.add_tensor: floats as arrays, quantized as uint8 byte rows."""
-    from gguf import quant_shape_to_byte_shape
+    quant_shape_to_byte_shape = converters.gguf_py.installed_gguf().quant_shape_to_byte_shape
 
     if tensor.qtype == GGMLQuantizationType.F32:
         return np.ascontiguousarray(tensor.array(), dtype=np.float32), None
@@ -63,7 +65,7 @@ def _tensor_args(tensor) -> tuple[np.ndarray, GGMLQuantizationType | None]:
 
 def write_gguf_from_ggml(ggml: GGMLFile, dst: Path, meta: dict, force: bool = False) -> Path:
     """Write ``ggml`` as GGUF at ``dst`` (atomically)."""
-    import gguf
+    gguf = converters.gguf_py.installed_gguf()
 
     unknown = [n for n in ggml.tensors if gguf_tensor_name(n) is None]
     if unknown:

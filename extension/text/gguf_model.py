@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType
 from torch import nn
 from torch.nn import functional as F
 
@@ -53,6 +52,9 @@ from .families import (
 from .lm_loss import sliced_cross_entropy_sum
 from .quant import PackedEmbedding, PackedLinear, PackedWeight, activation_rounding_active, release_buffers
 from .recompute import DEFAULT_KEPT, KEPT_BYTES, GradArena, LayerMemo, checkpointed_layer, plan_kept
+
+GGMLQuantizationType = converters.gguf_py.installed_gguf().GGMLQuantizationType
+
 
 __all__ = ["SUPPORTED_ARCHES", "TextConfig", "TextModel", "config_from_gguf", "load_text_model"]
 
@@ -268,15 +270,15 @@ def build_model(cfg: TextConfig, tensors: dict[str, tuple[np.ndarray, GGMLQuanti
 
 def field_value(field) -> object:
     """A GGUF metadata value as Python (str, number, list); works on gguf-py versions without ``contents()``."""
-    from gguf import GGUFValueType
+    value_type = converters.gguf_py.installed_gguf().GGUFValueType
 
-    def one(part: np.ndarray, vtype: GGUFValueType) -> object:
-        if vtype == GGUFValueType.STRING:
+    def one(part: np.ndarray, vtype: int) -> object:
+        if vtype == value_type.STRING:
             return bytes(part).decode("utf-8", errors="replace")
         return part.tolist()[0]
 
     main = field.types[0]
-    if main == GGUFValueType.ARRAY:
+    if main == value_type.ARRAY:
         sub = field.types[-1]
         return [one(field.parts[i], sub) for i in field.data]
     return one(field.parts[field.data[0]], main)
@@ -319,8 +321,8 @@ _PLAIN_DTYPES = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16:
 def tensor_view(mapped: np.ndarray, path: Path, info) -> tuple[np.ndarray, GGMLQuantizationType]:
     """A tensor's data as gguf-py's reader gives it (a view of the mapped file): numbers in numpy order for plain
     types, bytes per row for block types."""
-    from gguf import GGML_QUANT_SIZES  # not quant_shape_to_byte_shape: Forge's bundled gguf-py predates it
-
+    # GGML_QUANT_SIZES, not quant_shape_to_byte_shape: older gguf-py copies lack it
+    quant_sizes = converters.gguf_py.installed_gguf().GGML_QUANT_SIZES
     try:
         ggml_type = GGMLQuantizationType(info.ggml_type)
     except ValueError:
@@ -331,7 +333,7 @@ def tensor_view(mapped: np.ndarray, path: Path, info) -> tuple[np.ndarray, GGMLQ
     dtype = _PLAIN_DTYPES.get(ggml_type)
     if dtype is not None:
         return raw.view(dtype).reshape(dims), ggml_type
-    block, block_bytes = GGML_QUANT_SIZES[ggml_type]
+    block, block_bytes = quant_sizes[ggml_type]
     return raw.reshape(dims[:-1] + (dims[-1] // block * block_bytes,)), ggml_type
 
 

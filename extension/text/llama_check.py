@@ -29,14 +29,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType
 
+from .._converters import converters
 from ..cancel import cancel_point
 from ..errors import UserError
 from .data import Sample
 from .families import TextConfig
 from .lora import LoraLinear
 from .quant import PackedLinear, ggml_activation_rounding
+
+GGMLQuantizationType = converters.gguf_py.installed_gguf().GGMLQuantizationType
+
 
 NOT_INSTALLED = "not checked in llama.cpp (llama-cpp-python not installed)"
 FLIP_MAX = 0.1  # largest logit difference one activation rounded apart has caused here (tiny models: 2e-2..5e-2)

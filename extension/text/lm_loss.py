@@ -12,9 +12,12 @@ output weight instead of two, and no work for positions whose label is ignored (
 from __future__ import annotations
 
 import torch
-from gguf import GGMLQuantizationType
 
+from .._converters import converters
 from .quant import PackedWeight, dequantize_into
+
+GGMLQuantizationType = converters.gguf_py.installed_gguf().GGMLQuantizationType
+
 
 # Output-weight elements per slice (64 MB as float32; 4096 rows of a 7B): with 1M, the 125 slices
 # of a 32K vocabulary made the loss 3.7x its two matmuls at 7B (small matmuls, the gradient

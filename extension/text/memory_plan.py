@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from gguf import MODEL_TENSOR as T
 
+from .._converters import converters
 from ..config import TrainConfig
 from ..errors import UserError
 from .base_gguf import ggml_options
@@ -46,6 +46,9 @@ from .gguf_model import read_text_config
 from .lm_loss import slice_budget
 from .quant import matmul_chunking
 from .recompute import plan_kept
+
+T = converters.gguf_py.installed_gguf().MODEL_TENSOR
+
 
 GIB = 1 << 30
 AUTO_OVERHEAD = 3 * GIB // 2  # CPU: auto keeps the run's tensors above the weights within this

@@ -30,7 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from .._converters import converters
+
+_gguf = converters.gguf_py.installed_gguf()
+GGML_QUANT_SIZES, GGMLQuantizationType = _gguf.GGML_QUANT_SIZES, _gguf.GGMLQuantizationType
+
 
 log = logging.getLogger("lora_bridge.text")
 

@@ -21,10 +21,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from .._converters import converters
 from .native import NATIVE_TYPES, NativeDequantizer, native_for
 from .recompute import KeptMatmul, LayerMemo, active_memo
+
+_gguf = converters.gguf_py.installed_gguf()
+GGML_QUANT_SIZES, GGMLQuantizationType = _gguf.GGML_QUANT_SIZES, _gguf.GGMLQuantizationType
+
 
 Q = GGMLQuantizationType
 TORCH_TYPES = (Q.F32, Q.F16, Q.BF16, Q.Q8_0, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q4_K, Q.Q6_K)
@@ -238,11 +242,10 @@ def dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int,
     if fn is not None:
         block, size = GGML_QUANT_SIZES[qtype]
         return fn(raw.reshape(-1, size)).reshape(rows, n_cols)
-    from gguf.quants import dequantize
+    dequantize = converters.gguf_py.installed_gguf().quants.dequantize
 
     values = dequantize(raw.cpu().numpy(), qtype)
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(rows, n_cols).to(raw.device)
-
 
 
 def torch_dequantize_rows(raw: torch.Tensor, qtype: GGMLQuantizationType, n_cols: int) -> torch.Tensor:

@@ -111,7 +111,7 @@ def save_city96_gguf(bfl: dict, path: Path, qtype: str) -> Path:
     """A Flux GGUF written the way city96's ``tools/convert.py`` writes one (arch ``flux``, BFL names, 1-D and
     <= 1024-element tensors F32, matrices F16 or, as llama.cpp's quantizer then makes them, ``qtype``; a matrix
     whose rows do not split into ``qtype``'s blocks falls back to F16 as convert.py's QuantError branch does)."""
-    import gguf
+    gguf = converters.gguf_py.installed_gguf()
 
     writer = gguf.GGUFWriter(path=None, arch="flux")
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)

@@ -46,7 +46,7 @@ def write_ggml(model, vocab, path: Path, qtype: str = "F32", kind: str = "ggjt",
     ``qtype`` is F32, F16 or any gguf-py quantization (Q4_0, Q5_0, ...), written in today's block
     layout whatever the version: older quantized files are only used to test that they are refused.
     """
-    import gguf
+    gguf = converters.gguf_py.installed_gguf()
 
     cfg = model.config
     heads = cfg.num_attention_heads

@@ -162,7 +162,7 @@ def _rope_theta(config) -> float:
 
 def _quantize(array: np.ndarray, qtype: str):
     """(data, raw ggml type or None) for one 2-D weight."""
-    import gguf
+    gguf = converters.gguf_py.installed_gguf()
 
     if qtype == "F32":
         return np.ascontiguousarray(array, dtype=np.float32), None
@@ -246,7 +246,7 @@ def write_tiny_gguf(model, path: str | Path, qtype: str = "F32", vocab: TinyVoca
 
     2-D weights use ``qtype`` (F32, F16, Q8_0, Q4_0); 1-D tensors are always F32.
     """
-    import gguf
+    gguf = converters.gguf_py.installed_gguf()
 
     if qtype not in QTYPES:
         raise ValueError(f"unknown qtype {qtype!r}; use one of {QTYPES}")

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .._converters import converters
 from .llama import TinyVocab, tiny_vocab
 
 _SIZE = {"hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -214,7 +215,7 @@ def save_bpe_tokenizer(folder: Path, llama_cpp_src: Path, name: str) -> Path:
     """``tokenizer.json`` + ``tokenizer_config.json`` of a byte-level BPE built from llama.cpp's shipped
     ``models/ggml-vocab-<name>.gguf`` (its tokens and merges; GPT-2's regex pre-tokenizer, StarCoder's splits
     digits first)."""
-    import gguf
+    gguf = converters.gguf_py.installed_gguf()
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     from ..text.gguf_model import field_value

@@ -24,7 +24,7 @@ log = logging.getLogger("lora_bridge.ui")
 
 IMAGE_MODEL_SUFFIXES = (".safetensors", ".ckpt")
 TEXT_MODEL_SUFFIXES = (".gguf", ".bin", ".ggml")
-FLUX_PART_SUFFIXES = (".safetensors", ".gguf")  # Forge lists .ckpt/.pt/.bin too; Flux parts come as these
+FLUX_PART_SUFFIXES = (*converters.safetensors_io.SAFETENSORS_SUFFIXES, ".gguf")  # Forge lists .ckpt/.pt/.bin too
 
 
 class Host:

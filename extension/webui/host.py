@@ -64,6 +64,16 @@ def exposed_by(cmd_opts: Any) -> str:
     return (", ".join(flags) or "non-local WebUI") + " without --enable-insecure-extension-access"
 
 
+def model_dir_flags(cmd_opts: Any) -> list[str]:
+    """The extra model folders named on the command line: Forge's ``--vae-dir`` / ``--text-encoder-dir`` and
+    Forge Neo's repeatable ``--ckpt-dirs``, ``--lora-dirs``, ``--vae-dirs``, ``--text-encoder-dirs`` (lists)."""
+    out: list[str] = []
+    for name in ("vae_dir", "text_encoder_dir", "ckpt_dirs", "lora_dirs", "vae_dirs", "text_encoder_dirs"):
+        value = getattr(cmd_opts, name, None)
+        out += [str(v) for v in value if v] if isinstance(value, (list, tuple)) else [str(value)] if value else []
+    return out
+
+
 def is_forge() -> bool:
     """Forge ships its own memory manager under ``backend``."""
     try:
@@ -197,7 +207,7 @@ class WebUIHost(Host):
         shared = _modules("shared")
         extra = parse_folders(shared.opts.data.get(EXTRA_FOLDERS_OPTION, ""))
         checkpoints = [getattr(shared.cmd_opts, "ckpt_dir", None),
-                       getattr(_modules("sd_models"), "model_path", None)]
+                       getattr(_modules("sd_models"), "model_path", None), *model_dir_flags(shared.cmd_opts)]
         exposed = exposed_by(shared.cmd_opts)
         return PathPolicy.build([self.lora_dir(), models / "LLM", self.runs_dir(), *extra],
                                 read_roots=[models, *[c for c in checkpoints if c]],

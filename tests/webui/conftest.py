@@ -29,6 +29,19 @@ def _purge_fake() -> None:
             del sys.modules[name]
 
 
+def _write_flux_tokenizers(root: Path) -> Path:
+    """backend/huggingface/black-forest-labs/FLUX.1-dev as Forge and Neo ship it: ``tokenizer/`` (CLIP BPE: vocab.json,
+    merges.txt and configs) and ``tokenizer_2/`` (T5: tokenizer.json and configs, no spiece.model); here with the
+    tiny Flux's vocabularies."""
+    from extension.tiny.flux import t5_tokenizer
+    from extension.tiny.sd import write_tokenizer_files
+
+    flux = root / "backend" / "huggingface" / FORGE_FLUX_TOKENIZERS
+    write_tokenizer_files(flux / "tokenizer")
+    t5_tokenizer().save_pretrained(str(flux / "tokenizer_2"))
+    return flux
+
+
 def _fake_host(tmp_path, monkeypatch, overlay: Path | None = None):
     """The stand-in ``modules`` on sys.path, fresh, paths under tmp_path; ``overlay``'s modules/ files
     take the place of fake_webui's (the package's ``__path__`` lists it first)."""
@@ -77,6 +90,11 @@ def fake_neo(tmp_path, monkeypatch):
     monkeypatch.delattr(shared, "interrogator")
     monkeypatch.setitem(sys.modules, "modules.deepbooru", None)  # import fails as for a missing file
     shared.opts.data["temp_dir"] = shared_options.temp_dir_default()
+    # Neo's modules/cmd_args.py: the model-folder flags are repeatable lists (no --ckpt-dir / --vae-dir there)
+    shared.cmd_opts.ckpt_dirs, shared.cmd_opts.lora_dirs = [], []
+    monkeypatch.delattr(shared.cmd_opts, "ckpt_dir")
+    shared.cmd_opts.vae_dirs, shared.cmd_opts.text_encoder_dirs = [], []
+    _write_flux_tokenizers(tmp_path)
     for rel in NEO_TOKENIZERS:
         folder = write_tokenizer_files(tmp_path / "backend" / "huggingface" / rel)
         pad = "!" if rel.endswith("_2") else "<|endoftext|>"
@@ -97,14 +115,9 @@ def fake_forge(fake_webui, monkeypatch, tmp_path):
     CLIP, ``tokenizer_2/`` T5; here the tiny Flux's vocabularies)."""
     from modules import sd_models
 
-    from extension.tiny.flux import t5_tokenizer
-    from extension.tiny.sd import write_tokenizer_files
-
     monkeypatch.syspath_prepend(str(FAKE_FORGE))
     sd_models.FLAVOR = "forge"
-    flux = tmp_path / "backend" / "huggingface" / FORGE_FLUX_TOKENIZERS
-    write_tokenizer_files(flux / "tokenizer")
-    t5_tokenizer().save_pretrained(str(flux / "tokenizer_2"))
+    _write_flux_tokenizers(tmp_path)
     yield fake_webui
 
 

@@ -93,6 +93,32 @@ def test_forge_start_checks_the_flux_parts_before_anything_runs(fake_forge, runn
     assert cfg.tokenizer_path == str(host.tokenizer_dirs()["flux"])  # Forge's own FLUX.1-dev tokenizers
 
 
+def test_neo_offers_its_flux_parts_sft_and_extra_folders_included(fake_neo, runner_factory, flux_files, dataset,
+                                                                   tmp_path):
+    """Forge Neo's "VAE / Text Encoder" list (fake_neo/modules_forge/main_entry.py mirrors Neo's 3df257ae) also holds
+    ``.sft`` files (BFL's first name for ``ae`` / ``flux1-dev``) and the ``--text-encoder-dirs`` folders: each is
+    offered in its field, Start takes the ``.sft`` ae, and the tokenizers are Neo's own FLUX.1-dev folder."""
+    from modules import shared
+
+    from extension.ui.flux_parts import flux_picks
+    from extension.ui.preflight import check_start
+
+    ae_sft = flux_files["ae"].rename(flux_files["ae"].with_suffix(".sft"))
+    comfy_clip = tmp_path / "ComfyUI" / "models" / "clip"
+    t5_fp8 = _write(comfy_clip / "t5xxl_fp8_e4m3fn.safetensors",
+                    {"encoder.block.0.layer.0.SelfAttention.q.weight": (8, 8)})
+    shared.cmd_opts.text_encoder_dirs = [str(comfy_clip)]  # what Neo's --text-encoder-dirs (or its Comfy link) adds
+    host = _host(runner_factory, flux_files)
+    assert flux_picks(host) == {"clip_l": [str(flux_files["clip_l"])], "ae": [str(ae_sft)],
+                                "t5xxl": sorted([str(t5_fp8), str(flux_files["t5xxl"])])}
+    config = {"base_model": str(flux_files["base"]), "train_data_dir": str(dataset), "output_name": "flux_lora",
+              "output_dir": str(host.work_dir("flux_lora", "text-to-image")), "clip_l": str(flux_files["clip_l"]),
+              "t5xxl": str(t5_fp8), "ae": str(ae_sft)}
+    cfg, summary = check_start(config, host.lora_dir(), host.tokenizer_dirs(), flux=host.runs_flux)
+    assert cfg.ae == str(ae_sft) and summary.startswith("3 usable image(s)")
+    assert cfg.tokenizer_path == str(tmp_path / "backend" / "huggingface" / "black-forest-labs" / "FLUX.1-dev")
+
+
 def test_a1111_refuses_a_flux_base_at_start_and_still_converts_flux_loras(fake_webui, runner_factory, flux_files,
                                                                           dataset, tmp_path):
     from extension.ui.handlers import Handlers

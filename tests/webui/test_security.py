@@ -493,3 +493,29 @@ def test_a_dns_rebinding_page_is_refused_by_a_local_webui(fake_webui, flags, hos
     assert got.status_code == status, got.text
     if status == 403:
         assert "Host is not this computer" in got.json()["error"]
+
+
+def test_neo_model_folder_flags_are_read_under_listen(fake_neo, tmp_path_factory, tiny_lora):
+    """Forge Neo names extra model folders with repeatable flags (modules/cmd_args.py: --ckpt-dirs, --lora-dirs,
+    --vae-dirs, --text-encoder-dirs, lists; no --ckpt-dir). Under --listen their files are WebUI folders to read,
+    as models/ is; a folder no flag names stays refused."""
+    from modules import shared
+
+    from extension.errors import UserError
+    from extension.webui.host import WebUIHost
+
+    shared.opts.data["lora_bridge_extra_folders"] = ""
+    shared.cmd_opts.listen = True
+    shared.derive_cmd_opts()  # the WebUI's own disable_extension_access
+    drive = tmp_path_factory.mktemp("drive")
+    flags = ("ckpt_dirs", "lora_dirs", "vae_dirs", "text_encoder_dirs")
+    for flag in flags:
+        (drive / flag).mkdir()
+        (drive / flag / "model.safetensors").write_bytes(tiny_lora.read_bytes())
+        getattr(shared.cmd_opts, flag).append(str(drive / flag))
+    policy = WebUIHost().path_policy()
+    for flag in flags:
+        assert policy.readable(drive / flag / "model.safetensors", flag) == (drive / flag / "model.safetensors")
+    (drive / "other").mkdir()
+    with pytest.raises(UserError, match="outside the folders LoRA Bridge reads"):
+        policy.readable(drive / "other" / "model.safetensors", "base_model")

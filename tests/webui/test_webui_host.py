@@ -426,7 +426,8 @@ def test_neo_trains_with_its_own_tokenizer(fake_neo, bare_base, dataset, runner_
     host = WebUIHost(jobs=JobManager(runner=runner))
     bundled = tmp_path / "backend" / "huggingface" / "runwayml" / "stable-diffusion-v1-5"
     assert host.tokenizer_dirs() == {"sd1": bundled, "sdxl": bundled.parents[1] / "stabilityai" /
-                                     "stable-diffusion-xl-base-1.0"}
+                                     "stable-diffusion-xl-base-1.0",
+                                     "flux": bundled.parents[1] / "black-forest-labs" / "FLUX.1-dev"}
     host.start_job({"base_model": str(bare_base), "train_data_dir": str(dataset), "output_name": "neo",
                     "output_dir": str(host.work_dir("neo", "text-to-image"))})
     assert host.jobs.wait(30)["state"] == "done"
