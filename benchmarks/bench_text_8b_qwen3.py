@@ -39,6 +39,8 @@ def main() -> None:
     parser.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--floor-layers", type=int, default=0, help="time this many layers for the floor (0: all)")
     parser.add_argument("--llama-check", action="store_true", help="also run the engine's llama.cpp check")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEP",
+                        help="run step STEP under torch.profiler and print where its time goes (0: no profile)")
     parser.add_argument("--workdir", default="/work/big/kquant")
     args = parser.parse_args()
     shape = SHAPES[args.family]
