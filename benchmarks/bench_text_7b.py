@@ -19,6 +19,11 @@ peak RSS and file size (goal: peak <= file + 2 GB) and where the memory goes at 
 
     flock /tmp/lora-heavy.lock nice python benchmarks/bench_text_7b.py [--steps 3] [--layers 32]
         [--format ggml|gguf] [--checkpointing on|off|auto] [--workdir /work/big/text7b] [--no-llama-check]
+        [--profile STEP]
+
+``--profile STEP`` runs that step under torch.profiler and prints its ops by self time and by total
+time, with our own regions labelled (native dequantization, the sliced loss, the checkpointed
+layers' backward, the optimizer); that step is left out of the median.
 
 ``--checkpointing auto`` runs the config as written (its ``gradient_checkpointing`` is the default,
 ``auto``); the run's memory plan line (``memory_plan.py``: estimate, budget, choice) is printed.

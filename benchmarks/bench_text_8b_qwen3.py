@@ -12,6 +12,7 @@ run's memory plan line (``gradient_checkpointing`` is the config's default, ``au
 
     flock /work/.bigmem-lock nice python benchmarks/bench_text_8b_qwen3.py [--family qwen3-8b|gemma3-4b]
         [--steps 3] [--tokens 64] [--layers N] [--checkpointing auto|on|off] [--workdir /work/big/kquant]
+        [--profile STEP]
 
 It takes minutes and several GB of RAM; it does not run in CI. Delete the workdir afterwards.
 """
