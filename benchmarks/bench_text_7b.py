@@ -449,6 +449,24 @@ def write_base_once(base: Path, write: Callable[[Path], object]) -> None:
         print(f"wrote {base} ({_gb(base.stat().st_size)}) in {time.perf_counter() - start:.0f} s")
 
 
+def scheduling_note() -> str:
+    """How this process shares the CPUs, for the report: with autogroup scheduling (Linux's default on
+    desktops and this machine) ``nice`` ranks processes only within their own session, so other sessions'
+    ``nice -n 19`` work still takes an equal share per session unless this session's autogroup is niced."""
+    try:
+        enabled = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+        group = Path("/proc/self/autogroup").read_text().strip()
+    except OSError:
+        return f"nice {os.nice(0)}"
+    if not enabled:
+        return f"nice {os.nice(0)}, autogroup off"
+    note = f"nice {os.nice(0)}, {group}"
+    if not group.endswith("nice -19"):
+        note += (" (autogroup on: other sessions' nice does not yield to this one; `echo -19 > /proc/self/autogroup`"
+                 " in this session first gives it the CPUs)")
+    return note
+
+
 def run_child_and_report(base: Path, work: Path, out: Path, args: argparse.Namespace, llama_check: bool) -> None:
     """Write the samples, run this script's ``--child`` on ``base`` (its own process: its peak RSS is the run's)
     with ``args``' steps, tokens, batch, checkpointing and floor layers, and print the report."""
@@ -461,7 +479,7 @@ def run_child_and_report(base: Path, work: Path, out: Path, args: argparse.Names
     if not llama_check:
         cmd.append("--no-llama-check")
     print(f"base {base.name}: {_gb(base.stat().st_size)}; {args.steps} steps of batch {args.batch} x {args.tokens} "
-          f"tokens; load {os.getloadavg()[0]:.2f}")
+          f"tokens; load {os.getloadavg()[0]:.2f}; {scheduling_note()}")
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
