@@ -12,6 +12,7 @@ run's memory plan line (``gradient_checkpointing`` is the config's default, ``au
 
     flock /work/.bigmem-lock nice python benchmarks/bench_text_8b_qwen3.py [--family qwen3-8b|gemma3-4b]
         [--steps 3] [--tokens 64] [--layers N] [--checkpointing auto|on|off] [--workdir /work/big/kquant]
+        [--profile STEP]
 
 It takes minutes and several GB of RAM; it does not run in CI. Delete the workdir afterwards.
 """
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--checkpointing", choices=["auto", "on", "off"], default="auto")
     parser.add_argument("--floor-layers", type=int, default=0, help="time this many layers for the floor (0: all)")
     parser.add_argument("--llama-check", action="store_true", help="also run the engine's llama.cpp check")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEP",
+                        help="run step STEP under torch.profiler and print where its time goes (0: no profile)")
     parser.add_argument("--workdir", default="/work/big/kquant")
     args = parser.parse_args()
     shape = SHAPES[args.family]

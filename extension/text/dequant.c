@@ -103,22 +103,25 @@ static void q4_k(const uint8_t *b, float *y) {
 }
 
 /* Q6_K: 4 low bits in ql, 2 high bits in qh, a signed 8-bit scale per 16 values. */
+/* 32 consecutive outputs: the nibble at `shift` of lo[l] and the 2 bits at `hs` of qh[l], 16 per scale.
+ * Contiguous outputs with the scale d * sc computed once (the same rounding as d * sc * q, left to
+ * right, in the torch code) let the compiler vectorize the loops: 2-2.5x the throughput of one
+ * value of each quarter per iteration (measured with 8B shapes, one thread). */
+static inline void q6_k_quarter(const uint8_t *lo, const uint8_t *qh, int shift, int hs, float s0, float s1,
+                                float *y) {
+    for (int l = 0; l < 16; l++) y[l] = s0 * (float)((int)(((lo[l] >> shift) & 0x0F) | (((qh[l] >> hs) & 3) << 4)) - 32);
+    for (int l = 16; l < 32; l++) y[l] = s1 * (float)((int)(((lo[l] >> shift) & 0x0F) | (((qh[l] >> hs) & 3) << 4)) - 32);
+}
+
 static void q6_k(const uint8_t *b, float *y) {
     const uint8_t *ql = b, *qh = b + 128;
     const int8_t *sc = (const int8_t *)(b + 192);
     const float d = f16_to_f32(b + 208);
     for (int half = 0; half < 2; half++, ql += 64, qh += 32, sc += 8, y += 128) {
-        for (int l = 0; l < 32; l++) {
-            const int is = l / 16;
-            const int q1 = (int)((ql[l] & 0x0F) | (((qh[l] >> 0) & 3) << 4)) - 32;
-            const int q2 = (int)((ql[l + 32] & 0x0F) | (((qh[l] >> 2) & 3) << 4)) - 32;
-            const int q3 = (int)((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-            const int q4 = (int)((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-            y[l] = d * (float)sc[is + 0] * (float)q1;
-            y[l + 32] = d * (float)sc[is + 2] * (float)q2;
-            y[l + 64] = d * (float)sc[is + 4] * (float)q3;
-            y[l + 96] = d * (float)sc[is + 6] * (float)q4;
-        }
+        q6_k_quarter(ql, qh, 0, 0, d * (float)sc[0], d * (float)sc[1], y);
+        q6_k_quarter(ql + 32, qh, 0, 2, d * (float)sc[2], d * (float)sc[3], y + 32);
+        q6_k_quarter(ql, qh, 4, 4, d * (float)sc[4], d * (float)sc[5], y + 64);
+        q6_k_quarter(ql + 32, qh, 4, 6, d * (float)sc[6], d * (float)sc[7], y + 96);
     }
 }
 
