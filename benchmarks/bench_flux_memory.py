@@ -10,8 +10,8 @@ and their ratios to the float32-storage run.
     python benchmarks/bench_flux_memory.py                       # defaults: 256 px, 3 steps
     python benchmarks/bench_flux_memory.py --width 3072 --double 2 --single 4 --resolution 512
 
-``blocks_to_swap`` is accepted and logged as a no-op on a CPU run; sd-scripts' ``flux_train_network.py``
-is not compared here (it needs the full-size CLIP-L/T5 files and a CUDA build of its dependencies).
+``blocks_to_swap`` is accepted and logged as a no-op on a CPU run. sd-scripts' ``flux_train_network.py`` is
+compared in ``bench_flux_vs_sd_scripts.py`` (full width 3072: sd-scripts reads only the depth from the file).
 """
 
 from __future__ import annotations

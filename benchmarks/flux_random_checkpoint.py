@@ -133,12 +133,15 @@ def write_clip_l(path: Path, seed: int = 1) -> Path:
     return write_streaming_safetensors(path, shapes, lambda n, s, d: _normal_f16(n, s, rng))
 
 
-def write_t5xxl_fp8(path: Path, seed: int = 2) -> Path:
+def write_t5xxl_fp8(path: Path, seed: int = 2, layers: int = 24, fp8: bool = True) -> Path:
+    """T5-XXL encoder weights; ``layers`` < 24 keeps the full width (4096) with fewer blocks, ``fp8=False``
+    writes every tensor fp16 (as ``t5xxl_fp16.safetensors``)."""
     from transformers import T5Config, T5EncoderModel
 
     rng = np.random.default_rng(seed)
-    shapes = _meta_state(lambda: T5EncoderModel(T5Config(**_T5_XXL)))
-    table = {k: (s, "F8_E4M3" if len(s) == 2 and k.startswith("encoder.block.") and "relative" not in k else "F16")
+    shapes = _meta_state(lambda: T5EncoderModel(T5Config(**dict(_T5_XXL, num_layers=layers))))
+    table = {k: (s, "F8_E4M3" if fp8 and len(s) == 2 and k.startswith("encoder.block.") and "relative" not in k
+                 else "F16")
              for k, s in shapes.items() if k != "encoder.embed_tokens.weight"}  # tied to shared.weight
     return write_streaming_safetensors(
         path, table, lambda n, s, d: _fp8_e4m3(s, rng) if d == "F8_E4M3" else _normal_f16(n, s, rng))
