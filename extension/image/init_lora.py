@@ -58,6 +58,15 @@ def encoder_paths(encoder: Any) -> dict[str, str]:
     return {_text_path(n): n for n, _ in encoder.named_modules() if n}
 
 
+def to_encoder_paths(init: InitLora, encoders: dict[str, Any]) -> None:
+    """Rename ``init``'s text-encoder modules from canonical CLIP paths to the loaded encoders' own paths (they
+    differ between transformers versions)."""
+    for key, encoder in encoders.items():
+        if key in init.by_component:
+            own = encoder_paths(encoder)
+            init.by_component[key] = {own.get(p, p): m for p, m in init.by_component[key].items()}
+
+
 def image_layout(config: TrainConfig, base: Any, log: Callable[[str], None]) -> tuple[dict[str, ComponentLayout],
                                                                               InitLora | None]:
     """LoRA layers per component (``unet``, and the text encoders when they train) and the init file, if any.
@@ -96,10 +105,7 @@ def image_layout(config: TrainConfig, base: Any, log: Callable[[str], None]) -> 
                             "them (training only the UNet would drop them from the output)")
         if key not in ("unet", *encoders):
             raise UserError(f"init_lora {init.path}: has {key} modules, which this base does not have")
-    for key, encoder in encoders.items():  # canonical CLIP paths -> this transformers version's paths
-        if key in init.by_component:
-            own = encoder_paths(encoder)
-            init.by_component[key] = {own.get(p, p): m for p, m in init.by_component[key].items()}
+    to_encoder_paths(init, encoders)
 
     rank_setting = ("lora_rank", rank, is_default(config, "lora_rank"))
     alpha_setting = ("lora_alpha", alpha, is_default(config, "lora_alpha"))

@@ -16,7 +16,7 @@ from ..._converters import converters
 from ...config import DEFAULT_TEXT_ENCODER_TARGETS, DEFAULT_UNET_TARGETS, TrainConfig
 from ...errors import UserError
 from ...training.init_lora import ComponentLayout, InitLora, is_default, plan_component, read_init_lora, summary
-from ..init_lora import component_of, encoder_paths
+from ..init_lora import component_of, to_encoder_paths
 
 TRANSFORMER, CLIP, T5 = "transformer", "text_encoder", "text_encoder_2"
 
@@ -66,10 +66,7 @@ def flux_layouts(config: TrainConfig, wanted: dict[str, list[str]], encoders: di
     if init is None:
         return {key: ComponentLayout(names=list(names), ranks={n: (rank, alpha) for n in names})
                 for key, names in wanted.items()}
-    for key, encoder in encoders.items():  # canonical CLIP paths -> this transformers version's paths
-        if key in init.by_component:
-            own = encoder_paths(encoder)
-            init.by_component[key] = {own.get(p, p): m for p, m in init.by_component[key].items()}
+    to_encoder_paths(init, encoders)
     rank_setting = ("lora_rank", rank, is_default(config, "lora_rank"))
     alpha_setting = ("lora_alpha", alpha, is_default(config, "lora_alpha"))
     defaults = {TRANSFORMER: ("unet_target_modules", list(config.unet_target_modules) == DEFAULT_UNET_TARGETS),
