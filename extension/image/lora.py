@@ -104,10 +104,11 @@ def restore_lora_scales(models: Iterable[torch.nn.Module], previous: dict) -> No
 
 
 def lora_state(models: dict[str, torch.nn.Module]) -> dict[str, torch.Tensor]:
-    """Every LoRA tensor as ``<component>/<parameter path>`` (for training state)."""
+    """Every LoRA tensor as ``<component>/<parameter path>`` (for training state); a tensor shared by several
+    layers (a fused Flux module's one down) under each of their paths."""
     out = {}
     for component, model in models.items():
-        for name, param in model.named_parameters():
+        for name, param in model.named_parameters(remove_duplicate=False):
             if "lora_" in name:
                 out[f"{component}/{name}"] = param.detach()
     return out
@@ -117,7 +118,8 @@ def load_lora_state(models: dict[str, torch.nn.Module], state: dict[str, torch.T
     """Copy tensors saved by ``lora_state`` back into the models, exactly."""
     with torch.no_grad():
         for component, model in models.items():
-            params = dict(model.named_parameters())
+            params = dict(model.named_parameters(remove_duplicate=False))
+            given: dict[int, torch.Tensor] = {}  # id of a shared parameter -> the value it got first
             for key, value in state.items():
                 comp, name = key.split("/", 1)
                 if comp != component:
@@ -125,6 +127,11 @@ def load_lora_state(models: dict[str, torch.nn.Module], state: dict[str, torch.T
                 if name not in params:
                     raise UserError(f"training state does not match the model (no {name}); the LoRA settings changed "
                                     "since it was saved: resume with the same config or start fresh")
+                first = given.setdefault(id(params[name]), value)
+                if first is not value and not torch.equal(first, value):
+                    raise UserError(f"training state does not match the model ({name} is one tensor shared by "
+                                    "several layers here, the state holds different values for them: it was saved "
+                                    "by a version that trained a fused Flux module's parts apart); start fresh")
                 params[name].copy_(value.to(params[name].dtype))
 
 

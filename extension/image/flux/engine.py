@@ -4,7 +4,8 @@ base, conditioning, rectified-flow objective and samples in place of SD's.
 The frozen transformer is loaded after T5 + CLIP-L outputs and VAE latents are cached and those
 encoders freed (when the data allows caching), as the SD engine's memory plan does. LoRA layers go
 on the transformer's linears with PEFT (by default every linear of the double and single blocks,
-sd-scripts' set); the file is written in kohya/sd-scripts layout (fused ``qkv``/``linear1``).
+sd-scripts' set), the q/k/v[/MLP] layers of a fused BFL module sharing one down as sd-scripts trains it; the
+file is written in kohya/sd-scripts layout (fused ``qkv``/``linear1`` at the run's rank).
 """
 
 from __future__ import annotations
@@ -112,10 +113,10 @@ class _FluxRun(_ImageRun):
                 use_lean_lora(component)
         if self.init is not None:
             load_image_init(layouts, self.components)
-            tied = tie_fused_downs(layouts["transformer"], transformer)
-            if tied:
-                self._log(f"init_lora: {tied} fused qkv/linear1 module(s) go on training as one LoRA each (one "
-                          "down shared by their layers, as sd-scripts trains them)")
+        tied = tie_fused_downs(layouts["transformer"], transformer)
+        if tied:
+            self._log(f"{tied} fused qkv/linear1 module(s) go on training as one LoRA each (one down shared by "
+                      "their layers, as sd-scripts trains them)")
 
     def _place_modules(self) -> None:
         """The transformer on the device; on a half-precision GPU run its float32 parts in that dtype."""

@@ -78,27 +78,42 @@ def flux_layouts(config: TrainConfig, wanted: dict[str, list[str]], encoders: di
     return layouts
 
 
+def _fused_groups(names: list[str]) -> list[list[str]]:
+    """Transformer layer paths grouped by the fused BFL module (``qkv``, ``linear1``) they are parts of, in model
+    order; only groups of two or more parts."""
+    table = converters.flux_names.bfl_of_canonical()
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        found = table.get(f"{TRANSFORMER}.{name}")
+        if found is not None and found[0].fused:
+            groups.setdefault(found[0].path, []).append(name)
+    return [group for group in groups.values() if len(group) > 1]
+
+
 def tie_fused_downs(layout: ComponentLayout, transformer: Any) -> int:
-    """Share one ``lora_A`` between the layers of a fused BFL module the file trained as one LoRA (sd-scripts'
-    ``qkv`` / ``linear1``: one down, one scale), so training goes on as that fused LoRA and the file keeps its
-    rank; returns the number of modules tied. Layers the file adapted separately stay separate."""
+    """Share one ``lora_A`` between the layers of a fused BFL module, as sd-scripts trains ``qkv`` / ``linear1``:
+    one LoRA (one down, one alpha, the up's rows per part), so the file holds it at its rank (not the parts'
+    ranks added). New layers of one (rank, alpha) are tied; layers loaded from an ``init_lora`` file are tied when
+    the file trained them that way (one down, one scale), and stay separate when it adapted them separately.
+    Returns the number of modules tied."""
     import numpy as np
 
     from ..lora import ADAPTER
 
-    groups: dict[str, list[str]] = {}
-    for name in layout.loaded:
-        found = converters.flux_names.bfl_of_canonical().get(f"{TRANSFORMER}.{name}")
-        if found is not None and found[0].fused:
-            groups.setdefault(found[0].path, []).append(name)
-    tied = 0
-    for names in groups.values():
+    def one_lora(names: list[str]) -> bool:
+        if names[0] not in layout.loaded:
+            return len({layout.ranks[n] for n in names}) == 1
         first = layout.loaded[names[0]]
-        if len(names) < 2 or not all(np.array_equal(layout.loaded[n].down, first.down)
-                                     and layout.loaded[n].scale == first.scale for n in names):
-            continue
-        shared = transformer.get_submodule(names[0]).lora_A[ADAPTER]
-        for name in names[1:]:
-            transformer.get_submodule(name).lora_A[ADAPTER] = shared
-        tied += 1
+        return all(np.array_equal(layout.loaded[n].down, first.down) and layout.loaded[n].scale == first.scale
+                   for n in names)
+
+    tied = 0
+    for group in _fused_groups(layout.names):
+        for names in ([n for n in group if n in layout.loaded], [n for n in group if n not in layout.loaded]):
+            if len(names) < 2 or not one_lora(names):
+                continue
+            shared = transformer.get_submodule(names[0]).lora_A[ADAPTER]
+            for name in names[1:]:
+                transformer.get_submodule(name).lora_A[ADAPTER] = shared
+            tied += 1
     return tied
